@@ -1,0 +1,60 @@
+"""Configuration dataclasses of the engine and of one request's sampling."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class EngineConfig:
+    model: str = "tiny"                   # a Hugging Face model folder, or "tiny"
+    device: str = "auto"                  # "auto" (cuda if present), "cpu", "cuda", "cuda:1"
+    dtype: str = "auto"                   # "auto" (bf16 on cuda, fp32 on cpu), fp32, fp16, bf16
+    block_size: int = 16
+    num_gpu_blocks: int | None = None     # overrides the memory fraction when set
+    gpu_memory_fraction: float = 0.85     # of total device memory, for weights + KV
+    cpu_kv_blocks_default: int = 2048     # KV blocks on a CPU "device" when num_gpu_blocks unset
+    max_num_batched_tokens: int = 2048    # token budget per step
+    max_num_seqs: int = 64                # sequences per step
+    max_model_len: int | None = None      # defaults to the model's max_position_embeddings
+    enable_prefix_caching: bool = True
+    kernel_backend: str = "auto"          # "auto" (triton on cuda), "triton", "torch"
+    seed: int = 0
+    # KV tiers below the GPU (see kvstore/config.py)
+    cpu_cache_gb: float = 0.0
+    disk_cache_path: str | None = None
+    disk_cache_gb: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
+        if self.max_num_batched_tokens <= 0:
+            raise ValueError("max_num_batched_tokens must be positive")
+        if self.max_num_seqs <= 0:
+            raise ValueError("max_num_seqs must be positive")
+        if not 0.0 < self.gpu_memory_fraction <= 1.0:
+            raise ValueError("gpu_memory_fraction must be in (0, 1]")
+        if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
+            raise ValueError("num_gpu_blocks must be positive")
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 64
+    temperature: float = 0.0              # 0 = greedy
+    top_k: int = 0                        # 0 = off
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: list[int] = field(default_factory=list)
+    stop: list[str] = field(default_factory=list)   # stop strings (need a tokenizer)
+    ignore_eos: bool = False
+    logprobs: bool = False                # return the logprob of each chosen token
+
+    def validate(self) -> None:
+        if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
+            raise ValueError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

@@ -1,0 +1,184 @@
+"""The engine's step loop on a background thread, streaming each request's tokens to its caller.
+
+Callers (the gRPC server's event loop, or plain threads) never touch the engine directly: they
+post commands to a queue that the engine thread drains between steps, and receive outputs through
+a `RequestStream`, which is either a blocking iterator or an asyncio async iterator (its items are
+handed to the event loop with `call_soon_threadsafe`, so the loop never waits on the GPU).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from runtime.config import SamplingParams
+from runtime.engine import Engine
+from runtime.errors import EngineStoppedError
+from runtime.request import FinishReason, RequestOutput
+
+log = logging.getLogger(__name__)
+
+
+class RequestStream:
+    """The outputs of one request, in order, ending with one whose `finished` is True."""
+
+    def __init__(self, request_id: str, loop: asyncio.AbstractEventLoop | None = None):
+        self.request_id = request_id
+        self._loop = loop
+        self._aq: asyncio.Queue | None = asyncio.Queue() if loop is not None else None
+        self._q: queue.Queue = queue.Queue()
+        self.finished = False
+
+    def put(self, item: RequestOutput | BaseException) -> None:
+        if self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self._aq.put_nowait, item)
+            except RuntimeError:   # the event loop has closed: nobody is listening
+                pass
+        else:
+            self._q.put(item)
+
+    def __iter__(self):
+        while not self.finished:
+            item = self._q.get()
+            if isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            self.finished = item.finished
+            yield item
+
+    def __aiter__(self):
+        return self._aiter()
+
+    async def _aiter(self):
+        while not self.finished:
+            item = await self._aq.get()
+            if isinstance(item, BaseException):
+                self.finished = True
+                raise item
+            self.finished = item.finished
+            yield item
+
+
+@dataclass
+class _Add:
+    prompt: list[int]
+    params: SamplingParams
+    request_id: str
+    priority: int
+    stream: RequestStream
+    done: threading.Event
+    error: list
+
+
+@dataclass
+class _Call:
+    fn: Callable[[Engine], Any]
+    done: threading.Event
+    result: list
+
+
+class EngineThread:
+    """Runs `engine.step()` in a loop on its own thread while there is work."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._cmds: queue.Queue = queue.Queue()
+        self._streams: dict[str, RequestStream] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.on_step: list[Callable[[Engine], None]] = []   # hooks run between steps
+
+    def start(self) -> "EngineThread":
+        self._thread = threading.Thread(target=self._run, name="agentkv-engine", daemon=True)
+        self._thread.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    def submit(self, prompt: list[int], params: SamplingParams, request_id: str,
+               priority: int = 0, loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
+        """Queue a request; raises InvalidRequestError at once if the engine would refuse it."""
+        if not self.alive:
+            raise EngineStoppedError("the engine is not running")
+        self.engine.validate(prompt, params)   # read-only checks: safe from any thread
+        stream = RequestStream(request_id, loop)
+        self._cmds.put(_Add(prompt, params, request_id, priority, stream, threading.Event(), []))
+        return stream
+
+    def abort(self, request_id: str) -> None:
+        self.call(lambda e: self._abort(request_id), wait=False)
+
+    def call(self, fn: Callable[[Engine], Any], wait: bool = True, timeout: float | None = None):
+        """Run `fn(engine)` on the engine thread between steps (the only safe place to touch it)."""
+        if not self.alive:
+            raise EngineStoppedError("the engine is not running")
+        c = _Call(fn, threading.Event(), [])
+        self._cmds.put(c)
+        if not wait:
+            return None
+        if not c.done.wait(timeout):
+            raise TimeoutError("the engine did not answer in time")
+        if c.result and isinstance(c.result[0], BaseException):
+            raise c.result[0]
+        return c.result[0] if c.result else None
+
+    def shutdown(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._cmds.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        for s in list(self._streams.values()):
+            s.put(EngineStoppedError("the engine shut down before the request finished"))
+        self._streams.clear()
+
+    # -- engine thread ----------------------------------------------------------------------
+    def _abort(self, request_id: str) -> None:
+        out = self.engine.abort(request_id)
+        stream = self._streams.pop(request_id, None)
+        if stream is not None:
+            stream.put(out or RequestOutput(request_id, [], None, True, FinishReason.ABORT))
+
+    def _handle(self, cmd) -> None:
+        if isinstance(cmd, _Add):
+            try:
+                self.engine.add_request(cmd.prompt, cmd.params, cmd.request_id, cmd.priority)
+                self._streams[cmd.request_id] = cmd.stream
+            except Exception as e:
+                cmd.stream.put(e)
+        elif isinstance(cmd, _Call):
+            try:
+                cmd.result.append(cmd.fn(self.engine))
+            except BaseException as e:  # handed back to the caller
+                cmd.result.append(e)
+            cmd.done.set()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            block = not self.engine.has_unfinished()
+            try:
+                cmd = self._cmds.get(block=block, timeout=0.5 if block else None)
+                while True:
+                    if cmd is not None:
+                        self._handle(cmd)
+                    cmd = self._cmds.get_nowait()
+            except queue.Empty:
+                pass
+            if self._stop.is_set():
+                break
+            for hook in self.on_step:
+                hook(self.engine)
+            if not self.engine.has_unfinished():
+                continue
+            for out in self.engine.step():
+                stream = self._streams.get(out.request_id)
+                if stream is None:
+                    continue
+                if out.finished:
+                    del self._streams[out.request_id]
+                stream.put(out)

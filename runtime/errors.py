@@ -1,0 +1,9 @@
+"""Errors the engine raises for requests it cannot take; each message says what to change."""
+
+
+class InvalidRequestError(ValueError):
+    """The request itself is wrong (empty prompt, token out of vocabulary, too long, ...)."""
+
+
+class EngineStoppedError(RuntimeError):
+    """The engine's step loop is not running (shut down, or never started)."""

@@ -1,0 +1,180 @@
+"""Continuous batching under a token budget, with chunked prefill and preemption by recompute.
+
+Every request tracks `num_computed_tokens` against `num_tokens` (prompt + output). One step gives
+each scheduled request `num_new_tokens = min(num_tokens - num_computed_tokens, budget left)`: a
+long prompt is split into chunks over several steps, a decoding request takes one token, and both
+kinds share a step. A request samples a token only in the step that brings it level with its
+token count. When blocks run out, the running request that comes last in priority order is
+preempted: its blocks are released (full ones stay cached) and it recomputes later.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from kvstore.block_pool import BlockPool, chain_hashes
+from runtime.request import FinishReason, Request, RequestStatus
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_num_batched_tokens: int
+    max_num_seqs: int
+    block_size: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class ScheduledRequest:
+    request: Request
+    num_new_tokens: int          # tokens this step runs through the model
+    num_computed_before: int     # its context length before this step
+
+    @property
+    def samples(self) -> bool:
+        """True when this step completes everything known, so a new token is sampled."""
+        return self.num_computed_before + self.num_new_tokens == self.request.num_tokens
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledRequest] = field(default_factory=list)
+    preempted: list[str] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.scheduled
+
+
+class Scheduler:
+    def __init__(self, config: SchedulerConfig, pool: BlockPool, model_fingerprint: bytes):
+        self.config = config
+        self.pool = pool
+        self.fingerprint = model_fingerprint
+        self.waiting: list[Request] = []
+        self.running: list[Request] = []
+        self._order = itertools.count()
+        self._seq: dict[str, int] = {}
+
+    # -- queue management -----------------------------------------------------------------
+    def add(self, req: Request) -> None:
+        self._seq[req.request_id] = next(self._order)
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
+
+    def _key(self, req: Request) -> tuple[int, int]:
+        return (req.priority, self._seq[req.request_id])
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def finish(self, req: Request, reason: FinishReason) -> None:
+        """Take a request out of the queues and release its blocks (full ones stay cached)."""
+        if req in self.running:
+            self.running.remove(req)
+        elif req in self.waiting:
+            self.waiting.remove(req)
+        self._release(req)
+        req.status = RequestStatus.FINISHED
+        req.finish_reason = reason
+        self._seq.pop(req.request_id, None)
+
+    def _release(self, req: Request) -> None:
+        # Tail first, so an LRU order evicts a sequence's last blocks before its shared prefix.
+        self.pool.free(reversed(req.block_ids))
+        req.block_ids = []
+
+    # -- the step ---------------------------------------------------------------------------
+    def schedule(self) -> SchedulerOutput:
+        out = SchedulerOutput()
+        budget = self.config.max_num_batched_tokens
+        self.running.sort(key=self._key)
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            while not self._grow(req, n):
+                victim = self.running[-1]
+                self._preempt(victim)
+                out.preempted.append(victim.request_id)
+                if victim is req:
+                    break
+            if req.status is not RequestStatus.RUNNING:
+                break
+            out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
+            budget -= n
+            i += 1
+        if not out.preempted:
+            self.waiting.sort(key=self._key)
+            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+                req = self.waiting[0]
+                if not self._admit(req, budget, out):
+                    break
+                budget = self.config.max_num_batched_tokens - out.num_tokens
+        return out
+
+    def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
+        bs = self.config.block_size
+        if req.num_computed_tokens == 0 and not req.block_ids:
+            # Longest cached prefix; at least the last token is always recomputed (to sample).
+            usable = (req.num_tokens - 1) // bs
+            hashes = chain_hashes(req.all_token_ids[:usable * bs], bs, self.fingerprint)
+            hit = self.pool.match_prefix(hashes)
+            req.block_ids = hit
+            req.block_hashes = hashes[:len(hit)]
+            req.num_computed_tokens = len(hit) * bs
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = req.num_computed_tokens
+                req.kv_source = {"gpu": req.num_computed_tokens}
+        n = min(req.num_tokens - req.num_computed_tokens, budget)
+        if not self._grow(req, n):
+            self._release(req)
+            req.num_computed_tokens = 0
+            req.block_hashes = []
+            return False
+        self.waiting.pop(0)
+        req.status = RequestStatus.RUNNING
+        self.running.append(req)
+        out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
+        return True
+
+    def _grow(self, req: Request, num_new: int) -> bool:
+        """Make sure `req` has blocks for `num_computed + num_new` tokens."""
+        need = -(-(req.num_computed_tokens + num_new) // self.config.block_size)
+        extra = need - len(req.block_ids)
+        if extra <= 0:
+            return True
+        if extra > self.pool.num_free_blocks:
+            return False
+        req.block_ids.extend(self.pool.allocate(extra))
+        return True
+
+    def _preempt(self, req: Request) -> None:
+        self.running.remove(req)
+        self._release(req)
+        req.num_computed_tokens = 0
+        req.block_hashes = []
+        req.num_preemptions += 1
+        req.status = RequestStatus.WAITING
+        self.waiting.insert(0, req)
+
+    # -- after the forward ------------------------------------------------------------------
+    def commit_computed(self, sched: ScheduledRequest) -> None:
+        """Advance a request by the tokens just computed and cache blocks that became full."""
+        req = sched.request
+        req.num_computed_tokens += sched.num_new_tokens
+        prompt_end = min(req.num_computed_tokens, req.num_prompt_tokens)
+        req.num_prompt_tokens_computed += max(0, prompt_end - sched.num_computed_before)
+        bs = self.config.block_size
+        full = req.num_computed_tokens // bs
+        if full > len(req.block_hashes):
+            start = len(req.block_hashes)
+            parent = req.block_hashes[-1] if req.block_hashes else None
+            new = chain_hashes(req.all_token_ids[:full * bs], bs, self.fingerprint, start, parent)
+            for j, h in enumerate(new, start):
+                self.pool.cache_full_block(req.block_ids[j], h)
+            req.block_hashes.extend(new)
