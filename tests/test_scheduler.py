@@ -1,0 +1,107 @@
+"""The scheduler on CPU, without a model: exact block ids, chunk sizes and request states."""
+from kvstore.block_pool import BlockPool
+from runtime.config import SamplingParams
+from runtime.request import FinishReason, Request, RequestStatus
+from runtime.scheduler import Scheduler, SchedulerConfig
+
+FP = b"fp"
+
+
+def make(num_blocks=8, budget=8, max_seqs=4, bs=4, prefix=True):
+    pool = BlockPool(num_blocks, bs, prefix)
+    return Scheduler(SchedulerConfig(budget, max_seqs, bs, 1024), pool, FP), pool
+
+
+def req(rid, n, start=100, max_tokens=8):
+    return Request(rid, list(range(start, start + n)), SamplingParams(max_tokens=max_tokens), 0.0)
+
+
+def run_step(s, out, token=7):
+    """What the engine does after the forward: commit computed tokens, append sampled ones."""
+    for sr in out.scheduled:
+        s.commit_computed(sr)
+        if sr.samples:
+            sr.request.append_output(token, None)
+
+
+def test_chunked_prefill_then_decode_share_steps():
+    s, pool = make(budget=8)
+    a, b = req("a", 10), req("b", 3, start=200)
+    s.add(a)
+    s.add(b)
+    out = s.schedule()                    # a takes the whole budget: chunk of 8
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 8)]
+    assert a.block_ids == [0, 1] and a.status is RequestStatus.RUNNING
+    assert b.status is RequestStatus.WAITING
+    assert not out.scheduled[0].samples
+    run_step(s, out)
+    out = s.schedule()                    # a finishes its prompt (2), b prefills (3)
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 2), ("b", 3)]
+    assert a.block_ids == [0, 1, 2] and b.block_ids == [3]
+    assert all(x.samples for x in out.scheduled)
+    run_step(s, out)
+    out = s.schedule()                    # both decode one token
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 1), ("b", 1)]
+    assert [x.num_computed_before for x in out.scheduled] == [10, 3]
+    assert b.block_ids == [3]             # b's 4th token still fits its first block
+    run_step(s, out)
+    s.schedule()
+    assert b.block_ids == [3, 4]          # its 5th token needs a second block
+
+
+def test_max_num_seqs_caps_running():
+    s, _ = make(max_seqs=2, budget=64, num_blocks=16)
+    rs = [req(str(i), 2, start=10 * i) for i in range(3)]
+    for r in rs:
+        s.add(r)
+    out = s.schedule()
+    assert [x.request.request_id for x in out.scheduled] == ["0", "1"]
+    assert rs[2].status is RequestStatus.WAITING
+
+
+def test_preemption_frees_the_last_request_and_it_recomputes_later():
+    s, pool = make(num_blocks=4, budget=16, bs=4)
+    a, b = req("a", 8), req("b", 7, start=300)
+    s.add(a)
+    s.add(b)
+    out = s.schedule()
+    assert a.block_ids == [0, 1] and b.block_ids == [2, 3]
+    run_step(s, out)                      # a: 9 tokens, b: 8 tokens -> each needs a 3rd block
+    out = s.schedule()
+    assert out.preempted == ["b"]
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 1)]
+    assert b.status is RequestStatus.WAITING and b.block_ids == [] and b.num_computed_tokens == 0
+    assert b.num_preemptions == 1 and s.waiting[0] is b
+    # b's full blocks stayed cached (block 3 was freed first, so it is evicted first)
+    assert a.block_ids == [0, 1, 3]
+    assert pool.num_cached_blocks == 1 and pool.ref_count(2) == 0
+    s.finish(a, FinishReason.STOP)
+    out = s.schedule()                    # b comes back and finds its first block cached
+    assert [(x.request.request_id, x.num_computed_before) for x in out.scheduled] == [("b", 4)]
+    assert b.block_ids[0] == 2
+    pool.check_invariants()
+
+
+def test_prefix_hit_leaves_last_token_to_compute():
+    s, pool = make(num_blocks=8, budget=64, bs=4)
+    a = req("a", 8)
+    s.add(a)
+    run_step(s, s.schedule())
+    s.finish(a, FinishReason.STOP)
+    b = req("b", 8)                       # identical 8-token prompt = 2 full blocks
+    s.add(b)
+    out = s.schedule()
+    # only the first block can be reused: the last token must run to produce logits
+    assert b.num_cached_tokens == 4 and out.scheduled[0].num_new_tokens == 4
+    assert b.block_ids[0] == 0 and pool.ref_count(0) == 1
+
+
+def test_finish_releases_every_block():
+    s, pool = make(num_blocks=6, budget=64, bs=4)
+    a = req("a", 6)
+    s.add(a)
+    run_step(s, s.schedule())
+    s.finish(a, FinishReason.ABORT)
+    assert a.status is RequestStatus.FINISHED and a.finish_reason is FinishReason.ABORT
+    assert pool.num_free_blocks == 6
+    pool.check_invariants()
