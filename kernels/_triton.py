@@ -36,6 +36,12 @@ def interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+def interpreter_needs_f32_dot(dtype: torch.dtype) -> bool:
+    """Triton's interpreter multiplies bfloat16 `tl.dot` operands as raw 16-bit integers; kernels
+    take this flag as a constexpr and upcast the operands to float32 there (never when compiled)."""
+    return interpreter_enabled() and dtype == torch.bfloat16
+
+
 def use_interpreter_without_cuda() -> None:
     """Run Triton kernels on the CPU through the interpreter when no CUDA device is present."""
     if not torch.cuda.is_available():

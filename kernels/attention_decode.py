@@ -6,10 +6,13 @@ output with its running max and sum. A second small kernel merges the splits (lo
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from kernels._triton import check_device, kernel, next_power_of_2
-from kernels.attention_prefill import attend_one_sequence, check_attention_args, gather_context
+from kernels._triton import check_device, interpreter_needs_f32_dot, kernel, next_power_of_2
+from kernels.attention_prefill import (LOG2E, attend_one_sequence, check_attention_args,
+                                      check_kv_layer_strides, gather_context)
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
 
@@ -22,15 +25,209 @@ def paged_decode_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens
                                out: torch.Tensor | None = None) -> torch.Tensor:
     """q: [num_seqs, Hq, D] (the token at position seq_lens[i] - 1); kv_layer: [num_blocks, 2,
     block_size, Hkv, D]; seq_lens: int32 [num_seqs]; block_tables: int32 [num_seqs, max_blocks]
-    -> out [num_seqs, Hq, D] in q's dtype. `num_splits` only matters to the Triton version."""
+    -> out [num_seqs, Hq, D] in q's dtype; a seq_len of 0 (padding) gives zeros.
+    `num_splits` only matters to the Triton version."""
     check_attention_args(q, kv_layer, seq_lens, block_tables)
     if q.shape[0] != seq_lens.shape[0]:
         raise ValueError(f"q has {q.shape[0]} sequences but seq_lens has {seq_lens.shape[0]}")
     if out is None:
         out = torch.empty_like(q)
     for i, seq_len in enumerate(seq_lens.tolist()):
-        if seq_len < 1:
-            raise ValueError(f"sequence {i} has seq_len {seq_len}; decode needs at least 1")
+        if seq_len < 0:
+            raise ValueError(f"sequence {i} has seq_len {seq_len}; it must be >= 0")
+        if seq_len == 0:  # a padding slot: no context, zeros out
+            out[i] = 0
+            continue
         k, v = gather_context(kv_layer, block_tables[i], seq_len)
         out[i:i + 1] = attend_one_sequence(q[i:i + 1], k, v, scale).to(out.dtype)
+    return out
+
+
+@kernel
+def _decode_split_kernel(
+    q_ptr, kv_ptr, seq_lens_ptr, bt_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
+    qk_scale,                                   # softmax scale * log2(e)
+    stride_qs, stride_qh, stride_os, stride_oh,
+    stride_kv_block, stride_kv_kv, stride_bt,
+    NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    # One program: one sequence, one kv head (all GROUP query heads), one range of the context.
+    seq = tl.program_id(0)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + seq)
+    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * split_len
+    end = tl.minimum(start + split_len, seq_len)
+
+    h = tl.arange(0, BLOCK_H)
+    h_ok = h < GROUP
+    head = kvh * GROUP + h                                   # [BLOCK_H] query heads
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    seq64 = seq.to(tl.int64)
+    q = tl.load(q_ptr + seq64 * stride_qs + head[:, None] * stride_qh + d[None, :],
+                mask=h_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_H, BLOCK_D]
+    if F32_DOT:
+        q = q.to(tl.float32)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    n_cols = tl.arange(0, BLOCK_N)
+    bt_row = bt_ptr + seq64 * stride_bt
+    kv_head_off = kvh * HEAD_DIM
+    for n0 in range(start, end, BLOCK_N):
+        k_pos = n0 + n_cols                                              # [BLOCK_N]
+        k_ok = k_pos < end
+        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+        base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
+        kv_off = base[:, None] + kv_head_off + d[None, :]               # [BLOCK_N, BLOCK_D]
+        kv_mask = k_ok[:, None] & d_ok[None, :]
+        k = tl.load(kv_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=kv_mask, other=0.0)
+        if F32_DOT:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale   # [BLOCK_H, BLOCK_N]
+        s = tl.where(k_ok[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(kv_ptr.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
+        m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    o = acc / l_safe[:, None]                                # [BLOCK_H, BLOCK_D]
+    o_mask = h_ok[:, None] & d_ok[None, :]
+    if NUM_SPLITS == 1:
+        tl.store(out_ptr + seq64 * stride_os + head[:, None] * stride_oh + d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=o_mask)
+    else:
+        # partials: mid_o [num_seqs, Hq, NUM_SPLITS, HEAD_DIM], mid_lse [num_seqs, Hq, NUM_SPLITS]
+        row = (seq64 * (NUM_KV_HEADS * GROUP) + head) * NUM_SPLITS + split   # [BLOCK_H]
+        tl.store(mid_o_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=o_mask)
+        lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
+        tl.store(mid_lse_ptr + row, lse, mask=h_ok)
+
+
+@kernel
+def _decode_reduce_kernel(
+    mid_o_ptr, mid_lse_ptr, out_ptr, stride_os, stride_oh,
+    NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    # One program per (sequence, query head): merge the splits' partials by log-sum-exp.
+    seq = tl.program_id(0).to(tl.int64)
+    head = tl.program_id(1)
+    sp = tl.arange(0, BLOCK_S)
+    sp_ok = sp < NUM_SPLITS
+    d = tl.arange(0, BLOCK_D)
+    d_ok = d < HEAD_DIM
+    row0 = (seq * NUM_Q_HEADS + head) * NUM_SPLITS
+    lse = tl.load(mid_lse_ptr + row0 + sp, mask=sp_ok, other=float("-inf"))   # [BLOCK_S]
+    mx = tl.max(lse, 0)
+    mx = tl.where(mx > float("-inf"), mx, 0.0)                # every split empty: seq_len 0
+    w = tl.exp2(lse - mx)                                    # empty splits weigh 0
+    o = tl.load(mid_o_ptr + (row0 + sp[:, None]) * HEAD_DIM + d[None, :],
+                mask=sp_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_S, BLOCK_D]
+    w_sum = tl.sum(w, 0)
+    res = tl.sum(w[:, None] * o, 0) / tl.where(w_sum > 0.0, w_sum, 1.0)  # seq_len 0 -> zeros
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + d, res.to(out_ptr.dtype.element_ty),
+             mask=d_ok)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    block_n: int      # cached tokens per inner step
+    num_warps: int
+    num_stages: int
+
+
+def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.device
+                          ) -> DecodeConfig:
+    if device.type != "cuda":
+        return DecodeConfig(32, 4, 1)
+    if dtype == torch.float32:
+        return DecodeConfig(32, 4, 2)
+    return DecodeConfig(64, 4, 3)
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, block_n: int,
+                      num_sms: int = NUM_SMS_DEFAULT, waves: int = 4,
+                      min_tokens_per_split: int = 256, max_splits: int = 64) -> int:
+    """Enough (sequence, kv head, split) programs to fill `waves` x num_sms, without making a
+    split shorter than `min_tokens_per_split` cached tokens."""
+    programs = max(1, num_seqs * num_kv_heads)
+    want = -(-waves * num_sms // programs)
+    by_length = max(1, max_context // max(min_tokens_per_split, block_n))
+    return max(1, min(want, by_length, max_splits))
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return NUM_SMS_DEFAULT
+
+
+def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: torch.Tensor,
+                           block_tables: torch.Tensor, scale: float,
+                           num_splits: int | None = None, out: torch.Tensor | None = None,
+                           config: DecodeConfig | None = None) -> torch.Tensor:
+    """Triton version of `paged_decode_attention_ref`. With num_splits None, the split count
+    comes from the batch size, the kv heads and the block table's width (an upper bound on the
+    context, known without reading seq_lens back from the device)."""
+    check_attention_args(q, kv_layer, seq_lens, block_tables)
+    check_device(q, kv_layer, seq_lens, block_tables)
+    num_seqs, num_q_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_layer.shape
+    if q.shape[0] != seq_lens.shape[0]:
+        raise ValueError(f"q has {q.shape[0]} sequences but seq_lens has {seq_lens.shape[0]}")
+    if out is None:
+        out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    if out.stride(2) != 1:
+        raise ValueError("out's last dim must be contiguous")
+    check_kv_layer_strides(kv_layer)
+    cfg = config or default_decode_config(head_dim, q.dtype, q.device)
+    if num_splits is None:
+        num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size,
+                                       cfg.block_n, _num_sms(q.device))
+    if num_splits < 1:
+        raise ValueError(f"num_splits must be >= 1; got {num_splits}")
+    group = num_q_heads // num_kv_heads
+    block_d = next_power_of_2(head_dim)
+    if num_splits > 1:
+        mid_o = torch.empty((num_seqs, num_q_heads, num_splits, head_dim), dtype=torch.float32,
+                            device=q.device)
+        mid_lse = torch.empty((num_seqs, num_q_heads, num_splits), dtype=torch.float32,
+                              device=q.device)
+    else:
+        mid_o = mid_lse = out  # unused
+    _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
+        q, kv_layer, seq_lens, block_tables, out, mid_o, mid_lse,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
+        NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, next_power_of_2(group)),
+        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
+        BLOCK_N=cfg.block_n, NUM_SPLITS=num_splits,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        F32_DOT=interpreter_needs_f32_dot(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    if num_splits > 1:
+        _decode_reduce_kernel[(num_seqs, num_q_heads)](
+            mid_o, mid_lse, out, out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
+            NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits),
+            num_warps=4 if block_d >= 128 else 2,
+        )
     return out

@@ -6,11 +6,15 @@ positions seq_lens[i] - q_len_i ... seq_lens[i] - 1; their own K/V are already i
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from kernels._triton import check_device, kernel, next_power_of_2
+from kernels._triton import check_device, interpreter_needs_f32_dot, kernel, next_power_of_2
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
+
+LOG2E = 1.4426950408889634
 
 
 def check_attention_args(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: torch.Tensor,
@@ -31,6 +35,15 @@ def check_attention_args(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: torc
     if block_tables.dim() != 2 or block_tables.shape[0] != seq_lens.shape[0]:
         raise ValueError(f"block_tables must be [num_seqs={seq_lens.shape[0]}, max_blocks]; "
                          f"got {tuple(block_tables.shape)}")
+
+
+def check_kv_layer_strides(kv_layer: torch.Tensor) -> None:
+    """The kernels take stride(0) and stride(1) as given and assume [block_size, Hkv, D] dense."""
+    _, _, block_size, num_kv_heads, head_dim = kv_layer.shape
+    inner = (num_kv_heads * head_dim, head_dim, 1)
+    if tuple(kv_layer.stride()[2:]) != inner:
+        raise ValueError(f"kv_layer's [block_size, Hkv, D] dims must be contiguous (strides "
+                         f"{inner}); got strides {tuple(kv_layer.stride())}")
 
 
 def gather_context(kv_layer: torch.Tensor, block_table: torch.Tensor, seq_len: int
@@ -85,4 +98,139 @@ def paged_prefill_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor,
             raise ValueError(f"sequence {i} has {e - s} query tokens but seq_len {seq_len}")
         k, v = gather_context(kv_layer, block_tables[i], seq_len)
         out[s:e] = attend_one_sequence(q[s:e], k, v, scale).to(out.dtype)
+    return out
+
+
+@kernel
+def _prefill_kernel(
+    q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
+    qk_scale,                                   # softmax scale * log2(e)
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kv_block, stride_kv_kv, stride_bt,
+    NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_M_TILES: tl.constexpr,
+    PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
+):
+    # Rows of a tile: TOKENS query tokens x GROUP_PAD query heads of one kv head, so every
+    # K/V tile loaded from the cache serves the whole GQA group.
+    TOKENS: tl.constexpr = BLOCK_M // GROUP_PAD
+    pid_m = NUM_M_TILES - 1 - tl.program_id(0)   # heaviest (latest) tiles first
+    seq = tl.program_id(1)
+    kvh = tl.program_id(2)
+    q_start = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_start
+    tile0 = pid_m * TOKENS
+    if tile0 < q_len:
+        seq_len = tl.load(seq_lens_ptr + seq)
+        ctx_before = seq_len - q_len                      # cached tokens before this chunk
+        rows = tl.arange(0, BLOCK_M)
+        tok = tile0 + rows // GROUP_PAD                   # [BLOCK_M] token within the chunk
+        head = kvh * GROUP + rows % GROUP_PAD             # [BLOCK_M] query head
+        row_ok = (tok < q_len) & (rows % GROUP_PAD < GROUP)
+        q_pos = ctx_before + tok                          # [BLOCK_M] absolute position
+        d = tl.arange(0, BLOCK_D)
+        d_ok = d < HEAD_DIM
+        tok64 = (q_start + tok).to(tl.int64)
+        q = tl.load(q_ptr + tok64[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_M, BLOCK_D]
+        if F32_DOT:
+            q = q.to(tl.float32)
+
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        kv_head_off = kvh * HEAD_DIM
+        n_cols = tl.arange(0, BLOCK_N)
+        bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
+        # keys every row of the tile may see: [0, first query position) needs no mask
+        diag_start = ctx_before + tile0
+        kv_end = tl.minimum(seq_len, diag_start + TOKENS)
+        full_end = (diag_start // BLOCK_N) * BLOCK_N
+        for n0 in range(0, kv_end, BLOCK_N):
+            k_pos = n0 + n_cols                                          # [BLOCK_N]
+            k_ok = k_pos < kv_end
+            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+            base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
+            kv_off = base[:, None] + kv_head_off + d[None, :]            # [BLOCK_N, BLOCK_D]
+            kv_mask = k_ok[:, None] & d_ok[None, :]
+            k = tl.load(kv_ptr + kv_off, mask=kv_mask, other=0.0)
+            v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=kv_mask, other=0.0)
+            if F32_DOT:
+                k = k.to(tl.float32)
+                v = v.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+            if n0 + BLOCK_N > full_end:
+                causal = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
+                s = tl.where(causal, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)         # rows with no key yet
+            p = tl.exp2(s - m_new[:, None])
+            alpha = tl.exp2(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + tl.dot(p.to(kv_ptr.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
+            m_i = m_new
+        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+        o = acc / l_safe[:, None]
+        tl.store(out_ptr + tok64[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
+                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    block_m: int      # query rows per program: tokens x padded GQA group
+    block_n: int      # cached tokens per inner step
+    num_warps: int
+    num_stages: int
+
+
+def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device
+                           ) -> PrefillConfig:
+    if device.type != "cuda":
+        return PrefillConfig(32, 32, 4, 1)
+    if dtype == torch.float32:
+        return PrefillConfig(64, 32, 4, 2)
+    if head_dim <= 64:
+        return PrefillConfig(128, 64, 4, 3)
+    return PrefillConfig(128, 64, 8, 3)
+
+
+def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
+                            query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
+                            block_tables: torch.Tensor, scale: float, max_query_len: int,
+                            out: torch.Tensor | None = None,
+                            config: PrefillConfig | None = None) -> torch.Tensor:
+    """Triton version of `paged_prefill_attention_ref` (same arguments and result)."""
+    check_attention_args(q, kv_layer, seq_lens, block_tables)
+    check_device(q, kv_layer, query_start_loc, seq_lens, block_tables)
+    num_tokens, num_q_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_layer.shape
+    if out is None:
+        out = torch.empty_like(q)
+    if num_tokens == 0 or max_query_len == 0:
+        return out
+    if q.stride(2) != 1:
+        q = q.contiguous()
+    if out.stride(2) != 1:
+        raise ValueError("out's last dim must be contiguous")
+    check_kv_layer_strides(kv_layer)
+    group = num_q_heads // num_kv_heads
+    group_pad = next_power_of_2(group)
+    cfg = config or default_prefill_config(head_dim, q.dtype, q.device)
+    block_m = max(cfg.block_m, group_pad, 16)
+    tokens_per_tile = block_m // group_pad
+    num_m_tiles = (max_query_len + tokens_per_tile - 1) // tokens_per_tile
+    grid = (num_m_tiles, seq_lens.shape[0], num_kv_heads)
+    _prefill_kernel[grid](
+        q, kv_layer, out, query_start_loc, seq_lens, block_tables,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
+        NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad,
+        HEAD_DIM=head_dim, BLOCK_D=next_power_of_2(head_dim), BLOCK_SIZE=block_size,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, NUM_M_TILES=num_m_tiles,
+        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        F32_DOT=interpreter_needs_f32_dot(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
     return out
