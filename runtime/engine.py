@@ -56,10 +56,10 @@ class Engine:
         else:
             self.dtype = dtype_from_name(config.dtype)
         torch.manual_seed(config.seed)
-        loaded = load_model(config.model, self.dtype, self.device)
+        loaded = load_model(config.model, self.dtype, self.device, config.seed)
         self.model, self.arch, self.fingerprint = loaded.model, loaded.arch, loaded.fingerprint
         self.model_path = loaded.path
-        self.tokenizer = _try_load_tokenizer(loaded.path)
+        self.tokenizer = _try_load_tokenizer(loaded.path) if loaded.path.exists() else None
         self.eos_token_ids = _eos_ids(loaded.hf_config, self.tokenizer)
         limit = model_max_len(self.arch)
         self.max_model_len = min(config.max_model_len or limit, limit)

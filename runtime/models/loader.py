@@ -94,9 +94,34 @@ def _fused_offset(arch: ModelArch, part: str) -> tuple[int, int]:
             "gate_proj": (0, i), "up_proj": (i, i)}[part]
 
 
-def load_model(model: str, dtype: torch.dtype, device: torch.device) -> LoadedModel:
+def load_random_shape(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0
+                      ) -> LoadedModel:
+    """A named shape (runtime/models/shapes.py) with random weights built on the device."""
+    from runtime.models.shapes import init_random_, shape_config, shape_fingerprint
+    cfg = shape_config(name)
+    arch = arch_from_config(cfg)
+    with torch.device("meta"):
+        net = LlamaFamilyModel(arch)
+    net = net.to_empty(device=device).to(dtype)
+    init_random_(net, seed)
+    net.eval().requires_grad_(False)
+    _rebuild_rope(net, arch, device)
+    return LoadedModel(net, arch, cfg, shape_fingerprint(name, seed, dtype), Path(f"shape:{name}"))
+
+
+def _rebuild_rope(net: LlamaFamilyModel, arch: ModelArch, device: torch.device) -> None:
+    """Buffers created on the meta device are rebuilt on the target device."""
+    from kernels.rotary import build_cos_sin_cache
+    inv_freq, scaling = arch.inv_freq()
+    net.cos_sin = build_cos_sin_cache(inv_freq, arch.max_position_embeddings, scaling).to(device)
+
+
+def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int = 0
+               ) -> LoadedModel:
     from transformers import AutoConfig
 
+    if model.startswith("shape:"):
+        return load_random_shape(model.removeprefix("shape:"), dtype, device, seed)
     path = resolve_model_path(model)
     try:
         hf_config = AutoConfig.from_pretrained(path)
@@ -136,10 +161,7 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device) -> LoadedMo
         raise ModelLoadError(f"weights missing from {str(path)!r}: {', '.join(missing[:5])}"
                              + (" ..." if len(missing) > 5 else ""))
     net.eval().requires_grad_(False)
-    # Buffers created on the meta device are rebuilt on the target device.
-    inv_freq, scaling = arch.inv_freq()
-    from kernels.rotary import build_cos_sin_cache
-    net.cos_sin = build_cos_sin_cache(inv_freq, arch.max_position_embeddings, scaling).to(device)
+    _rebuild_rope(net, arch, device)
     log.info("loaded %s (%s, %d layers) from %s as %s on %s", arch.architecture,
              f"{sum(p.numel() for p in params.values()) / 1e6:.1f}M params", arch.num_layers, path,
              dtype, device)
