@@ -1,0 +1,536 @@
+"""The disk tier: KV blocks in LMDB, one writer thread, checksummed values.
+
+One LMDB environment per data directory and process (`open_environment`); the block store uses the
+named databases `kv_blocks` (key -> header + raw block bytes) and `kv_meta` (key -> small record for
+rebuilding the index on open), and other modules add theirs through `DiskStore.open_db(name)`.
+
+    key   = len(fingerprint) (1 byte) || model fingerprint || chained block hash
+    value = msgpack header {v, fp, layers, dtype, shape, ck, sum, n} || raw block bytes
+            (the block is [num_layers, 2, block_size, num_kv_heads, head_dim] in `dtype`)
+
+The checksum is xxh3-64 when the `xxhash` package is present (tens of GB/s, far above any disk),
+else CRC-32 from zlib (about 3 GB/s on one core, still above the disk, and zlib releases the GIL
+on large buffers); blake2b/md5 run under 1 GB/s and would slow the tier. The header names the
+algorithm, so each value is verified with the one that wrote it. A mismatch is a miss.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import lmdb
+import msgpack
+import numpy as np
+import torch
+
+from kvstore.eviction import EvictionPolicy, LRUPolicy, pick_victims
+from kvstore.spec import KVCacheSpec, dtype_name
+
+try:
+    import xxhash
+except ImportError:  # pragma: no cover - depends on the machine
+    xxhash = None
+
+log = logging.getLogger("agentkv.kvstore.disk")
+
+FORMAT_VERSION = 1
+BLOCKS_DB = "kv_blocks"
+META_DB = "kv_meta"
+MAX_DBS = 16
+WRITE_CHUNK_BYTES = 256 << 20        # one fsync'd commit per this many bytes of a batch
+MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' databases
+CHECKSUM = "xxh3_64" if xxhash is not None else "crc32"
+_TICK = b"\x00tick"                   # a kv_meta key rewritten after deletes (see _delete)
+
+
+def checksum(alg: str, data) -> int | None:
+    """Checksum of a bytes-like object; None when `alg` is not available in this process."""
+    if alg == "xxh3_64" and xxhash is not None:
+        return xxhash.xxh3_64_intdigest(data)
+    if alg == "crc32":
+        return zlib.crc32(data)
+    return None
+
+
+# -- one environment per path and process ------------------------------------------------------
+@dataclass
+class _EnvEntry:
+    env: lmdb.Environment
+    pid: int
+    users: int = 0
+
+
+_ENVS: dict[str, _EnvEntry] = {}
+_STORES: dict[str, "DiskStore"] = {}
+_REG_LOCK = threading.Lock()
+
+
+def _forget_after_fork() -> None:
+    """A child never uses its parent's environments: it drops them unclosed and opens its own."""
+    _ENVS.clear()
+    _STORES.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+
+def open_environment(path: str, map_size: int, max_dbs: int = MAX_DBS) -> lmdb.Environment:
+    """The process's LMDB environment for `path`, opened on first use and shared afterwards.
+
+    A later caller asking for a larger `map_size` grows the map. Release with
+    `release_environment(path)`; the last release closes it.
+    """
+    key = os.path.realpath(path)
+    with _REG_LOCK:
+        ent = _ENVS.get(key)
+        if ent is not None and ent.pid != os.getpid():  # inherited across fork: never reuse
+            del _ENVS[key]
+            ent = None
+        if ent is None:
+            os.makedirs(key, exist_ok=True)
+            env = lmdb.open(key, map_size=map_size, max_dbs=max_dbs, subdir=True,
+                            readahead=True, writemap=False, sync=True, metasync=True,
+                            max_readers=256)
+            ent = _EnvEntry(env, os.getpid())
+            _ENVS[key] = ent
+        elif ent.env.info()["map_size"] < map_size:
+            ent.env.set_mapsize(map_size)
+        ent.users += 1
+        return ent.env
+
+
+def release_environment(path: str) -> None:
+    key = os.path.realpath(path)
+    with _REG_LOCK:
+        ent = _ENVS.get(key)
+        if ent is None or ent.pid != os.getpid():
+            return
+        ent.users -= 1
+        if ent.users <= 0:
+            del _ENVS[key]
+            ent.env.close()
+
+
+# -- messages ----------------------------------------------------------------------------------
+class DiskStoreError(RuntimeError):
+    """The disk tier cannot do what was asked (unwritable path, store already open, ...)."""
+
+
+@dataclass
+class DiskStats:
+    puts: int = 0                # blocks written
+    gets: int = 0                # blocks asked for
+    hits: int = 0
+    misses: int = 0
+    checksum_failures: int = 0   # values whose bytes did not match their checksum
+    header_mismatches: int = 0   # values of another format/model/shape (also misses)
+    full_refusals: int = 0       # blocks refused because the map stayed full after eviction
+    evictions: int = 0
+    bytes_written: int = 0
+    bytes_read: int = 0
+    commits: int = 0
+
+
+@dataclass
+class PutResult:
+    """What one `put_many` batch did; never raises for a full or degraded tier."""
+    written: list[bytes] = field(default_factory=list)
+    refused: list[bytes] = field(default_factory=list)
+    evicted: list[bytes] = field(default_factory=list)
+    error: str | None = None
+
+
+def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
+    """The raw bytes of a CPU tensor as a flat uint8 array (no copy when contiguous)."""
+    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+
+
+# -- the store ---------------------------------------------------------------------------------
+class DiskStore:
+    """KV blocks of one model in an LMDB directory, with an LRU (or plugged-in) eviction order."""
+
+    def __init__(self, path: str, spec: KVCacheSpec, model_fingerprint: bytes,
+                 capacity_bytes: int, policy: EvictionPolicy | None = None,
+                 map_size: int | None = None, read_threads: int = 4,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < len(model_fingerprint) < 256:
+            raise ValueError("model_fingerprint must be 1..255 bytes")
+        self.path = os.path.realpath(path)
+        self.spec = spec
+        self.fingerprint = bytes(model_fingerprint)
+        self.capacity_bytes = int(capacity_bytes)
+        self.policy: EvictionPolicy = policy if policy is not None else LRUPolicy()
+        self.stats = DiskStats()
+        self.clock = clock
+        self.healthy = False
+        self.last_error: str | None = None
+        self.env: lmdb.Environment | None = None
+        self._prefix = bytes([len(self.fingerprint)]) + self.fingerprint
+        self._index: dict[bytes, int] = {}     # hash -> value length, blocks of this model
+        self._pinned: set[bytes] = set()
+        self._used = 0                          # bytes of this model's values
+        self._foreign = 0                       # bytes of other models' / formats' values
+        self._seq = 0
+        self._lock = threading.RLock()
+        self._evict_hooks: list[Callable[[bytes], None]] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-writer")
+        self._readers = ThreadPoolExecutor(max(1, read_threads),
+                                           thread_name_prefix="kv-disk-reader")
+        self._open(map_size if map_size is not None else
+                   int(self.capacity_bytes * 1.1) + 2 * WRITE_CHUNK_BYTES + MAP_HEADROOM_BYTES)
+
+    def _open(self, map_size: int) -> None:
+        with _REG_LOCK:
+            other = _STORES.get(self.path)
+            if other is not None and other is not self:
+                raise DiskStoreError(f"a DiskStore is already open on {self.path} in this "
+                                     f"process: reuse it (one LMDB environment per path)")
+            _STORES[self.path] = self
+        try:
+            self.env = open_environment(self.path, map_size)
+            self._blocks = self.env.open_db(BLOCKS_DB.encode())
+            self._meta = self.env.open_db(META_DB.encode())
+            self._rebuild_index()
+            self.healthy = True
+        except (OSError, lmdb.Error) as e:
+            with _REG_LOCK:
+                _STORES.pop(self.path, None)
+            self.env = None
+            self._degrade(f"disk tier at {self.path!r} cannot be opened for writing "
+                          f"({type(e).__name__}: {e}); the tier is off, the engine keeps "
+                          f"serving from GPU/CPU; fix the path or its permissions")
+
+    def _degrade(self, msg: str) -> None:
+        self.healthy = False
+        self.last_error = msg
+        log.error(msg)
+
+    def _rebuild_index(self) -> None:
+        """Index this model's blocks from `kv_meta`, oldest first; other models' are skipped."""
+        order: list[tuple[int, bytes, int]] = []
+        with self.env.begin(db=self._meta) as txn:
+            for key, raw in txn.cursor():
+                if key == _TICK:
+                    continue
+                rec = msgpack.unpackb(raw)
+                if key.startswith(self._prefix) and rec.get("v") == FORMAT_VERSION:
+                    order.append((rec["seq"], key[len(self._prefix):], rec["n"]))
+                else:
+                    self._foreign += int(rec.get("n", 0))
+                self._seq = max(self._seq, int(rec.get("seq", 0)))
+        order.sort()
+        for _, h, n in order:
+            self._index[h] = n
+            self._used += n
+            self.policy.touch(h, self.clock())
+
+    # -- sharing the environment -------------------------------------------------------------
+    def open_db(self, name: str):
+        """A named database in this store's environment (sessions, token logs, estimator)."""
+        if self.env is None:
+            raise DiskStoreError(f"disk tier is degraded: {self.last_error}")
+        return self.env.open_db(name.encode())
+
+    def on_evict(self, hook: Callable[[bytes], None]) -> None:
+        """Call `hook(hash)` (on the writer thread) after a block was evicted to make room."""
+        self._evict_hooks.append(hook)
+
+    # -- queries -----------------------------------------------------------------------------
+    @property
+    def used_bytes(self) -> int:
+        return self._used + self._foreign
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._index)
+
+    def contains(self, h: bytes) -> bool:
+        return h in self._index
+
+    def keys_for_model(self) -> list[bytes]:
+        """Hashes of this model's blocks on disk, oldest first."""
+        with self._lock:
+            return list(self._index)
+
+    def pin(self, hashes: Iterable[bytes]) -> None:
+        with self._lock:
+            self._pinned.update(hashes)
+
+    def unpin(self, hashes: Iterable[bytes]) -> None:
+        with self._lock:
+            self._pinned.difference_update(hashes)
+
+    def is_pinned(self, h: bytes) -> bool:
+        return h in self._pinned
+
+    @property
+    def num_pinned(self) -> int:
+        return len(self._pinned)
+
+    def _key(self, h: bytes) -> bytes:
+        return self._prefix + h
+
+    # -- writes (one thread) -----------------------------------------------------------------
+    def put_many(self, items: list[tuple[bytes, torch.Tensor]]) -> Future:
+        """Write blocks on the writer thread; the Future gives a PutResult once fsync'd.
+
+        Each tensor is a CPU block [num_layers, 2, block_size, num_kv_heads, head_dim]; the caller
+        keeps it unchanged until the Future resolves (the transfer engine holds its host slot).
+        """
+        if not self.healthy:
+            fut: Future = Future()
+            fut.set_result(PutResult(refused=[h for h, _ in items], error=self.last_error))
+            return fut
+        return self._writer.submit(self._put, list(items))
+
+    def delete(self, hashes: Iterable[bytes]) -> Future:
+        """Forget blocks now (`contains` is False at once) and remove them from LMDB on the
+        writer thread; the Future gives how many values were removed."""
+        hashes = list(hashes)
+        self._forget(hashes)
+        if not self.healthy:
+            fut: Future = Future()
+            fut.set_result(0)
+            return fut
+        return self._writer.submit(self._delete, hashes, False)
+
+    def _forget(self, hashes: list[bytes]) -> None:
+        with self._lock:
+            for h in hashes:
+                n = self._index.pop(h, None)
+                if n is not None:
+                    self._used -= n
+                self.policy.remove(h)
+
+    def purge_foreign(self) -> Future:
+        """Delete blocks of other model fingerprints or format versions; Future of the count."""
+        return self._writer.submit(self._purge_foreign)
+
+    def flush(self) -> None:
+        """Wait until every write queued so far is committed."""
+        self._writer.submit(lambda: None).result()
+
+    def _encode(self, h: bytes, t: torch.Tensor) -> bytes:
+        if tuple(t.shape) != self.spec.block_shape or t.dtype != self.spec.dtype:
+            raise ValueError(f"block {h.hex()} has shape {tuple(t.shape)} {t.dtype}; the store "
+                             f"holds {self.spec.block_shape} {self.spec.dtype}")
+        data = _tensor_bytes(t)
+        hdr = msgpack.packb({"v": FORMAT_VERSION, "fp": self.fingerprint,
+                             "layers": self.spec.num_layers, "dtype": dtype_name(t.dtype),
+                             "shape": list(self.spec.block_shape), "ck": CHECKSUM,
+                             "sum": checksum(CHECKSUM, data), "n": data.nbytes})
+        return b"".join((hdr, data))
+
+    def _put(self, items: list[tuple[bytes, torch.Tensor]]) -> PutResult:
+        res = PutResult()
+        try:
+            chunk: list[tuple[bytes, bytes]] = []
+            size = 0
+            seen: set[bytes] = set()
+            for h, t in items:
+                if h in self._index or h in seen:
+                    res.written.append(h)
+                    continue
+                seen.add(h)
+                val = self._encode(h, t)
+                chunk.append((h, val))
+                size += len(val)
+                if size >= WRITE_CHUNK_BYTES:
+                    self._write_chunk(chunk, res)
+                    chunk, size = [], 0
+            if chunk:
+                self._write_chunk(chunk, res)
+        except (OSError, lmdb.Error) as e:
+            self._degrade(f"disk tier write failed ({type(e).__name__}: {e}); tier is off")
+            done = set(res.written) | set(res.refused)
+            res.refused += [h for h, _ in items if h not in done]
+            res.error = self.last_error
+        return res
+
+    def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult) -> None:
+        need = sum(len(v) for _, v in chunk)
+        self._make_room(need, {h for h, _ in chunk}, res)
+        pending = chunk
+        while pending:
+            try:
+                self._commit(pending)
+                res.written += [h for h, _ in pending]
+                return
+            except lmdb.MapFullError:
+                if self._make_room(self.capacity_bytes + 1, {h for h, _ in pending}, res,
+                                   n_max=len(pending)):
+                    continue
+                if len(pending) > 1:  # nothing left to evict: write what fits, one by one
+                    for item in pending:
+                        self._write_chunk([item], res)
+                    return
+                res.refused.append(pending[0][0])
+                self.stats.full_refusals += 1
+                res.error = (f"disk tier full: a {len(pending[0][1])}-byte block does not fit "
+                             f"in the LMDB map ({self.env.info()['map_size']} bytes) even after "
+                             f"eviction; raise disk_cache_gb")
+                log.warning(res.error)
+                return
+
+    def _commit(self, chunk: list[tuple[bytes, bytes]]) -> None:
+        """One write transaction; LMDB's commit fsyncs (sync=True)."""
+        with self._lock:
+            seqs = list(range(self._seq + 1, self._seq + 1 + len(chunk)))
+        with self.env.begin(write=True) as txn:
+            for (h, val), seq in zip(chunk, seqs):
+                key = self._key(h)
+                txn.put(key, val, db=self._blocks)
+                txn.put(key, msgpack.packb({"v": FORMAT_VERSION, "seq": seq, "n": len(val)}),
+                        db=self._meta)
+        now = self.clock()
+        with self._lock:
+            self._seq = seqs[-1]
+            for h, val in chunk:
+                self._used += len(val) - self._index.get(h, 0)
+                self._index[h] = len(val)
+                self.policy.touch(h, now)
+        self.stats.puts += len(chunk)
+        self.stats.bytes_written += sum(len(v) for _, v in chunk)
+        self.stats.commits += 1
+
+    def _make_room(self, need: int, keep: set[bytes], res: PutResult,
+                   n_max: int | None = None) -> bool:
+        """Evict this model's least wanted blocks until `need` more bytes fit the capacity."""
+        with self._lock:
+            over = self.used_bytes + need - self.capacity_bytes
+            if over <= 0:
+                return True
+            per = max(1, self.spec.block_bytes)
+            n = min(len(self._index), n_max or -(-over // per))
+            victims = pick_victims(self.policy, n, lambda h: h not in keep and
+                                   h not in self._pinned and h in self._index, len(self._index))
+        if victims:
+            self._delete(victims, True)
+            res.evicted += victims
+        return bool(victims)
+
+    def _delete(self, hashes: list[bytes], evicting: bool) -> int:
+        gone = []
+        with self.env.begin(write=True) as txn:
+            for h in hashes:
+                key = self._key(h)
+                txn.delete(key, db=self._meta)
+                if txn.delete(key, db=self._blocks):
+                    gone.append(h)
+        with self.env.begin(write=True) as txn:  # let the next transaction reuse freed pages
+            txn.put(_TICK, msgpack.packb({"seq": self._seq}), db=self._meta)
+        self._forget(hashes)
+        if evicting:
+            self.stats.evictions += len(gone)
+            for h in gone:
+                for hook in self._evict_hooks:
+                    hook(h)
+        return len(gone)
+
+    def _purge_foreign(self) -> int:
+        with self.env.begin(write=True) as txn:
+            doomed = [k for k, raw in txn.cursor(db=self._meta) if k != _TICK and not (
+                k.startswith(self._prefix) and msgpack.unpackb(raw).get("v") == FORMAT_VERSION)]
+            for k in doomed:
+                txn.delete(k, db=self._meta)
+                txn.delete(k, db=self._blocks)
+        with self._lock:
+            self._foreign = 0
+        return len(doomed)
+
+    # -- reads (short transactions, a few threads) -------------------------------------------
+    def get_many(self, hashes: list[bytes], out: dict[bytes, torch.Tensor] | None = None
+                 ) -> dict[bytes, torch.Tensor]:
+        """Blocks found and verified, by hash; a missing or corrupt block is left out (a miss).
+
+        `out` optionally gives the destination of each block (e.g. a host slot view); bytes land
+        there before they are checked, so a destination of a miss holds garbage: do not use it.
+        """
+        hashes = list(hashes)
+        self.stats.gets += len(hashes)
+        if not self.healthy:
+            self.stats.misses += len(hashes)
+            return {}
+        if len(hashes) <= 2:
+            got = [self._read_one(h, out) for h in hashes]
+        else:
+            got = list(self._readers.map(lambda h: self._read_one(h, out), hashes))
+        found = {h: t for h, (t, _, _) in zip(hashes, got) if t is not None}
+        with self._lock:
+            for _, status, n in got:
+                self.stats.bytes_read += n
+                if status == "checksum":
+                    self.stats.checksum_failures += 1
+                elif status == "header":
+                    self.stats.header_mismatches += 1
+        self.stats.hits += len(found)
+        self.stats.misses += len(hashes) - len(found)
+        now = self.clock()
+        with self._lock:
+            for h in found:
+                if h in self._index:
+                    self.policy.touch(h, now)
+        return found
+
+    def _read_one(self, h: bytes, out: dict[bytes, torch.Tensor] | None
+                  ) -> tuple[torch.Tensor | None, str, int]:
+        """(block or None, "ok" | "absent" | "header" | "checksum", bytes read)."""
+        if h not in self._index:
+            return None, "absent", 0
+        dst = out[h] if out is not None and h in out else self.spec.allocate(1, "cpu")[0]
+        dst_bytes = _tensor_bytes(dst) if dst.is_contiguous() else None
+        if dst_bytes is None:
+            raise ValueError("get_many destinations must be contiguous CPU tensors")
+        with self.env.begin(db=self._blocks, buffers=True) as txn:  # one block: a short read
+            val = txn.get(self._key(h))
+            if val is None:
+                return None, "absent", 0
+            unpacker = msgpack.Unpacker()
+            unpacker.feed(val[:1024])
+            hdr = unpacker.unpack()
+            start = unpacker.tell()
+            if not self._header_ok(h, hdr, len(val) - start, dst_bytes.nbytes):
+                return None, "header", 0
+            dst_bytes[:] = np.frombuffer(val, dtype=np.uint8, count=hdr["n"], offset=start)
+            nbytes = len(val)
+        if checksum(hdr["ck"], dst_bytes) != hdr["sum"]:
+            log.warning("disk tier: block %s failed its %s checksum; treated as a miss "
+                        "(it will be recomputed)", h.hex(), hdr["ck"])
+            return None, "checksum", nbytes
+        return dst, "ok", nbytes
+
+    def _header_ok(self, h: bytes, hdr: dict, payload: int, want: int) -> bool:
+        ok = (isinstance(hdr, dict) and hdr.get("v") == FORMAT_VERSION
+              and hdr.get("fp") == self.fingerprint and hdr.get("n") == payload == want
+              and hdr.get("layers") == self.spec.num_layers
+              and hdr.get("dtype") == dtype_name(self.spec.dtype)
+              and tuple(hdr.get("shape", ())) == self.spec.block_shape)
+        if not ok:
+            log.warning("disk tier: block %s has a header that does not match this store "
+                        "(%r); treated as a miss", h.hex(), hdr)
+        return ok
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Finish queued writes, then release the environment and the path."""
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        with _REG_LOCK:
+            if _STORES.get(self.path) is self:
+                del _STORES[self.path]
+        if self.env is not None:
+            release_environment(self.path)
+            self.env = None
+        self.healthy = False
+
+    def __enter__(self) -> "DiskStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,314 @@
+"""Where every KV block is, across GPU, pinned CPU and disk, and the moves between them.
+
+The GPU tier is the block pool (`kvstore/block_pool.py`): its hash index says which GPU block
+holds a hash. This class indexes the CPU tier (hash -> host slot) and asks the disk store about
+the disk tier; a block may be on several tiers at once. The sessions layer calls `offload`,
+`prefetch`, `evict`, `pin`/`unpin` and `lookup`; the eviction order of the CPU and disk tiers
+comes from `EvictionPolicy` objects (LRU unless given).
+
+Threading: call everything, `poll()` included, from the engine thread; the index is updated when
+a batch is seen complete (`poll()` or a handle's `ready()`/`wait()`), never before the data is in
+place.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Literal
+
+import torch
+
+from kvstore.block_pool import BlockPool
+from kvstore.config import TierConfig
+from kvstore.disk import DiskStore
+from kvstore.eviction import EvictionPolicy, LRUPolicy, pick_victims
+from kvstore.host_pool import HostPool
+from kvstore.spec import KVCacheSpec
+from kvstore.transfer import TransferEngine, TransferGroup, TransferHandle
+
+Tier = Literal["gpu", "cpu", "disk"]
+TIERS: tuple[str, ...] = ("gpu", "cpu", "disk")
+
+
+@dataclass
+class Location:
+    """Where one block is; `tiers` lists them fastest first."""
+    hash: bytes
+    gpu_block: int | None = None
+    cpu_slot: int | None = None
+    on_disk: bool = False
+
+    @property
+    def tiers(self) -> list[str]:
+        return [t for t, here in (("gpu", self.gpu_block is not None),
+                                  ("cpu", self.cpu_slot is not None),
+                                  ("disk", self.on_disk)) if here]
+
+
+@dataclass
+class TierUsage:
+    capacity_blocks: int
+    used_blocks: int
+    pinned_blocks: int
+    bytes_in: int = 0      # bytes moved into this tier
+    bytes_out: int = 0     # bytes moved out of this tier
+
+
+@dataclass
+class _Moved:
+    bytes_in: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+    bytes_out: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TIERS, 0))
+
+    def add(self, src: str, dst: str, n: int) -> None:
+        self.bytes_out[src] += n
+        self.bytes_in[dst] += n
+
+
+class TieredKVStore:
+    """The GPU block pool plus the CPU and disk tiers that `config` turns on."""
+
+    def __init__(self, spec: KVCacheSpec, config: TierConfig, model_fingerprint: bytes,
+                 gpu_kv: torch.Tensor, block_pool: BlockPool,
+                 cpu_policy: EvictionPolicy | None = None,
+                 disk_policy: EvictionPolicy | None = None, pin_memory: bool | None = None,
+                 transfer_mode: str = "auto", clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec, self.config, self.pool, self.clock = spec, config, block_pool, clock
+        self.cpu_policy = cpu_policy if cpu_policy is not None else LRUPolicy()
+        self.host = HostPool(spec, config.cpu_bytes, pin_memory) if config.cpu_enabled else None
+        self.disk: DiskStore | None = None
+        staging = None
+        if config.disk_enabled:
+            self.disk = DiskStore(config.disk_cache_path, spec, model_fingerprint,
+                                  config.disk_bytes, policy=disk_policy, clock=clock)
+            staging = HostPool(spec, max(config.staging_bytes, 2 * spec.block_bytes), pin_memory)
+        host = self.host or staging
+        self.transfer = None if host is None else TransferEngine(
+            gpu_kv, host, self.disk, gpu_incref=block_pool.incref, gpu_decref=block_pool.free,
+            staging_pool=staging, mode=transfer_mode)
+        self._cpu: dict[bytes, int] = {}          # hash -> host slot (data in place)
+        self._cpu_pinned: set[bytes] = set()
+        self._gpu_pins: dict[bytes, int] = {}     # hash -> GPU block we hold a reference on
+        self.moved = _Moved()
+        self.gpu_evictions = 0
+        block_pool.on_evict(self._on_gpu_evict)
+
+    # -- queries -----------------------------------------------------------------------------
+    def locate(self, h: bytes) -> Location:
+        return Location(h, self.pool.lookup_hash(h), self._cpu.get(h),
+                        self.disk is not None and self.disk.contains(h))
+
+    def lookup(self, hashes: Iterable[bytes]) -> list[Location]:
+        """Locations of the longest prefix of `hashes` present on some tier."""
+        out: list[Location] = []
+        for h in hashes:
+            loc = self.locate(h)
+            if not loc.tiers:
+                break
+            out.append(loc)
+        return out
+
+    def usage(self) -> dict[str, TierUsage]:
+        p = self.pool
+        out = {"gpu": TierUsage(p.num_blocks, p.num_blocks - p.num_free_blocks, len(self._gpu_pins))}
+        cap = self.host.capacity if self.host else 0
+        out["cpu"] = TierUsage(cap, len(self._cpu), len(self._cpu_pinned))
+        d = self.disk
+        out["disk"] = TierUsage(d.capacity_bytes // self.spec.block_bytes if d else 0,
+                                d.num_blocks if d else 0, d.num_pinned if d else 0)
+        for t in TIERS:
+            out[t].bytes_in, out[t].bytes_out = self.moved.bytes_in[t], self.moved.bytes_out[t]
+        return out
+
+    # -- moves down --------------------------------------------------------------------------
+    def offload(self, hashes: Iterable[bytes], to: Tier = "cpu") -> TransferHandle:
+        """Copy blocks down to `to` ("cpu" or "disk"); blocks already there or not found are
+        skipped, and the CPU tier takes the longest prefix it can make room for."""
+        hashes = list(dict.fromkeys(hashes))
+        if to == "cpu":
+            return self._offload_cpu(hashes)
+        if to == "disk":
+            return self._offload_disk(hashes)
+        raise ValueError(f"offload target must be 'cpu' or 'disk', got {to!r}")
+
+    def _offload_cpu(self, hashes: list[bytes]) -> TransferHandle:
+        if self.host is None:
+            raise RuntimeError("the CPU tier is off (cpu_cache_gb = 0)")
+        todo = [(h, b) for h in hashes if h not in self._cpu
+                and (b := self.pool.lookup_hash(h)) is not None]
+        slots = self._alloc_cpu(len(todo))
+        todo = todo[:len(slots)]
+        handle = self.transfer.gpu_to_host([b for _, b in todo], slots)
+
+        def done(_: TransferHandle) -> None:
+            now = self.clock()
+            for (h, _), s in zip(todo, slots):
+                if h in self._cpu:            # raced with another offload of the same block
+                    self.host.free([s])
+                    continue
+                self._cpu[h] = s
+                self.cpu_policy.touch(h, now)
+            self.moved.add("gpu", "cpu", len(todo) * self.spec.block_bytes)
+        handle.add_done_callback(done)
+        return handle
+
+    def _offload_disk(self, hashes: list[bytes]) -> TransferHandle:
+        if self.disk is None:
+            raise RuntimeError("the disk tier is off (disk_cache_gb = 0 or no disk_cache_path)")
+        from_cpu: list[tuple[bytes, int]] = []
+        from_gpu: list[tuple[bytes, int]] = []
+        for h in hashes:
+            if self.disk.contains(h):
+                continue
+            if h in self._cpu:
+                from_cpu.append((h, self._cpu[h]))
+            elif (b := self.pool.lookup_hash(h)) is not None:
+                from_gpu.append((h, b))
+        parts: list[TransferHandle] = []
+        for src, items, start in (("cpu", from_cpu, self.transfer.host_to_disk),
+                                  ("gpu", from_gpu, self.transfer.gpu_to_disk)):
+            if items:
+                hd = start([h for h, _ in items], [x for _, x in items])
+                hd.add_done_callback(self._count_written(src, len(items)))
+                parts.append(hd)
+        return TransferGroup("offload_disk", parts)
+
+    def _count_written(self, src: str, n: int) -> Callable[[TransferHandle], None]:
+        def done(hd: TransferHandle) -> None:
+            if hd.error is None:
+                ok = n - len(hd.result.refused)
+                self.moved.add(src, "disk", ok * self.spec.block_bytes)
+        return done
+
+    def _alloc_cpu(self, n: int) -> list[int]:
+        """Up to `n` host slots, evicting unpinned, idle CPU blocks in policy order."""
+        short = n - self.host.num_free
+        if short > 0:
+            victims = pick_victims(self.cpu_policy, short, self._cpu_evictable, len(self._cpu))
+            self._drop_cpu(victims)
+        return self.host.allocate(min(n, self.host.num_free))
+
+    def _cpu_evictable(self, h: bytes) -> bool:
+        s = self._cpu.get(h)
+        return s is not None and h not in self._cpu_pinned and self.host.ref_count(s) == 1
+
+    def _drop_cpu(self, hashes: Iterable[bytes]) -> int:
+        n = 0
+        for h in hashes:
+            s = self._cpu.pop(h, None)
+            if s is None:
+                continue
+            self.cpu_policy.remove(h)
+            self.host.free([s])               # an in-flight copy keeps the slot until it ends
+            n += 1
+        return n
+
+    # -- moves up ----------------------------------------------------------------------------
+    def prefetch(self, hashes: Iterable[bytes], hold: bool = False) -> TransferHandle:
+        """Bring blocks to the GPU from the fastest tier that has them.
+
+        When complete, each block is registered in the block pool under its hash (so prefix
+        matching finds it) and `handle.gpu_blocks` maps hash -> GPU block. With `hold=False` the
+        tier's reference is dropped then (the block stays cached until the pool needs it); with
+        `hold=True` the caller owns one reference per block and frees it. Blocks that do not fit
+        in the pool or miss on disk are listed in `handle.result.missing`.
+        """
+        hashes = list(dict.fromkeys(hashes))
+        present = {h: b for h in hashes if (b := self.pool.lookup_hash(h)) is not None}
+        want = [h for h in hashes if h not in present]
+        src_cpu = [h for h in want if h in self._cpu]
+        src_disk = [h for h in want if h not in self._cpu and self.disk is not None
+                    and self.disk.contains(h)]
+        fit = min(len(src_cpu) + len(src_disk), self.pool.num_free_blocks)
+        src_cpu, src_disk = src_cpu[:fit], src_disk[:max(0, fit - len(src_cpu))]
+        parts: list[TransferHandle] = []
+        gpu_blocks: dict[bytes, int] = {}
+        if hold:
+            self.pool.incref(present.values())
+            gpu_blocks.update(present)
+        now = self.clock()
+        for src, hs in (("cpu", src_cpu), ("disk", src_disk)):
+            if not hs:
+                continue
+            bids = self.pool.allocate(len(hs))
+            if src == "cpu":
+                for h in hs:
+                    self.cpu_policy.touch(h, now)
+                hd = self.transfer.host_to_gpu([self._cpu[h] for h in hs], bids)
+            else:
+                hd = self.transfer.disk_to_gpu(hs, bids)
+            hd.add_done_callback(self._register(src, hs, bids, hold, gpu_blocks))
+            parts.append(hd)
+        group = TransferGroup("prefetch", parts)
+        group.gpu_blocks = gpu_blocks
+        chosen = set(src_cpu) | set(src_disk)
+        group.not_started = [h for h in want if h not in chosen]
+        return group
+
+    def _register(self, src: str, hs: list[bytes], bids: list[int], hold: bool,
+                  gpu_blocks: dict[bytes, int]) -> Callable[[TransferHandle], None]:
+        def done(hd: TransferHandle) -> None:
+            missing = set(hd.result.missing) if hd.error is None else set(hs)
+            drop: list[int] = []
+            for h, b in zip(hs, bids):
+                if h in missing:
+                    drop.append(b)
+                    continue
+                self.pool.cache_full_block(b, h)
+                gpu_blocks[h] = b
+                if not hold:
+                    drop.append(b)
+            self.pool.free(drop)
+            self.moved.add(src, "gpu", (len(hs) - len(missing)) * self.spec.block_bytes)
+        return done
+
+    # -- eviction, pinning -------------------------------------------------------------------
+    def evict(self, hashes: Iterable[bytes], tier: Tier) -> int:
+        """Drop blocks from one tier (pinned or in-use ones stay); returns how many went."""
+        hashes = list(hashes)
+        if tier == "gpu":
+            return sum(1 for h in hashes if h not in self._gpu_pins and
+                       (b := self.pool.lookup_hash(h)) is not None and self.pool.evict_cached(b))
+        if tier == "cpu":
+            return self._drop_cpu([h for h in hashes if h not in self._cpu_pinned])
+        if tier == "disk":
+            if self.disk is None:
+                return 0
+            doomed = [h for h in hashes if self.disk.contains(h) and not self.disk.is_pinned(h)]
+            self.disk.delete(doomed)
+            return len(doomed)
+        raise ValueError(f"tier must be gpu, cpu or disk, got {tier!r}")
+
+    def pin(self, hashes: Iterable[bytes]) -> None:
+        """Keep blocks on every tier they are on now (GPU: a reference is held)."""
+        for h in hashes:
+            b = self.pool.lookup_hash(h)
+            if b is not None and h not in self._gpu_pins:
+                self.pool.incref([b])
+                self._gpu_pins[h] = b
+            if h in self._cpu:
+                self._cpu_pinned.add(h)
+            if self.disk is not None and self.disk.contains(h):
+                self.disk.pin([h])
+
+    def unpin(self, hashes: Iterable[bytes]) -> None:
+        for h in hashes:
+            b = self._gpu_pins.pop(h, None)
+            if b is not None:
+                self.pool.free([b])
+            self._cpu_pinned.discard(h)
+            if self.disk is not None:
+                self.disk.unpin([h])
+
+    def _on_gpu_evict(self, block_id: int, h: bytes) -> None:
+        self.gpu_evictions += 1
+
+    # -- lifetime ----------------------------------------------------------------------------
+    def poll(self) -> int:
+        """Complete finished batches (index updates happen here); returns batches in flight."""
+        return self.transfer.poll() if self.transfer is not None else 0
+
+    def close(self) -> None:
+        if self.transfer is not None:
+            self.transfer.close()
+        if self.disk is not None:
+            self.disk.close()

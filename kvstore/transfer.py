@@ -1,0 +1,413 @@
+"""Asynchronous block copies between the GPU cache, the host pool and the disk store.
+
+GPU<->CPU copies run on a dedicated CUDA stream and are issued by one background thread, so the
+engine thread spends microseconds per batch whatever its size; a CUDA event per batch tells when
+the data is there. CPU<->disk moves run on threads too (the disk store's writer, a chain thread).
+Every handle holds references on what its copy reads or writes (GPU blocks through the
+`gpu_incref`/`gpu_decref` callbacks, host slots through HostPool refcounts) and drops them once
+the copy is seen complete (`ready()`, `wait()` or `TransferEngine.poll()`, on the engine thread),
+so a block freed during a copy is not reused before the copy has finished.
+
+On a CPU-only machine `gpu_kv` is a CPU tensor and the same API works: copies run on the
+background thread and handles complete through futures.
+
+    gpu_kv: [num_gpu_blocks, num_layers, 2, block_size, num_kv_heads, head_dim]
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+
+from kvstore.disk import DiskStore
+from kvstore.host_pool import HostPool, copy_blocks_in, copy_blocks_out
+
+RefFn = Callable[[Sequence[int]], None]
+
+
+@dataclass
+class TransferStats:
+    """Bytes moved by completed batches, per direction."""
+    d2h_bytes: int = 0
+    h2d_bytes: int = 0
+    disk_write_bytes: int = 0
+    disk_read_bytes: int = 0
+    batches: int = 0
+
+
+@dataclass
+class TransferResult:
+    """What a batch did: blocks (by hash) that a disk read missed or a disk write refused."""
+    missing: list[bytes] = field(default_factory=list)
+    refused: list[bytes] = field(default_factory=list)
+
+
+class TransferHandle:
+    """One batch of copies. Complete when its future (if any) is done and its event fired."""
+
+    def __init__(self, kind: str, nbytes: int, future: Future | None = None,
+                 event: "torch.cuda.Event | None" = None,
+                 release: Callable[[], None] | None = None) -> None:
+        self.kind = kind
+        self.nbytes = nbytes
+        self._future = future
+        self._event = event
+        self._release = release
+        self._callbacks: list[Callable[["TransferHandle"], None]] = []
+        self._done = False
+        self._lock = threading.Lock()
+
+    def ready(self) -> bool:
+        """True once the data is in place (releases the batch's references then)."""
+        if self._done:
+            return True
+        if self._future is not None and not self._future.done():
+            return False
+        if self._event is not None and not self._event.query():
+            return False
+        self._finish()
+        return True
+
+    def wait(self, timeout: float | None = None) -> "TransferHandle":
+        """Block until the batch is complete; raises what the batch raised."""
+        if self._future is not None:
+            self._future.result(timeout)
+        if self._event is not None:
+            self._event.synchronize()
+        self._finish()
+        return self
+
+    def wait_stream(self, stream: "torch.cuda.Stream | None" = None) -> None:
+        """Make a CUDA stream (default: current) wait for the copy, without blocking the host
+        beyond the few microseconds the background thread takes to issue it."""
+        if self._event is None:
+            self.wait()
+            return
+        if self._future is not None:
+            self._future.result()
+        (stream or torch.cuda.current_stream(self._event.device)).wait_event(self._event)
+
+    def add_done_callback(self, fn: Callable[["TransferHandle"], None]) -> None:
+        """Run `fn(handle)` on the thread that first sees the batch complete."""
+        with self._lock:
+            if not self._done:
+                self._callbacks.append(fn)
+                return
+        fn(self)
+
+    @property
+    def result(self) -> TransferResult:
+        if self._future is None:
+            return TransferResult()
+        r = self._future.result()
+        return r if isinstance(r, TransferResult) else TransferResult()
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._future.exception() if self._future is not None and \
+            self._future.done() else None
+
+    def _finish(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            cbs, self._callbacks = self._callbacks, []
+        if self._release is not None:
+            self._release()
+        for fn in cbs:
+            fn(self)
+
+
+class TransferEngine:
+    """Moves blocks between `gpu_kv`, `host_pool` and `disk` (may be None)."""
+
+    def __init__(self, gpu_kv: torch.Tensor, host_pool: HostPool, disk: DiskStore | None = None,
+                 *, gpu_incref: RefFn | None = None, gpu_decref: RefFn | None = None,
+                 staging_pool: HostPool | None = None, mode: str = "auto",
+                 chunk_blocks: int = 64) -> None:
+        if mode not in ("auto", "direct", "staged"):
+            raise ValueError(f"mode must be auto, direct or staged, got {mode!r}")
+        if tuple(gpu_kv.shape[1:]) != host_pool.spec.block_shape:
+            raise ValueError(f"gpu_kv blocks {tuple(gpu_kv.shape[1:])} differ from the host "
+                             f"pool's {host_pool.spec.block_shape}")
+        self.kv = gpu_kv
+        self.host = host_pool
+        self.disk = disk
+        self.staging = staging_pool if staging_pool is not None else host_pool
+        self.mode = mode
+        self.chunk_blocks = chunk_blocks
+        self.block_bytes = host_pool.spec.block_bytes
+        self.stats = TransferStats()
+        self._incref = gpu_incref or (lambda ids: None)
+        self._decref = gpu_decref or (lambda ids: None)
+        self.is_cuda = gpu_kv.is_cuda
+        self.stream = torch.cuda.Stream(gpu_kv.device) if self.is_cuda else None
+        self._issuer = ThreadPoolExecutor(1, thread_name_prefix="kv-copy-issuer")
+        self._chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-chain")
+        self._pending: list[TransferHandle] = []
+        self._stats_lock = threading.Lock()
+
+    # -- GPU <-> CPU -------------------------------------------------------------------------
+    def gpu_to_host(self, block_ids: Sequence[int], slots: Sequence[int]) -> TransferHandle:
+        """Copy GPU blocks block_ids[i] into host slots slots[i] (after the work queued so far
+        on the current stream)."""
+        return self._gpu_host("d2h", list(block_ids), list(slots))
+
+    def host_to_gpu(self, slots: Sequence[int], block_ids: Sequence[int]) -> TransferHandle:
+        """Copy host slots slots[i] into GPU blocks block_ids[i]; call `wait_stream()` on the
+        handle before a kernel reads them."""
+        return self._gpu_host("h2d", list(block_ids), list(slots))
+
+    def _gpu_host(self, kind: str, ids: list[int], slots: list[int]) -> TransferHandle:
+        if len(ids) != len(slots):
+            raise ValueError(f"{len(ids)} GPU blocks but {len(slots)} host slots")
+        self._incref(ids)
+        self.host.incref(slots)
+        after = self._record_current()
+        event = torch.cuda.Event() if self.is_cuda else None
+        fut = self._issuer.submit(self._issue, kind, ids, slots, after, event)
+        nbytes = len(ids) * self.block_bytes
+
+        def release() -> None:
+            self.host.decref(slots)
+            self._decref(ids)
+            self._count(kind + "_bytes", nbytes)
+        return self._track(TransferHandle(kind, nbytes, fut, event, release))
+
+    def _record_current(self) -> "torch.cuda.Event | None":
+        if not self.is_cuda:
+            return None
+        ev = torch.cuda.Event()
+        ev.record(torch.cuda.current_stream(self.kv.device))
+        return ev
+
+    def _issue(self, kind: str, ids: list[int], slots: list[int], after, event) -> None:
+        """On the issuer thread: queue the copies on the copy stream (or do them, on CPU)."""
+        if not self.is_cuda:
+            self._copy(kind, self.host, ids, slots)
+            return
+        with torch.cuda.device(self.kv.device), torch.cuda.stream(self.stream):
+            self.stream.wait_event(after)
+            self._copy(kind, self.host, ids, slots)
+            event.record(self.stream)
+
+    def _copy(self, kind: str, pool: HostPool, ids: list[int], slots: list[int]) -> None:
+        fn = copy_blocks_out if kind == "d2h" else copy_blocks_in
+        fn(self.kv, ids, pool.buffer, slots, mode=self.mode, chunk_blocks=self.chunk_blocks)
+
+    # -- CPU <-> disk ------------------------------------------------------------------------
+    def host_to_disk(self, hashes: Sequence[bytes], slots: Sequence[int]) -> TransferHandle:
+        """Write host slots to disk under their block hashes (fsync'd when complete)."""
+        disk = self._need_disk()
+        hashes, slots = list(hashes), list(slots)
+        self.host.incref(slots)
+        put = disk.put_many([(h, self.host.slot_view(s)) for h, s in zip(hashes, slots)])
+        fut = self._then(put, lambda r: TransferResult(refused=r.refused))
+        nbytes = len(slots) * self.block_bytes
+
+        def release() -> None:
+            self.host.decref(slots)
+            self._count("disk_write_bytes", nbytes - len(fut.result().refused) * self.block_bytes)
+        return self._track(TransferHandle("host_to_disk", nbytes, fut, None, release))
+
+    def disk_to_host(self, hashes: Sequence[bytes], slots: Sequence[int]) -> TransferHandle:
+        """Read blocks into host slots; `handle.result.missing` lists misses (absent or corrupt:
+        their slots hold garbage)."""
+        disk = self._need_disk()
+        hashes, slots = list(hashes), list(slots)
+        self.host.incref(slots)
+        out = {h: self.host.slot_view(s) for h, s in zip(hashes, slots)}
+
+        def read() -> TransferResult:
+            found = disk.get_many(hashes, out=out)
+            return TransferResult(missing=[h for h in hashes if h not in found])
+        fut = self._chain.submit(read)
+        nbytes = len(slots) * self.block_bytes
+
+        def release() -> None:
+            self.host.decref(slots)
+            self._count("disk_read_bytes", nbytes - len(fut.result().missing) * self.block_bytes)
+        return self._track(TransferHandle("disk_to_host", nbytes, fut, None, release))
+
+    # -- GPU <-> disk through the staging slots ----------------------------------------------
+    def gpu_to_disk(self, hashes: Sequence[bytes], block_ids: Sequence[int]) -> TransferHandle:
+        """Write GPU blocks to disk through pinned staging slots, a chunk at a time."""
+        self._need_disk()
+        hashes, ids = list(hashes), list(block_ids)
+        self._incref(ids)
+        after = self._record_current()
+        fut = self._chain.submit(self._gpu_to_disk, hashes, ids, after)
+        nbytes = len(ids) * self.block_bytes
+
+        def release() -> None:
+            self._decref(ids)
+            self._count("d2h_bytes", nbytes)
+            self._count("disk_write_bytes", nbytes - len(fut.result().refused) * self.block_bytes)
+        return self._track(TransferHandle("gpu_to_disk", nbytes, fut, None, release))
+
+    def disk_to_gpu(self, hashes: Sequence[bytes], block_ids: Sequence[int]) -> TransferHandle:
+        """Read blocks from disk into GPU blocks; `result.missing` lists the hashes whose GPU
+        block was not written."""
+        self._need_disk()
+        hashes, ids = list(hashes), list(block_ids)
+        self._incref(ids)
+        fut = self._chain.submit(self._disk_to_gpu, hashes, ids)
+        nbytes = len(ids) * self.block_bytes
+
+        def release() -> None:
+            self._decref(ids)
+            got = nbytes - len(fut.result().missing) * self.block_bytes
+            self._count("disk_read_bytes", got)
+            self._count("h2d_bytes", got)
+        return self._track(TransferHandle("disk_to_gpu", nbytes, fut, None, release))
+
+    def _staging_chunk(self) -> int:
+        return max(1, min(self.chunk_blocks, self.staging.capacity // 2))
+
+    def _gpu_to_disk(self, hashes: list[bytes], ids: list[int], after) -> TransferResult:
+        """Chain thread: D2H a chunk into staging, queue its disk write, keep two in flight."""
+        res = TransferResult()
+        inflight: list[tuple[Future, list[int]]] = []
+        step = self._staging_chunk()
+        try:
+            for i in range(0, len(ids), step):
+                slots = self.staging.allocate(len(ids[i:i + step]))
+                inflight.append((None, slots))  # freed below even if the copy fails
+                self._copy_sync("d2h", ids[i:i + step], slots, after)
+                put = self.disk.put_many([(h, self.staging.slot_view(s))
+                                          for h, s in zip(hashes[i:i + step], slots)])
+                inflight[-1] = (put, slots)
+                while len(inflight) >= 2:
+                    self._drain(inflight.pop(0), res)
+        finally:
+            while inflight:
+                self._drain(inflight.pop(0), res)
+        return res
+
+    def _drain(self, item: tuple[Future | None, list[int]], res: TransferResult) -> None:
+        put, slots = item
+        try:
+            if put is not None:
+                res.refused += put.result().refused
+        finally:
+            self.staging.free(slots)
+
+    def _disk_to_gpu(self, hashes: list[bytes], ids: list[int]) -> TransferResult:
+        res = TransferResult()
+        step = self._staging_chunk()
+        for i in range(0, len(ids), step):
+            hs, gs = hashes[i:i + step], ids[i:i + step]
+            slots = self.staging.allocate(len(gs))
+            try:
+                found = self.disk.get_many(hs, out={h: self.staging.slot_view(s)
+                                                    for h, s in zip(hs, slots)})
+                keep = [k for k, h in enumerate(hs) if h in found]
+                res.missing += [h for h in hs if h not in found]
+                if keep:
+                    self._copy_sync("h2d", [gs[k] for k in keep], [slots[k] for k in keep], None)
+            finally:
+                self.staging.free(slots)
+        return res
+
+    def _copy_sync(self, kind: str, ids: list[int], slots: list[int], after) -> None:
+        """On a background thread: copy through the staging pool and wait for it."""
+        if not self.is_cuda:
+            self._copy(kind, self.staging, ids, slots)
+            return
+        with torch.cuda.device(self.kv.device), torch.cuda.stream(self.stream):
+            if after is not None:
+                self.stream.wait_event(after)
+            self._copy(kind, self.staging, ids, slots)
+            ev = torch.cuda.Event()
+            ev.record(self.stream)
+        ev.synchronize()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def _need_disk(self) -> DiskStore:
+        if self.disk is None:
+            raise RuntimeError("this transfer engine has no disk store (disk tier is off)")
+        return self.disk
+
+    @staticmethod
+    def _then(fut: Future, fn: Callable) -> Future:
+        out: Future = Future()
+
+        def done(f: Future) -> None:
+            try:
+                out.set_result(fn(f.result()))
+            except BaseException as e:  # noqa: BLE001 - handed to whoever waits
+                out.set_exception(e)
+        fut.add_done_callback(done)
+        return out
+
+    def _count(self, name: str, nbytes: int) -> None:
+        with self._stats_lock:
+            setattr(self.stats, name, getattr(self.stats, name) + nbytes)
+
+    def _track(self, handle: TransferHandle) -> TransferHandle:
+        self._pending.append(handle)
+        with self._stats_lock:
+            self.stats.batches += 1
+        return handle
+
+    def poll(self) -> int:
+        """Complete the batches that have finished (releasing their references); returns how
+        many are still in flight. Call it from the engine thread every step."""
+        self._pending = [h for h in self._pending if not h.ready()]
+        return len(self._pending)
+
+    def synchronize(self) -> None:
+        """Wait for every batch in flight."""
+        for h in list(self._pending):
+            h.wait()
+        self._pending = []
+
+    def close(self) -> None:
+        self.synchronize()
+        self._issuer.shutdown(wait=True)
+        self._chain.shutdown(wait=True)
+
+
+class TransferGroup(TransferHandle):
+    """Several batches seen as one: complete when all are; results are merged."""
+
+    def __init__(self, kind: str, handles: list[TransferHandle]) -> None:
+        super().__init__(kind, sum(h.nbytes for h in handles))
+        self.handles = handles
+        self.not_started: list[bytes] = []     # blocks the caller could not schedule
+        self.gpu_blocks: dict[bytes, int] = {}  # filled by prefetch as blocks land
+
+    def ready(self) -> bool:
+        if self._done:
+            return True
+        if not all(h.ready() for h in self.handles):
+            return False
+        self._finish()
+        return True
+
+    def wait(self, timeout: float | None = None) -> "TransferGroup":
+        for h in self.handles:
+            h.wait(timeout)
+        self._finish()
+        return self
+
+    def wait_stream(self, stream: "torch.cuda.Stream | None" = None) -> None:
+        for h in self.handles:
+            h.wait_stream(stream)
+
+    @property
+    def result(self) -> TransferResult:
+        out = TransferResult(missing=list(self.not_started))
+        for h in self.handles:
+            r = h.result
+            out.missing += r.missing
+            out.refused += r.refused
+        return out
+
+    @property
+    def error(self) -> BaseException | None:
+        return next((e for e in (h.error for h in self.handles) if e is not None), None)
