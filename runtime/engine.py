@@ -20,6 +20,8 @@ from runtime.config import EngineConfig, SamplingParams
 from runtime.errors import InvalidRequestError
 from runtime.model_runner import ModelRunner
 from runtime.models.loader import load_model, model_max_len
+from runtime.prefix_loader import PrefixLoader
+from runtime.tier_setup import build_tiers
 from runtime.request import FinishReason, Output, Request, RequestOutput
 from runtime.sampler import sample
 from runtime.scheduler import Scheduler, SchedulerConfig
@@ -73,6 +75,10 @@ class Engine:
                                                    self.max_model_len), self.pool, self.fingerprint)
         self.ops = get_kernel_ops(config.kernel_backend, self.device)
         self.runner = ModelRunner(self.model, self.kv_spec, self.kv_cache, self.ops, self.device)
+        self.tiers, self.rates = build_tiers(self)
+        if self.tiers is not None:
+            self.scheduler.loader = PrefixLoader(self.tiers, self.pool, config.block_size,
+                                                 self.fingerprint, self.rates)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         log.info("engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, %s kernels",
@@ -147,11 +153,14 @@ class Engine:
 
     # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        if self.tiers is not None:
+            self.tiers.poll()
         sched = self.scheduler.schedule()
         self.stats.preemptions += len(sched.preempted)
         if sched.is_empty:
             return []
         self.stats.steps += 1
+        t0 = time.perf_counter()
         try:
             logits, rows = self.runner.execute(sched)
             picks = [sched.scheduled[r].request for r in rows]
@@ -167,10 +176,15 @@ class Engine:
                 self.requests.pop(req.request_id, None)
                 outs.append(self._final(req, [], None, error=f"engine step failed: {e}"))
             return outs
+        prefill_tokens = 0
         for s in sched.scheduled:
             before = s.request.num_prompt_tokens_computed
             self.scheduler.commit_computed(s)
             self.stats.prompt_tokens_computed += s.request.num_prompt_tokens_computed - before
+            if s.num_new_tokens > 1:
+                prefill_tokens += s.num_new_tokens
+        if prefill_tokens == sched.num_tokens:   # tokens were synced by sampling: time is real
+            self.rates.observe_prefill(prefill_tokens, time.perf_counter() - t0)
         outs: list[RequestOutput] = []
         now = time.monotonic()
         for j, r in enumerate(rows):

@@ -44,6 +44,7 @@ class Request:
     first_token_time: float | None = None
     stop_text: str = ""                      # output text so far (kept only for stop strings)
     kv_source: dict[str, int] = field(default_factory=dict)   # tokens per tier at admission
+    loaded_from: dict[str, int] = field(default_factory=dict)  # prefix tokens loaded per tier
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)

@@ -59,6 +59,7 @@ class Scheduler:
         self.running: list[Request] = []
         self._order = itertools.count()
         self._seq: dict[str, int] = {}
+        self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -78,6 +79,8 @@ class Scheduler:
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+            if self.loader is not None:
+                self.loader.forget(req)
         self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
@@ -110,8 +113,11 @@ class Scheduler:
             i += 1
         if not out.preempted:
             self.waiting.sort(key=self._key)
-            while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
-                req = self.waiting[0]
+            for req in list(self.waiting):
+                if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
+                    break
+                if self.loader is not None and not self.loader.ready(req):
+                    continue          # its prefix is still being loaded: let others go first
                 if not self._admit(req, budget, out):
                     break
                 budget = self.config.max_num_batched_tokens - out.num_tokens
@@ -127,16 +133,21 @@ class Scheduler:
             req.block_ids = hit
             req.block_hashes = hashes[:len(hit)]
             req.num_computed_tokens = len(hit) * bs
+            if self.loader is not None:
+                self.loader.after_admit(req)
             if req.num_preemptions == 0:
-                req.num_cached_tokens = req.num_computed_tokens
-                req.kv_source = {"gpu": req.num_computed_tokens}
+                cached = req.num_computed_tokens
+                loaded = {t: min(n, cached) for t, n in req.loaded_from.items()}
+                req.num_cached_tokens = cached
+                req.kv_source = {"gpu": cached - sum(loaded.values()), **loaded,
+                                 "recomputed": req.num_prompt_tokens - cached}
         n = min(req.num_tokens - req.num_computed_tokens, budget)
         if not self._grow(req, n):
             self._release(req)
             req.num_computed_tokens = 0
             req.block_hashes = []
             return False
-        self.waiting.pop(0)
+        self.waiting.remove(req)
         req.status = RequestStatus.RUNNING
         self.running.append(req)
         out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))

@@ -1,0 +1,133 @@
+"""Loads a waiting request's prefix blocks from the CPU or disk tier instead of recomputing them.
+
+Before a waiting request is admitted, the loader looks past its GPU prefix-cache hit: if the next
+blocks of its prompt sit on the CPU or disk tier and loading them is faster than recomputing them
+(by the measured transfer bandwidths and the measured prefill speed), it starts a prefetch and
+keeps that request waiting — others are scheduled meanwhile — until the blocks are on the GPU.
+The prefetched blocks are held for the request until its admission matches them as ordinary
+prefix-cache hits, so they cannot be evicted in between.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from kvstore.block_pool import BlockPool, chain_hashes
+from kvstore.tiers import TieredKVStore
+from runtime.request import Request
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Rates:
+    """Measured speeds (exponential moving averages), seeded with conservative defaults."""
+    prefill_tok_s: float
+    h2d_GBps: float
+    disk_read_GBps: float
+    alpha: float = 0.2
+
+    def observe_prefill(self, tokens: int, seconds: float) -> None:
+        if tokens >= 64 and seconds > 0:
+            self.prefill_tok_s += self.alpha * (tokens / seconds - self.prefill_tok_s)
+
+    def observe_load(self, tier: str, nbytes: int, seconds: float) -> None:
+        if nbytes < (1 << 20) or seconds <= 0:
+            return
+        gbps = nbytes / seconds / 1e9
+        if tier == "cpu":
+            self.h2d_GBps += self.alpha * (gbps - self.h2d_GBps)
+        else:
+            self.disk_read_GBps += self.alpha * (gbps - self.disk_read_GBps)
+
+
+@dataclass
+class _Load:
+    handle: object
+    started: float
+    order: list[tuple[bytes, str]]  # (hash, source tier) of each block, in prefix order
+    nbytes: dict[str, int]
+    held: list[int] = field(default_factory=list)
+
+
+class PrefixLoader:
+    def __init__(self, tiers: TieredKVStore, pool: BlockPool, block_size: int,
+                 fingerprint: bytes, rates: Rates):
+        self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
+        self._loads: dict[str, _Load] = {}
+        self._checked: set[str] = set()
+        self.loaded_tokens = {"cpu": 0, "disk": 0}
+
+    def ready(self, req: Request) -> bool:
+        """False while `req`'s prefix is being loaded; True once it can be admitted."""
+        rid = req.request_id
+        load = self._loads.get(rid)
+        if load is not None:
+            if not load.handle.ready():
+                return False
+            self._finish(req, load)
+            return True
+        if rid in self._checked or req.num_computed_tokens or req.num_preemptions:
+            return True
+        self._checked.add(rid)
+        usable = (req.num_tokens - 1) // self.bs
+        hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
+        g = 0
+        while g < len(hashes) and self.pool.lookup_hash(hashes[g]) is not None:
+            g += 1
+        below = self.tiers.lookup(hashes[g:])
+        if not below:
+            return True
+        tokens = {"cpu": 0, "disk": 0}
+        for loc in below:
+            tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
+        bpt = self.tiers.spec.bytes_per_token
+        nbytes = {t: n * bpt for t, n in tokens.items()}
+        load_s = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9) + \
+            nbytes["disk"] / (self.rates.disk_read_GBps * 1e9)
+        recompute_s = sum(tokens.values()) / self.rates.prefill_tok_s
+        if load_s >= recompute_s:
+            log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
+                      sum(tokens.values()), recompute_s, load_s)
+            return True
+        handle = self.tiers.prefetch([loc.hash for loc in below], hold=True)
+        order = [(loc.hash, "cpu" if loc.cpu_slot is not None else "disk") for loc in below]
+        self._loads[rid] = _Load(handle, time.perf_counter(), order, nbytes)
+        return handle.ready() and self._finish(req, self._loads[rid])
+
+    def _finish(self, req: Request, load: _Load) -> bool:
+        secs = time.perf_counter() - load.started
+        got = getattr(load.handle, "gpu_blocks", {})
+        load.held = list(got.values())
+        loaded = {"cpu": 0, "disk": 0}
+        for h, tier in load.order:           # only an unbroken prefix is usable
+            if h not in got:
+                log.warning("request %s: %d prefix blocks could not be loaded; recomputing them",
+                            req.request_id, len(load.order) - sum(loaded.values()) // self.bs)
+                break
+            loaded[tier] += self.bs
+        if load.handle.error is None:
+            for tier in ("cpu", "disk"):
+                self.rates.observe_load(tier, load.nbytes[tier], secs)
+        req.loaded_from = {t: n for t, n in loaded.items() if n}
+        return True
+
+    def after_admit(self, req: Request) -> None:
+        """The request now holds its own references: drop the loader's."""
+        self._checked.discard(req.request_id)
+        load = self._loads.pop(req.request_id, None)
+        if load is not None:
+            self.pool.free(load.held)
+            for t, n in req.loaded_from.items():
+                self.loaded_tokens[t] += n
+
+    def forget(self, req: Request) -> None:
+        """The request left before admission (aborted): release whatever was loaded for it."""
+        self._checked.discard(req.request_id)
+        load = self._loads.pop(req.request_id, None)
+        if load is not None:
+            if not load.handle.ready():
+                load.handle.wait()
+            self._finish(req, load)
+            self.pool.free(load.held)

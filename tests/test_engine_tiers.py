@@ -1,0 +1,56 @@
+"""The engine loads a prompt's prefix from the CPU or disk tier, and the tokens do not change."""
+import pytest
+import torch
+
+from hf_models import save_model
+from kvstore.block_pool import chain_hashes
+from runtime import Engine, EngineConfig, SamplingParams
+
+PARAMS = SamplingParams(max_tokens=12, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_model("qwen2", tmp_path_factory.mktemp("qwen2") / "model")
+
+
+def test_tokens_identical_computed_gpu_cpu_disk(folder, tmp_path):
+    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                              num_gpu_blocks=64, kernel_backend="torch", cpu_cache_gb=0.01,
+                              disk_cache_path=str(tmp_path / "kv"), disk_cache_gb=0.05))
+    g = torch.Generator().manual_seed(5)
+    prompt = torch.randint(3, 512, (150,), generator=g).tolist()
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)          # 9 full blocks
+
+    computed = eng.generate([prompt], PARAMS)[0]
+    assert computed.num_cached_tokens == 0
+
+    gpu = eng.generate([prompt], PARAMS)[0]
+    assert gpu.num_cached_tokens == 144
+
+    eng.tiers.offload(hashes, "cpu").wait()
+    eng.tiers.poll()
+    assert eng.tiers.evict(hashes, "gpu") == 9
+    before = eng.stats.prompt_tokens_computed
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+    cpu_tokens = req.output_token_ids
+    assert req.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}
+    assert eng.stats.prompt_tokens_computed - before == 6
+
+    eng.tiers.offload(hashes, "disk").wait()
+    eng.tiers.poll()
+    assert eng.tiers.evict(hashes, "cpu") == 9
+    assert eng.tiers.evict(hashes, "gpu") == 9
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+    assert req.kv_source == {"gpu": 0, "disk": 144, "recomputed": 6}
+    disk_tokens = req.output_token_ids
+
+    assert computed.token_ids == gpu.token_ids == cpu_tokens == disk_tokens
+    eng.pool.check_invariants()
+    eng.tiers.close()
