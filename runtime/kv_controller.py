@@ -1,0 +1,260 @@
+"""Carries out a cache policy's decisions on the engine's KV tiers, session by session.
+
+The session manager reports turn ends, pauses, resumes and closes; this controller turns each
+into the policy's hook call (`sessions/policies`) and executes the returned plan with the tier
+operations of `kvstore/tiers.py`: pin on the GPU for a TTL, write through to CPU, offload, spill
+to disk, drop, and prefetch back before the predicted resume. Every tier operation runs on the
+engine thread (`EngineThread.call`), between steps; `tick` runs there after every step.
+
+Blocks are identified by their chained hashes, so a prefix shared by many sessions (a system
+prompt) is one set of blocks, counted once and never dropped while another session uses it.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kvstore.block_pool import BlockHash, chain_hashes
+from sessions.costs import CostModel
+from sessions.estimator import PauseEstimator, PauseForecast
+from sessions.policy import CachePolicy, Placement, PlacementPlan, SessionKVView, TierUsage
+from runtime.engine import Engine
+from runtime.next_use_order import NextUseOrder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionKV:
+    session_id: str
+    hashes: list[BlockHash] = field(default_factory=list)
+    tokens: int = 0
+    paused_at: float | None = None
+    forecast: PauseForecast | None = None
+    human: bool = False
+    tool: str | None = None
+    last_used_at: float = 0.0
+    pinned: list[BlockHash] = field(default_factory=list)   # hashes this session pins on GPU
+    pinned_until: float = 0.0
+    plan: PlacementPlan | None = None
+
+
+class KVController:
+    def __init__(self, engine: Engine, policy: CachePolicy, clock: Callable[[], float] = time.time):
+        self.engine, self.policy, self.clock = engine, policy, clock
+        self.sessions: dict[str, SessionKV] = {}
+        self._owners: dict[BlockHash, set[str]] = {}     # hash -> live sessions holding it
+        self._pin_count: dict[BlockHash, int] = {}
+        self.decisions: dict[str, int] = {}
+        if policy.name == "agent":
+            engine.pool.order = NextUseOrder(self._block_next_use)
+
+    # -- views -------------------------------------------------------------------------------
+    def _block_next_use(self, block_id: int) -> float:
+        h = self.engine.pool.block_hash(block_id)
+        owners = self._owners.get(h) if h is not None else None
+        if not owners:
+            return math.inf
+        now = self.clock()
+        return min(now + self._remaining(self.sessions[s], now) for s in owners)
+
+    def _remaining(self, s: SessionKV, now: float) -> float:
+        if s.paused_at is None or s.forecast is None:
+            return 0.0
+        return s.forecast.remaining_s(max(0.0, now - s.paused_at), 0.5)
+
+    def view(self, s: SessionKV) -> SessionKVView:
+        tiers, bs = self.engine.tiers, self.engine.config.block_size
+        shared = sum(1 for h in s.hashes if len(self._owners.get(h, ())) > 1)
+        counts = {"gpu": 0, "cpu": 0, "disk": 0}
+        for tier in counts:
+            for h in s.hashes[shared:]:
+                if tier == "gpu":
+                    here = self.engine.pool.lookup_hash(h) is not None
+                else:
+                    loc = tiers.locate(h) if tiers is not None else None
+                    here = loc is not None and tier in loc.tiers
+                if not here:
+                    break
+                counts[tier] += bs
+        return SessionKVView(s.session_id, s.tokens, counts["gpu"], counts["cpu"], counts["disk"],
+                             shared * bs, s.paused_at, s.forecast, s.human, s.tool,
+                             s.last_used_at, s.pinned_until)
+
+    def usage(self) -> TierUsage:
+        bs, pool, tiers = self.engine.config.block_size, self.engine.pool, self.engine.tiers
+        u = tiers.usage() if tiers is not None else None
+        return TierUsage((pool.num_blocks - pool.num_free_blocks) * bs, pool.num_blocks * bs,
+                         u["cpu"].used_blocks * bs if u else 0,
+                         u["cpu"].capacity_blocks * bs if u else 0,
+                         u["disk"].used_blocks * bs if u else 0,
+                         u["disk"].capacity_blocks * bs if u else 0)
+
+    # -- session events (engine thread) --------------------------------------------------------
+    def turn_end(self, session_id: str, token_log: list[int]) -> None:
+        s = self.sessions.setdefault(session_id, SessionKV(session_id))
+        self._set_hashes(s, chain_hashes(token_log, self.engine.config.block_size,
+                                         self.engine.fingerprint))
+        s.tokens, s.last_used_at, s.paused_at = len(token_log), self.clock(), None
+        self._unpin(s)
+        self.policy.on_turn_end(self.view(s), s.last_used_at)
+        if self.policy.name == "recompute":
+            self._drop(s)
+
+    def pause(self, session_id: str, tool: str | None, expected_s: float | None, human: bool,
+              forecast: PauseForecast | None = None) -> PlacementPlan | None:
+        s = self.sessions.get(session_id)
+        if s is None:
+            return None
+        now = self.clock()
+        s.paused_at, s.tool, s.human = now, tool, human
+        s.forecast = forecast or self.policy.forecast(tool or "(none)", human, expected_s)
+        plan = self.policy.on_pause(self.view(s), s.forecast, now, self.usage())
+        s.plan = plan
+        self.decisions[plan.placement.value] = self.decisions.get(plan.placement.value, 0) + 1
+        log.info("session %s paused on %s (p50 %.3gs, %s): %s %s", session_id, tool,
+                 s.forecast.p50_s, s.forecast.source, plan.placement.value, plan.reason)
+        self._execute(s, plan)
+        self._refresh(s)
+        return plan
+
+    def resume(self, session_id: str) -> None:
+        s = self.sessions.get(session_id)
+        if s is None:
+            return
+        self.policy.on_resume(session_id, self.clock())
+        s.paused_at = None
+        self._refresh(s)
+
+    def close(self, session_id: str) -> None:
+        s = self.sessions.pop(session_id, None)
+        if s is None:
+            return
+        self.policy.on_close(session_id)
+        self._unpin(s)
+        private = [h for h in s.hashes if self._owners.get(h) == {session_id}]
+        self._set_hashes(s, [])
+        self._evict_everywhere(private)
+
+    def tick(self) -> None:
+        """Expire TTL pins and start due prefetches (called between engine steps)."""
+        now = self.clock()
+        for s in self.sessions.values():
+            if s.pinned and s.pinned_until and now >= s.pinned_until:
+                self._unpin(s)
+                self._refresh(s)
+        for sid in self.policy.due_prefetches(now):
+            s = self.sessions.get(sid)
+            if s is not None and s.paused_at is not None:
+                self._prefetch(s)
+
+    # -- plan execution ----------------------------------------------------------------------
+    def _execute(self, s: SessionKV, plan: PlacementPlan) -> None:
+        tiers = self.engine.tiers
+        private = s.hashes
+        if plan.placement is Placement.DROP:
+            self._drop(s)
+            return
+        if plan.placement is Placement.KEEP_GPU:
+            self._pin(s, private)
+            s.pinned_until = self.clock() + plan.ttl_s if plan.ttl_s > 0 else 0.0
+            return
+        if tiers is None:
+            return        # no tier below the GPU: the blocks stay cached on the GPU
+        if plan.writes_disk and tiers.disk is not None:
+            handle = tiers.offload(private, "disk")
+            if tiers.host is not None:
+                tiers.offload(private, "cpu")
+        elif plan.writes_cpu and tiers.host is not None:
+            handle = tiers.offload(private, "cpu")
+        else:
+            return
+        if plan.releases_gpu:
+            mine = [h for h in private if self._owners.get(h) == {s.session_id}]
+            handle.add_done_callback(lambda _: tiers.evict(mine, "gpu"))
+
+    def _prefetch(self, s: SessionKV) -> None:
+        tiers = self.engine.tiers
+        if tiers is None:
+            return
+        missing = [h for h in s.hashes if self.engine.pool.lookup_hash(h) is None]
+        if missing:
+            tiers.prefetch(missing)
+        self._pin(s, s.hashes)   # hold them until the turn (pins drop at its end)
+
+    def _drop(self, s: SessionKV) -> None:
+        self._unpin(s)
+        self._evict_everywhere([h for h in s.hashes if self._owners.get(h) == {s.session_id}])
+
+    def _evict_everywhere(self, hashes: list[BlockHash]) -> None:
+        pool = self.engine.pool
+        for h in hashes:
+            b = pool.lookup_hash(h)
+            if b is not None:
+                pool.evict_cached(b)
+        if self.engine.tiers is not None:
+            self.engine.tiers.evict(hashes, "cpu")
+            self.engine.tiers.evict(hashes, "disk")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _set_hashes(self, s: SessionKV, hashes: list[BlockHash]) -> None:
+        for h in s.hashes:
+            owners = self._owners.get(h)
+            if owners is not None:
+                owners.discard(s.session_id)
+                if not owners:
+                    del self._owners[h]
+        s.hashes = hashes
+        for h in hashes:
+            self._owners.setdefault(h, set()).add(s.session_id)
+
+    def _pin(self, s: SessionKV, hashes: list[BlockHash]) -> None:
+        pool = self.engine.pool
+        for h in hashes:
+            if h in s.pinned:
+                continue
+            b = pool.lookup_hash(h)
+            if b is None:
+                continue
+            pool.incref([b])
+            self._pin_count[h] = self._pin_count.get(h, 0) + 1
+            s.pinned.append(h)
+
+    def _unpin(self, s: SessionKV) -> None:
+        pool = self.engine.pool
+        for h in s.pinned:
+            b = pool.lookup_hash(h)
+            self._pin_count[h] -= 1
+            if not self._pin_count[h]:
+                del self._pin_count[h]
+            if b is not None:
+                pool.free([b])
+        s.pinned, s.pinned_until = [], 0.0
+
+    def _refresh(self, s: SessionKV) -> None:
+        order = self.engine.pool.order
+        if isinstance(order, NextUseOrder):
+            pool = self.engine.pool
+            order.refresh(b for h in s.hashes if (b := pool.lookup_hash(h)) is not None)
+
+
+def default_cost_model(engine: Engine) -> CostModel:
+    """The policy's cost model from the engine's measured rates and its tier sizes."""
+    spec, rates, cfg = engine.kv_spec, engine.rates, engine.config
+    bpt = spec.bytes_per_token
+    return CostModel.from_measurements(
+        kv_bytes_per_token=bpt, prefill_tokens_per_s=rates.prefill_tok_s,
+        h2d_GBps=rates.h2d_GBps, d2h_GBps=rates.h2d_GBps, disk_read_GBps=rates.disk_read_GBps,
+        disk_write_GBps=rates.disk_read_GBps * 0.7,
+        gpu_kv_bytes=engine.pool.num_blocks * spec.block_bytes,
+        cpu_kv_bytes=int(cfg.cpu_cache_gb * 2**30), disk_kv_bytes=int(cfg.disk_cache_gb * 2**30))
+
+
+def make_controller(engine: Engine, policy_name: str, estimator: PauseEstimator | None = None,
+                    clock: Callable[[], float] = time.time) -> KVController:
+    from sessions.policy import make_policy
+    return KVController(engine, make_policy(policy_name, default_cost_model(engine), estimator),
+                        clock)

@@ -1,0 +1,131 @@
+"""The pause-aware policy carried out on a real engine's tiers, on a fake clock."""
+import pytest
+import torch
+
+from hf_models import save_model
+from kvstore.block_pool import chain_hashes
+from runtime import Engine, EngineConfig, SamplingParams
+from runtime.kv_controller import make_controller
+from runtime.next_use_order import NextUseOrder
+from sessions.estimator import PauseForecast
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return save_model("llama", tmp_path_factory.mktemp("m") / "model")
+
+
+def setup(folder, tmp_path, blocks=40, policy="agent"):
+    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                              num_gpu_blocks=blocks, kernel_backend="torch", block_size=16,
+                              cpu_cache_gb=0.01, disk_cache_path=str(tmp_path / "kv"),
+                              disk_cache_gb=0.05))
+    clock = Clock()
+    return eng, make_controller(eng, policy, clock=clock), clock
+
+
+def turn(eng, ctl, sid, seed, n=64):
+    """Run one turn of `n` prompt tokens and report its end; returns the token log."""
+    prompt = torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+    out = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
+    log = prompt + out.token_ids
+    ctl.turn_end(sid, log)
+    return log
+
+
+def on_gpu(eng, log):
+    return [eng.pool.lookup_hash(h) is not None for h in chain_hashes(log, 16, eng.fingerprint)]
+
+
+def settle(eng):
+    eng.tiers.transfer.synchronize()
+    eng.tiers.poll()
+
+
+def test_short_pause_stays_pinned_medium_goes_to_cpu_hours_go_to_disk(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    a, b, c = (turn(eng, ctl, s, i) for i, s in enumerate("abc"))
+    short = ctl.pause("a", "read", 0.05, False, PauseForecast(0.04, 0.2, "hint"))
+    assert short.placement.value == "keep_gpu"
+    assert all(eng.pool.ref_count(eng.pool.lookup_hash(h)) == 1
+               for h in chain_hashes(a, 16, eng.fingerprint))          # pinned
+    medium = ctl.pause("b", "web_search", 30.0, False, PauseForecast(30.0, 60.0, "hint"))
+    assert medium.placement.value in ("write_cpu", "offload_cpu")
+    hours = ctl.pause("c", "ask_user", None, True, PauseForecast(3 * 3600, 12 * 3600, "hint"))
+    assert hours.placement.value == "spill_disk"
+    settle(eng)
+    hb, hc = (chain_hashes(x, 16, eng.fingerprint) for x in (b, c))
+    assert all("cpu" in eng.tiers.locate(h).tiers for h in hb)
+    assert all(eng.tiers.disk.contains(h) for h in hc)
+    # the short pause's TTL runs out: the pins are dropped, the blocks stay cached
+    clock.t += 1.0
+    ctl.tick()
+    assert all(eng.pool.ref_count(eng.pool.lookup_hash(h)) == 0
+               for h in chain_hashes(a, 16, eng.fingerprint))
+    eng.tiers.close()
+
+
+def test_under_pressure_the_session_resuming_last_is_evicted_first(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    assert isinstance(eng.pool.order, NextUseOrder)
+    soon = turn(eng, ctl, "soon", 1, n=49)        # 3 full computed blocks each
+    late = turn(eng, ctl, "late", 2, n=49)
+    # "late" paused first: an LRU order would evict it second; by next use it goes first
+    ctl.pause("late", "ask_user", None, True, PauseForecast(5000.0, 20000.0, "hint"))
+    ctl.pause("soon", "bash", None, False, PauseForecast(8.0, 20.0, "hint"))
+    settle(eng)
+    for s in ctl.sessions.values():               # let both be evictable
+        ctl._unpin(s)
+    eng.pool.allocate(eng.pool.num_free_blocks - 3)   # room for 3 blocks only: evicts 3
+    assert on_gpu(eng, soon) == [True, True, True]
+    assert on_gpu(eng, late) == [False, False, False]
+    eng.tiers.close()
+
+
+def test_prefetch_starts_before_the_predicted_resume(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    log = turn(eng, ctl, "s", 3)
+    plan = ctl.pause("s", "web_search", None, False, PauseForecast(30.0, 60.0, "hint"))
+    settle(eng)
+    hashes = chain_hashes(log, 16, eng.fingerprint)
+    assert all("cpu" in eng.tiers.locate(h).tiers for h in hashes)
+    ctl._unpin(ctl.sessions["s"])
+    assert eng.tiers.evict(hashes, "gpu") == len(hashes)
+    assert plan.prefetch_at is not None and plan.prefetch_at < clock.t + 30.0
+    clock.t = plan.prefetch_at - 0.01
+    ctl.tick()
+    settle(eng)
+    assert not any(on_gpu(eng, log))
+    clock.t = plan.prefetch_at
+    ctl.tick()
+    settle(eng)
+    assert all(on_gpu(eng, log))                  # back before the predicted resume at +30 s
+    eng.tiers.close()
+
+
+def test_close_frees_private_blocks_on_every_tier_but_not_shared_ones(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    shared = torch.randint(3, 512, (32,), generator=torch.Generator().manual_seed(9)).tolist()
+    logs = {}
+    for sid, seed in (("x", 10), ("y", 11)):
+        tail = torch.randint(3, 512, (40,), generator=torch.Generator().manual_seed(seed)).tolist()
+        out = eng.generate([shared + tail], SamplingParams(max_tokens=1, ignore_eos=True))[0]
+        logs[sid] = shared + tail + out.token_ids
+        ctl.turn_end(sid, logs[sid])
+    ctl.pause("x", "ask_user", None, True, PauseForecast(3 * 3600, 12 * 3600, "hint"))
+    settle(eng)
+    hx = chain_hashes(logs["x"], 16, eng.fingerprint)
+    ctl.close("x")
+    eng.tiers.disk.flush()
+    assert all(eng.pool.lookup_hash(h) is not None for h in hx[:2])   # shared with y
+    assert all(eng.pool.lookup_hash(h) is None for h in hx[2:])
+    assert not any(eng.tiers.disk.contains(h) for h in hx[2:])
+    eng.tiers.close()
