@@ -48,6 +48,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)   # stop strings (need a tokenizer)
     ignore_eos: bool = False
     logprobs: bool = False                # return the logprob of each chosen token
+    top_logprobs: int = 0                 # also the k most likely tokens at each position
 
     def validate(self) -> None:
         if not isinstance(self.max_tokens, int) or self.max_tokens <= 0:
@@ -56,5 +57,7 @@ class SamplingParams:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0 <= self.top_logprobs <= 20:
+            raise ValueError(f"top_logprobs must be in [0, 20], got {self.top_logprobs}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")

@@ -195,6 +195,8 @@ class Engine:
                 req.first_token_time = now
                 self.stats.prompt_tokens_cached += req.num_cached_tokens
             req.append_output(tok, lp if req.params.logprobs else None)
+            if req.params.top_logprobs and result.top is not None:
+                req.output_top_logprobs.append(result.top[j])
             self.stats.generated_tokens += 1
             reason = self._check_stop(req, tok)
             lps = [lp] if req.params.logprobs and lp is not None else None
@@ -236,7 +238,8 @@ class Engine:
                     done[out.request_id] = out
         return [Output(rid, reqs[rid].prompt_token_ids, list(reqs[rid].output_token_ids),
                        list(reqs[rid].output_logprobs) if reqs[rid].params.logprobs else None,
-                       reqs[rid].finish_reason, reqs[rid].num_cached_tokens) for rid in ids]
+                       reqs[rid].finish_reason, reqs[rid].num_cached_tokens,
+                       list(reqs[rid].output_top_logprobs) or None) for rid in ids]
 
 
 def _try_load_tokenizer(path):

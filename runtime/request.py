@@ -33,6 +33,7 @@ class Request:
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)
     output_logprobs: list[float] = field(default_factory=list)
+    output_top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
     num_computed_tokens: int = 0             # tokens whose K/V are in this request's blocks
     block_ids: list[int] = field(default_factory=list)
     block_hashes: list[bytes] = field(default_factory=list)   # hashes of its full blocks so far
@@ -92,3 +93,4 @@ class Output:
     logprobs: list[float] | None
     finish_reason: FinishReason | None
     num_cached_tokens: int
+    top_logprobs: list[list[tuple[int, float]]] | None = None

@@ -12,6 +12,7 @@ from runtime.config import SamplingParams
 class SampleResult:
     token_ids: list[int]              # one per row
     logprobs: list[float] | None      # log p(chosen) under the model's raw distribution
+    top: list[list[tuple[int, float]]] | None = None   # per row: the k most likely (id, logprob)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
@@ -55,8 +56,13 @@ def sample(logits: torch.Tensor, params: list[SamplingParams],
                 # Draw on the generator's device, then move: seeded output is device-independent.
                 p = probs[i].to(g.device)
                 tokens[i] = torch.multinomial(p, 1, generator=g).to(dev)[0]
-    logprobs = None
-    if any(p.logprobs for p in params):
-        lp = logits.log_softmax(dim=-1).gather(1, tokens.unsqueeze(1)).squeeze(1)
-        logprobs = lp.tolist()
-    return SampleResult(tokens.tolist(), logprobs)
+    logprobs = top = None
+    if any(p.logprobs or p.top_logprobs for p in params):
+        all_lp = logits.log_softmax(dim=-1)
+        logprobs = all_lp.gather(1, tokens.unsqueeze(1)).squeeze(1).tolist()
+        k = max(p.top_logprobs for p in params)
+        if k:
+            vals, ids = all_lp.topk(k, dim=-1)
+            top = [[(i, v) for i, v in zip(ir[:p.top_logprobs], vr[:p.top_logprobs])]
+                   for ir, vr, p in zip(ids.tolist(), vals.tolist(), params)]
+    return SampleResult(tokens.tolist(), logprobs, top)
