@@ -62,17 +62,27 @@ def checksum(alg: str, data) -> int | None:
 @dataclass
 class _EnvEntry:
     env: lmdb.Environment
-    pid: int
     users: int = 0
 
 
 _ENVS: dict[str, _EnvEntry] = {}
 _STORES: dict[str, "DiskStore"] = {}
+_INHERITED: set[str] = set()          # paths the parent process had open when it forked
 _REG_LOCK = threading.Lock()
 
 
+class DiskStoreError(RuntimeError):
+    """The disk tier cannot do what was asked (unwritable path, store already open, ...)."""
+
+
+class ForkedEnvironmentError(DiskStoreError):
+    """The path is open in the parent of this forked process."""
+
+
 def _forget_after_fork() -> None:
-    """A child never uses its parent's environments: it drops them unclosed and opens its own."""
+    """A child never touches its parent's environments: it forgets them without closing them
+    (closing would clear the parent's reader slots in the shared lock file)."""
+    _INHERITED.update(_ENVS)
     _ENVS.clear()
     _STORES.clear()
 
@@ -88,16 +98,17 @@ def open_environment(path: str, map_size: int, max_dbs: int = MAX_DBS) -> lmdb.E
     """
     key = os.path.realpath(path)
     with _REG_LOCK:
+        if key in _INHERITED:
+            raise ForkedEnvironmentError(
+                f"{key} was open in the parent of this forked process; an LMDB environment "
+                f"cannot be carried across fork: open it in a spawned process instead")
         ent = _ENVS.get(key)
-        if ent is not None and ent.pid != os.getpid():  # inherited across fork: never reuse
-            del _ENVS[key]
-            ent = None
         if ent is None:
             os.makedirs(key, exist_ok=True)
             env = lmdb.open(key, map_size=map_size, max_dbs=max_dbs, subdir=True,
                             readahead=True, writemap=False, sync=True, metasync=True,
                             max_readers=256)
-            ent = _EnvEntry(env, os.getpid())
+            ent = _EnvEntry(env)
             _ENVS[key] = ent
         elif ent.env.info()["map_size"] < map_size:
             ent.env.set_mapsize(map_size)
@@ -109,7 +120,7 @@ def release_environment(path: str) -> None:
     key = os.path.realpath(path)
     with _REG_LOCK:
         ent = _ENVS.get(key)
-        if ent is None or ent.pid != os.getpid():
+        if ent is None:
             return
         ent.users -= 1
         if ent.users <= 0:
@@ -118,10 +129,6 @@ def release_environment(path: str) -> None:
 
 
 # -- messages ----------------------------------------------------------------------------------
-class DiskStoreError(RuntimeError):
-    """The disk tier cannot do what was asked (unwritable path, store already open, ...)."""
-
-
 @dataclass
 class DiskStats:
     puts: int = 0                # blocks written
@@ -198,7 +205,7 @@ class DiskStore:
             self._meta = self.env.open_db(META_DB.encode())
             self._rebuild_index()
             self.healthy = True
-        except (OSError, lmdb.Error) as e:
+        except (OSError, lmdb.Error, ForkedEnvironmentError) as e:
             with _REG_LOCK:
                 _STORES.pop(self.path, None)
             self.env = None
@@ -410,10 +417,14 @@ class DiskStore:
             n = min(len(self._index), n_max or -(-over // per))
             victims = pick_victims(self.policy, n, lambda h: h not in keep and
                                    h not in self._pinned and h in self._index, len(self._index))
-        if victims:
+        if not victims:
+            return False
+        try:
             self._delete(victims, True)
-            res.evicted += victims
-        return bool(victims)
+        except lmdb.MapFullError:   # even a delete needs a few free pages: the map is wedged
+            return False
+        res.evicted += victims
+        return True
 
     def _delete(self, hashes: list[bytes], evicting: bool) -> int:
         gone = []
@@ -423,9 +434,12 @@ class DiskStore:
                 txn.delete(key, db=self._meta)
                 if txn.delete(key, db=self._blocks):
                     gone.append(h)
-        with self.env.begin(write=True) as txn:  # let the next transaction reuse freed pages
-            txn.put(_TICK, msgpack.packb({"seq": self._seq}), db=self._meta)
         self._forget(hashes)
+        try:
+            with self.env.begin(write=True) as txn:  # lets the next transaction reuse freed pages
+                txn.put(_TICK, msgpack.packb({"seq": self._seq}), db=self._meta)
+        except lmdb.MapFullError:
+            pass
         if evicting:
             self.stats.evictions += len(gone)
             for h in gone:

@@ -65,21 +65,27 @@ class _Moved:
 
 
 class TieredKVStore:
-    """The GPU block pool plus the CPU and disk tiers that `config` turns on."""
+    """The GPU block pool plus the CPU and disk tiers that `config` turns on.
+
+    `disk` may be a DiskStore opened by the caller (e.g. one whose environment also holds the
+    sessions' databases); it then replaces the one `config` describes.
+    """
 
     def __init__(self, spec: KVCacheSpec, config: TierConfig, model_fingerprint: bytes,
                  gpu_kv: torch.Tensor, block_pool: BlockPool,
                  cpu_policy: EvictionPolicy | None = None,
                  disk_policy: EvictionPolicy | None = None, pin_memory: bool | None = None,
-                 transfer_mode: str = "auto", clock: Callable[[], float] = time.monotonic) -> None:
+                 transfer_mode: str = "auto", clock: Callable[[], float] = time.monotonic,
+                 disk: DiskStore | None = None) -> None:
         self.spec, self.config, self.pool, self.clock = spec, config, block_pool, clock
         self.cpu_policy = cpu_policy if cpu_policy is not None else LRUPolicy()
         self.host = HostPool(spec, config.cpu_bytes, pin_memory) if config.cpu_enabled else None
-        self.disk: DiskStore | None = None
+        self.disk = disk
         staging = None
-        if config.disk_enabled:
+        if disk is None and config.disk_enabled:
             self.disk = DiskStore(config.disk_cache_path, spec, model_fingerprint,
                                   config.disk_bytes, policy=disk_policy, clock=clock)
+        if self.disk is not None:
             staging = HostPool(spec, max(config.staging_bytes, 2 * spec.block_bytes), pin_memory)
         host = self.host or staging
         self.transfer = None if host is None else TransferEngine(
