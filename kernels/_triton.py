@@ -85,8 +85,14 @@ class LazyKernel:
             import triton.language as tl
             # The kernel body names `tl`, which its module declares as None until now; Triton
             # resolves it from the function's module globals.
-            if self._fn.__globals__.get("tl") is None:
-                self._fn.__globals__["tl"] = tl
+            g = self._fn.__globals__
+            if g.get("tl") is None:
+                g["tl"] = tl
+            # helpers this kernel calls are LazyKernels too: Triton must see them compiled
+            for name in self._fn.__code__.co_names:
+                value = g.get(name)
+                if isinstance(value, LazyKernel) and value is not self:
+                    g[name] = value._compiled()
             self._jit = triton.jit(self._fn)
         return self._jit
 
@@ -95,5 +101,5 @@ class LazyKernel:
 
 
 def kernel(fn: Callable) -> LazyKernel:
-    """Decorator: mark `fn` as a Triton kernel, compiled lazily."""
+    """Decorator: mark `fn` as a Triton kernel (or a helper called from one), compiled lazily."""
     return LazyKernel(fn)

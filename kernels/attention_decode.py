@@ -46,12 +46,12 @@ def paged_decode_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens
 @kernel
 def _decode_split_kernel(
     q_ptr, kv_ptr, seq_lens_ptr, bt_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
-    qk_scale,                                   # softmax scale * log2(e)
+    qk_scale, num_splits,                       # softmax scale * log2(e); splits per context
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr, NUM_SPLITS: tl.constexpr, PRECISION: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
     # One program: one sequence, one kv head (all GROUP query heads), one range of the context.
@@ -59,24 +59,23 @@ def _decode_split_kernel(
     kvh = tl.program_id(1)
     split = tl.program_id(2)
     seq_len = tl.load(seq_lens_ptr + seq)
-    split_len = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    split_len = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * split_len
     end = tl.minimum(start + split_len, seq_len)
 
     h = tl.arange(0, BLOCK_H)
     h_ok = h < GROUP
     head = kvh * GROUP + h                                   # [BLOCK_H] query heads
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
+    d = tl.arange(0, HEAD_DIM)
     seq64 = seq.to(tl.int64)
     q = tl.load(q_ptr + seq64 * stride_qs + head[:, None] * stride_qh + d[None, :],
-                mask=h_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_H, BLOCK_D]
+                mask=h_ok[:, None], other=0.0)   # [BLOCK_H, HEAD_DIM]
     if F32_DOT:
         q = q.to(tl.float32)
 
     m_i = tl.full([BLOCK_H], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
     n_cols = tl.arange(0, BLOCK_N)
     bt_row = bt_ptr + seq64 * stride_bt
     kv_head_off = kvh * HEAD_DIM
@@ -85,10 +84,9 @@ def _decode_split_kernel(
         k_ok = k_pos < end
         page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
         base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
-        kv_off = base[:, None] + kv_head_off + d[None, :]               # [BLOCK_N, BLOCK_D]
-        kv_mask = k_ok[:, None] & d_ok[None, :]
-        k = tl.load(kv_ptr + kv_off, mask=kv_mask, other=0.0)
-        v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=kv_mask, other=0.0)
+        kv_off = base[:, None] + kv_head_off + d[None, :]               # [BLOCK_N, HEAD_DIM]
+        k = tl.load(kv_ptr + kv_off, mask=k_ok[:, None], other=0.0)
+        v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
         if F32_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -98,18 +96,19 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(kv_ptr.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
+        p = p.to(kv_ptr.dtype.element_ty).to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
         m_i = m_new
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    o = acc / l_safe[:, None]                                # [BLOCK_H, BLOCK_D]
-    o_mask = h_ok[:, None] & d_ok[None, :]
-    if NUM_SPLITS == 1:
+    o = acc / l_safe[:, None]                                # [BLOCK_H, HEAD_DIM]
+    o_mask = h_ok[:, None]
+    if DIRECT:  # a single split: normalized output straight to out
         tl.store(out_ptr + seq64 * stride_os + head[:, None] * stride_oh + d[None, :],
                  o.to(out_ptr.dtype.element_ty), mask=o_mask)
     else:
-        # partials: mid_o [num_seqs, Hq, NUM_SPLITS, HEAD_DIM], mid_lse [num_seqs, Hq, NUM_SPLITS]
-        row = (seq64 * (NUM_KV_HEADS * GROUP) + head) * NUM_SPLITS + split   # [BLOCK_H]
+        # partials: mid_o [num_seqs, Hq, num_splits, HEAD_DIM], mid_lse [num_seqs, Hq, num_splits]
+        row = (seq64 * (NUM_KV_HEADS * GROUP) + head) * num_splits + split   # [BLOCK_H]
         tl.store(mid_o_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=o_mask)
         lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
         tl.store(mid_lse_ptr + row, lse, mask=h_ok)
@@ -117,28 +116,26 @@ def _decode_split_kernel(
 
 @kernel
 def _decode_reduce_kernel(
-    mid_o_ptr, mid_lse_ptr, out_ptr, stride_os, stride_oh,
-    NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr,
+    mid_o_ptr, mid_lse_ptr, out_ptr, num_splits, stride_os, stride_oh,
+    NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     # One program per (sequence, query head): merge the splits' partials by log-sum-exp.
     seq = tl.program_id(0).to(tl.int64)
     head = tl.program_id(1)
     sp = tl.arange(0, BLOCK_S)
-    sp_ok = sp < NUM_SPLITS
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    row0 = (seq * NUM_Q_HEADS + head) * NUM_SPLITS
+    sp_ok = sp < num_splits
+    d = tl.arange(0, HEAD_DIM)
+    row0 = (seq * NUM_Q_HEADS + head) * num_splits
     lse = tl.load(mid_lse_ptr + row0 + sp, mask=sp_ok, other=float("-inf"))   # [BLOCK_S]
     mx = tl.max(lse, 0)
     mx = tl.where(mx > float("-inf"), mx, 0.0)                # every split empty: seq_len 0
     w = tl.exp2(lse - mx)                                    # empty splits weigh 0
     o = tl.load(mid_o_ptr + (row0 + sp[:, None]) * HEAD_DIM + d[None, :],
-                mask=sp_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_S, BLOCK_D]
+                mask=sp_ok[:, None], other=0.0)                  # [BLOCK_S, HEAD_DIM]
     w_sum = tl.sum(w, 0)
     res = tl.sum(w[:, None] * o, 0) / tl.where(w_sum > 0.0, w_sum, 1.0)  # seq_len 0 -> zeros
-    tl.store(out_ptr + seq * stride_os + head * stride_oh + d, res.to(out_ptr.dtype.element_ty),
-             mask=d_ok)
+    tl.store(out_ptr + seq * stride_os + head * stride_oh + d, res.to(out_ptr.dtype.element_ty))
 
 
 @dataclass(frozen=True)
@@ -203,7 +200,6 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1; got {num_splits}")
     group = num_q_heads // num_kv_heads
-    block_d = next_power_of_2(head_dim)
     if num_splits > 1:
         mid_o = torch.empty((num_seqs, num_q_heads, num_splits, head_dim), dtype=torch.float32,
                             device=q.device)
@@ -213,21 +209,21 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
         mid_o = mid_lse = out  # unused
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         q, kv_layer, seq_lens, block_tables, out, mid_o, mid_lse,
-        scale * LOG2E,
+        scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, next_power_of_2(group)),
-        HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
-        BLOCK_N=cfg.block_n, NUM_SPLITS=num_splits,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_N=cfg.block_n, DIRECT=num_splits == 1,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         F32_DOT=interpreter_needs_f32_dot(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if num_splits > 1:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
-            mid_o, mid_lse, out, out.stride(0), out.stride(1),
-            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_D=block_d,
-            NUM_SPLITS=num_splits, BLOCK_S=next_power_of_2(num_splits),
-            num_warps=4 if block_d >= 128 else 2,
+            mid_o, mid_lse, out, num_splits, out.stride(0), out.stride(1),
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
+            BLOCK_S=next_power_of_2(num_splits),
+            num_warps=4 if head_dim >= 128 else 2,
         )
     return out

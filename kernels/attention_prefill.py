@@ -32,6 +32,8 @@ def check_attention_args(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: torc
     if num_q_heads % num_kv_heads != 0:
         raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of num_kv_heads "
                          f"({num_kv_heads})")
+    if head_dim not in (16, 32, 64, 128, 256):
+        raise ValueError(f"head_dim must be a power of two from 16 to 256; got {head_dim}")
     if block_tables.dim() != 2 or block_tables.shape[0] != seq_lens.shape[0]:
         raise ValueError(f"block_tables must be [num_seqs={seq_lens.shape[0]}, max_blocks]; "
                          f"got {tuple(block_tables.shape)}")
@@ -102,20 +104,66 @@ def paged_prefill_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor,
 
 
 @kernel
+def _attend_range(
+    acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, lo, hi, kv_end, qk_scale,
+    stride_kv_block, stride_kv_kv, kv_head_off,
+    NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
+    PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
+):
+    # Online softmax over cached keys [lo, hi) of one sequence and kv head. MASKED: apply the
+    # causal mask (q_pos) and the end of the context (kv_end); else every key is visible.
+    n_cols = tl.arange(0, BLOCK_N)
+    d = tl.arange(0, HEAD_DIM)
+    for n0 in range(lo, hi, BLOCK_N):
+        k_pos = n0 + n_cols                                              # [BLOCK_N]
+        k_ok = k_pos < kv_end
+        if MASKED:
+            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+        else:
+            page = tl.load(bt_row + k_pos // BLOCK_SIZE).to(tl.int64)
+        base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
+        kv_off = base[:, None] + kv_head_off + d[None, :]                # [BLOCK_N, HEAD_DIM]
+        if MASKED:
+            k = tl.load(kv_ptr + kv_off, mask=k_ok[:, None], other=0.0)
+            v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
+        else:
+            k = tl.load(kv_ptr + kv_off)
+            v = tl.load(kv_ptr + stride_kv_kv + kv_off)
+        if F32_DOT:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        if MASKED:
+            causal = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
+            s = tl.where(causal, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)         # rows with no key yet
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        p = p.to(kv_ptr.dtype.element_ty).to(v.dtype)
+        acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@kernel
 def _prefill_kernel(
     q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
-    qk_scale,                                   # softmax scale * log2(e)
+    qk_scale, num_m_tiles,                      # softmax scale * log2(e); grid size along m
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
-    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_M_TILES: tl.constexpr,
+    HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     # Rows of a tile: TOKENS query tokens x GROUP_PAD query heads of one kv head, so every
     # K/V tile loaded from the cache serves the whole GQA group.
     TOKENS: tl.constexpr = BLOCK_M // GROUP_PAD
-    pid_m = NUM_M_TILES - 1 - tl.program_id(0)   # heaviest (latest) tiles first
+    pid_m = num_m_tiles - 1 - tl.program_id(0)   # heaviest (latest) tiles first
     seq = tl.program_id(1)
     kvh = tl.program_id(2)
     q_start = tl.load(qsl_ptr + seq)
@@ -129,51 +177,33 @@ def _prefill_kernel(
         head = kvh * GROUP + rows % GROUP_PAD             # [BLOCK_M] query head
         row_ok = (tok < q_len) & (rows % GROUP_PAD < GROUP)
         q_pos = ctx_before + tok                          # [BLOCK_M] absolute position
-        d = tl.arange(0, BLOCK_D)
-        d_ok = d < HEAD_DIM
+        d = tl.arange(0, HEAD_DIM)
         tok64 = (q_start + tok).to(tl.int64)
         q = tl.load(q_ptr + tok64[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)   # [BLOCK_M, BLOCK_D]
+                    mask=row_ok[:, None], other=0.0)   # [BLOCK_M, HEAD_DIM]
         if F32_DOT:
             q = q.to(tl.float32)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-        kv_head_off = kvh * HEAD_DIM
-        n_cols = tl.arange(0, BLOCK_N)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-        # keys every row of the tile may see: [0, first query position) needs no mask
+        # keys [0, full_end) are visible to every row of the tile; the rest need the mask
         diag_start = ctx_before + tile0
         kv_end = tl.minimum(seq_len, diag_start + TOKENS)
         full_end = (diag_start // BLOCK_N) * BLOCK_N
-        for n0 in range(0, kv_end, BLOCK_N):
-            k_pos = n0 + n_cols                                          # [BLOCK_N]
-            k_ok = k_pos < kv_end
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
-            base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
-            kv_off = base[:, None] + kv_head_off + d[None, :]            # [BLOCK_N, BLOCK_D]
-            kv_mask = k_ok[:, None] & d_ok[None, :]
-            k = tl.load(kv_ptr + kv_off, mask=kv_mask, other=0.0)
-            v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=kv_mask, other=0.0)
-            if F32_DOT:
-                k = k.to(tl.float32)
-                v = v.to(tl.float32)
-            s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
-            if n0 + BLOCK_N > full_end:
-                causal = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
-                s = tl.where(causal, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)         # rows with no key yet
-            p = tl.exp2(s - m_new[:, None])
-            alpha = tl.exp2(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(kv_ptr.dtype.element_ty).to(v.dtype), v, input_precision=PRECISION)
-            m_i = m_new
+        acc, l_i, m_i = _attend_range(
+            acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, 0, full_end, kv_end, qk_scale,
+            stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
+            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, PRECISION, F32_DOT)
+        acc, l_i, m_i = _attend_range(
+            acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, full_end, kv_end, kv_end, qk_scale,
+            stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
+            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, PRECISION, F32_DOT)
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         o = acc / l_safe[:, None]
         tl.store(out_ptr + tok64[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
-                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+                 o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @dataclass(frozen=True)
@@ -223,12 +253,12 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
     grid = (num_m_tiles, seq_lens.shape[0], num_kv_heads)
     _prefill_kernel[grid](
         q, kv_layer, out, query_start_loc, seq_lens, block_tables,
-        scale * LOG2E,
+        scale * LOG2E, num_m_tiles,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad,
-        HEAD_DIM=head_dim, BLOCK_D=next_power_of_2(head_dim), BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, NUM_M_TILES=num_m_tiles,
+        HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         F32_DOT=interpreter_needs_f32_dot(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

@@ -1,0 +1,391 @@
+"""Kernel benchmark: each Triton kernel against the memory-copy ceiling measured in the same run,
+and attention against torch's scaled_dot_product_attention on the same work.
+
+    python bench/kernels.py                 # GPU: writes bench/results/kernels-<hw>-<date>.json
+    python bench/kernels.py --smoke         # CPU (Triton interpreter), tiny sizes, sanity only
+
+Every kernel is checked against its torch reference at the benchmarked size before it is timed.
+Times are medians of triton.testing.do_bench (CUDA events, L2 flushed between runs). Bandwidth
+counts the fewest bytes the op must move (each input read once, each output written once).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from kernels._triton import use_interpreter_without_cuda  # noqa: E402
+
+use_interpreter_without_cuda()
+
+from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
+                                      paged_decode_attention, paged_decode_attention_ref)
+from kernels.attention_prefill import (PrefillConfig, default_prefill_config,  # noqa: E402
+                                       paged_prefill_attention, paged_prefill_attention_ref)
+from kernels.block_copy import (CopyConfig, pack_blocks, pack_blocks_ref,  # noqa: E402
+                                unpack_blocks, unpack_blocks_ref)
+from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
+from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
+from kernels.rotary import (apply_rotary, apply_rotary_ref, build_cos_sin_cache,  # noqa: E402
+                            llama3_inv_freq)
+
+GOALS = {
+    "decode_attn_b64_ctx4k_bw_frac": ">= 0.8",
+    "decode_attn_b1_ctx32k_bw_frac": ">= 0.8",
+    "prefill_attn_speedup_vs_sdpa": ">= 1.0",
+    "block_pack_bw_frac": ">= 0.8",
+    "block_unpack_bw_frac": ">= 0.8",
+}
+
+
+@dataclass
+class Sizes:
+    """Llama-3-8B attention shape by default; --smoke shrinks everything."""
+    num_q_heads: int = 32
+    num_kv_heads: int = 8
+    head_dim: int = 128
+    block_size: int = 16
+    num_layers: int = 32
+    decode: dict = field(default_factory=lambda: {"b64_ctx4k": (64, 4096),
+                                                  "b1_ctx32k": (1, 32768)})
+    prefill: dict = field(default_factory=lambda: {"4x2k": (4, 2048), "1x8k": (1, 8192)})
+    copy_blocks: int = 256
+    pool_blocks: int = 1024
+    copy_ceiling_bytes: int = 4 << 30
+
+
+SMOKE = Sizes(num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, num_layers=2,
+              decode={"b64_ctx4k": (3, 100), "b1_ctx32k": (1, 300)},
+              prefill={"4x2k": (2, 40), "1x8k": (1, 70)},
+              copy_blocks=4, pool_blocks=12, copy_ceiling_bytes=1 << 20)
+
+
+def time_ms(fn, cuda: bool) -> float:
+    if cuda:
+        import triton.testing
+        return float(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
+    fn()
+    runs = []
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(runs)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    if torch.isnan(out).any():
+        return float("nan")
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, device: str, dtype: torch.dtype, variants: bool):
+        self.s, self.device, self.dtype, self.variants = sizes, device, dtype, variants
+        self.cuda = device == "cuda"
+        self.rows: list[dict] = []
+        self.copy_gbps = 0.0
+        self.elem = torch.empty((), dtype=dtype).element_size()
+
+    def row(self, **kw) -> dict:
+        if "bytes" in kw and "ms" in kw:
+            kw["GBps"] = round(kw["bytes"] / kw["ms"] / 1e6, 1)
+            kw["bw_frac"] = round(kw["GBps"] / self.copy_gbps, 3) if self.copy_gbps else None
+        self.rows.append(kw)
+        print("  " + "  ".join(f"{k}={v}" for k, v in kw.items() if k not in ("bytes",)),
+              flush=True)
+        return kw
+
+    def rand(self, *shape) -> torch.Tensor:
+        return torch.randn(shape, device=self.device, dtype=self.dtype)
+
+    # ---- ceiling -----------------------------------------------------------------------------
+    def copy_ceiling(self) -> float:
+        n = self.s.copy_ceiling_bytes // self.elem
+        a, b = self.rand(n), torch.empty(n, device=self.device, dtype=self.dtype)
+        ms = time_ms(lambda: b.copy_(a), self.cuda)
+        self.copy_gbps = 2 * n * self.elem / ms / 1e6
+        self.row(op="copy_ceiling", bytes=2 * n * self.elem, ms=round(ms, 4))
+        return self.copy_gbps
+
+    # ---- paged cache of one layer ------------------------------------------------------------
+    def paged(self, seq_lens: list[int]):
+        s = self.s
+        blocks = [math.ceil(L / s.block_size) for L in seq_lens]
+        num_blocks = sum(blocks) + 8
+        cache = self.rand(num_blocks, 2, 2, s.block_size, s.num_kv_heads, s.head_dim)
+        kv_layer = cache[:, 1]                                  # strided like the engine's view
+        perm = torch.randperm(num_blocks, device=self.device).int()
+        table = torch.zeros((len(seq_lens), max(blocks)), dtype=torch.int32, device=self.device)
+        used = 0
+        for i, nb in enumerate(blocks):
+            table[i, :nb] = perm[used:used + nb]
+            used += nb
+        lens = torch.tensor(seq_lens, dtype=torch.int32, device=self.device)
+        return kv_layer, table, lens
+
+    def dense_kv(self, kv_layer, table, seq_lens):
+        """Contiguous [B, Hkv, L, D] K and V for SDPA (equal lengths only)."""
+        L = seq_lens[0]
+        nb = math.ceil(L / self.s.block_size)
+        kv = kv_layer[table[:, :nb].long()]                     # [B, nb, 2, bs, Hkv, D]
+        k = kv[:, :, 0].flatten(1, 2)[:, :L].transpose(1, 2).contiguous()
+        v = kv[:, :, 1].flatten(1, 2)[:, :L].transpose(1, 2).contiguous()
+        return k, v
+
+    # ---- decode ------------------------------------------------------------------------------
+    def decode(self, name: str, batch: int, ctx: int) -> float:
+        s = self.s
+        kv_layer, table, lens = self.paged([ctx] * batch)
+        q = self.rand(batch, s.num_q_heads, s.head_dim)
+        scale = s.head_dim ** -0.5
+        ref = paged_decode_attention_ref(q, kv_layer, lens, table, scale)
+        nbytes = (batch * ctx * s.num_kv_heads * s.head_dim * 2 + 2 * q.numel()) * self.elem
+
+        def run(cfg=None, splits=None):
+            out = torch.full_like(q, float("nan"))
+            paged_decode_attention(q, kv_layer, lens, table, scale, num_splits=splits, out=out,
+                                   config=cfg)
+            err = rel_err(out, ref)
+            assert err < 2e-2, f"decode {name} cfg={cfg} splits={splits}: rel err {err:.2e}"
+            ms = time_ms(lambda: paged_decode_attention(q, kv_layer, lens, table, scale,
+                                                        num_splits=splits, out=out, config=cfg),
+                         self.cuda)
+            return ms, err
+
+        cfg = default_decode_config(s.head_dim, self.dtype, q.device)
+        ms, err = run()
+        main = self.row(op="decode", case=name, variant="default", config=str(cfg),
+                        rel_err=f"{err:.1e}", bytes=nbytes, ms=round(ms, 4))
+        if self.variants:
+            for c in [DecodeConfig(32, 4, 3), DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 4),
+                      DecodeConfig(64, 8, 3), DecodeConfig(128, 8, 3), DecodeConfig(64, 4, 2),
+                      DecodeConfig(32, 2, 4)]:
+                ms, err = run(c)
+                self.row(op="decode", case=name, variant="config", config=str(c),
+                         bytes=nbytes, ms=round(ms, 4))
+            for splits in ([1, 2, 4, 8] if batch > 1 else [16, 32, 64, 128]):
+                ms, err = run(None, splits)
+                self.row(op="decode", case=name, variant=f"splits={splits}", bytes=nbytes,
+                         ms=round(ms, 4))
+        if self.cuda:
+            k, v = self.dense_kv(kv_layer, table, [ctx] * batch)
+            q4 = q[:, :, None, :]                               # [B, Hq, 1, D]
+            ms = time_ms(lambda: F.scaled_dot_product_attention(q4, k, v, scale=scale,
+                                                                enable_gqa=True), self.cuda)
+            self.row(op="decode", case=name, variant="torch_sdpa_dense", bytes=nbytes,
+                     ms=round(ms, 4))
+            del k, v
+        return main["bw_frac"]
+
+    # ---- prefill -----------------------------------------------------------------------------
+    def prefill(self, name: str, batch: int, length: int) -> float:
+        s = self.s
+        kv_layer, table, lens = self.paged([length] * batch)
+        q = self.rand(batch * length, s.num_q_heads, s.head_dim)
+        qsl = torch.arange(0, batch * length + 1, length, dtype=torch.int32, device=self.device)
+        scale = s.head_dim ** -0.5
+        ref = paged_prefill_attention_ref(q, kv_layer, qsl, lens, table, scale, length)
+        flops = 4 * batch * s.num_q_heads * s.head_dim * length * (length + 1) // 2
+
+        def run(cfg=None):
+            out = torch.full_like(q, float("nan"))
+            paged_prefill_attention(q, kv_layer, qsl, lens, table, scale, length, out=out,
+                                    config=cfg)
+            err = rel_err(out, ref)
+            assert err < 2e-2, f"prefill {name} cfg={cfg}: rel err {err:.2e}"
+            ms = time_ms(lambda: paged_prefill_attention(q, kv_layer, qsl, lens, table, scale,
+                                                         length, out=out, config=cfg),
+                         self.cuda)
+            return ms, err
+
+        cfg = default_prefill_config(s.head_dim, self.dtype, q.device)
+        ours, err = run()
+        sdpa = None
+        if self.cuda:
+            k, v = self.dense_kv(kv_layer, table, [length] * batch)
+            q4 = q.view(batch, length, s.num_q_heads, s.head_dim).transpose(1, 2).contiguous()
+            sdpa = time_ms(lambda: F.scaled_dot_product_attention(
+                q4, k, v, is_causal=True, scale=scale, enable_gqa=True), self.cuda)
+            self.row(op="prefill", case=name, variant="torch_sdpa_dense", ms=round(sdpa, 4),
+                     TFLOPs=round(flops / sdpa / 1e9, 1))
+            del k, v
+        self.row(op="prefill", case=name, variant="default", config=str(cfg),
+                 rel_err=f"{err:.1e}", ms=round(ours, 4), TFLOPs=round(flops / ours / 1e9, 1),
+                 speedup_vs_sdpa=round(sdpa / ours, 3) if sdpa else None)
+        if self.variants:
+            for c in [PrefillConfig(128, 128, 8, 3), PrefillConfig(64, 64, 4, 3),
+                      PrefillConfig(128, 64, 4, 3), PrefillConfig(128, 32, 4, 3),
+                      PrefillConfig(128, 64, 8, 2), PrefillConfig(128, 128, 8, 2),
+                      PrefillConfig(256, 64, 8, 2), PrefillConfig(64, 128, 4, 3)]:
+                ms, _ = run(c)
+                self.row(op="prefill", case=name, variant="config", config=str(c),
+                         ms=round(ms, 4), TFLOPs=round(flops / ms / 1e9, 1),
+                         speedup_vs_sdpa=round(sdpa / ms, 3) if sdpa else None)
+        return sdpa / ours if sdpa else float("nan")
+
+    # ---- block pack / unpack -----------------------------------------------------------------
+    def block_copy(self) -> tuple[float, float]:
+        s = self.s
+        kv = self.rand(s.pool_blocks, s.num_layers, 2, s.block_size, s.num_kv_heads, s.head_dim)
+        ids = torch.randperm(s.pool_blocks, device=self.device)[:s.copy_blocks]
+        nbytes = 2 * s.copy_blocks * kv[0].numel() * self.elem     # read + write
+        out = torch.full((s.copy_blocks, *kv.shape[1:]), float("nan"), device=self.device,
+                         dtype=self.dtype)
+        configs = [None] + ([CopyConfig(c, w) for c in (2048, 4096, 16384) for w in (4, 8)]
+                            + [CopyConfig(8192, 4), CopyConfig(32768, 16)]
+                            if self.variants else [])
+        fracs = {}
+        for cfg in configs:
+            label = "default" if cfg is None else str(cfg)
+            out.fill_(float("nan"))
+            pack_blocks(kv, ids, out=out, config=cfg)
+            assert torch.equal(out, pack_blocks_ref(kv, ids)), f"pack {label} wrong"
+            ms = time_ms(lambda: pack_blocks(kv, ids, out=out, config=cfg), self.cuda)
+            r = self.row(op="block_pack", variant=label, bytes=nbytes, ms=round(ms, 4))
+            fracs.setdefault("pack", r["bw_frac"])
+            src = self.rand(*out.shape)
+            got, want = kv.clone(), kv.clone()
+            unpack_blocks(got, ids, src, config=cfg)
+            unpack_blocks_ref(want, ids, src)
+            assert torch.equal(got, want), f"unpack {label} wrong"
+            del got, want
+            ms = time_ms(lambda: unpack_blocks(kv, ids, src, config=cfg), self.cuda)
+            r = self.row(op="block_unpack", variant=label, bytes=nbytes, ms=round(ms, 4))
+            fracs.setdefault("unpack", r["bw_frac"])
+        ms = time_ms(lambda: torch.index_select(kv, 0, ids, out=out), self.cuda)
+        self.row(op="block_pack", variant="torch_index_select", bytes=nbytes, ms=round(ms, 4))
+        return fracs["pack"], fracs["unpack"]
+
+    # ---- the small per-layer ops (rows only) -------------------------------------------------
+    def small_ops(self, tokens: int) -> None:
+        s = self.s
+        hidden = s.num_q_heads * s.head_dim
+        x, res, w = self.rand(tokens, hidden), self.rand(tokens, hidden), self.rand(hidden)
+        out, new_res = rms_norm(x, w, 1e-5, res)
+        ro, rr = rms_norm_ref(x, w, 1e-5, res)
+        err = max(rel_err(out, ro), rel_err(new_res, rr))
+        assert err < 1e-2, f"rms_norm rel err {err:.2e}"
+        ms = time_ms(lambda: rms_norm(x, w, 1e-5, res), self.cuda)
+        self.row(op="rms_norm_residual", tokens=tokens, rel_err=f"{err:.1e}",
+                 bytes=5 * x.numel() * self.elem, ms=round(ms, 4))
+
+        cache = build_cos_sin_cache(llama3_inv_freq(5e5, s.head_dim, 8.0, 1.0, 4.0, 8192),
+                                    8192).to(self.device)
+        q = self.rand(tokens, s.num_q_heads, s.head_dim)
+        k = self.rand(tokens, s.num_kv_heads, s.head_dim)
+        pos = torch.randint(0, 8192, (tokens,), device=self.device)
+        rq, rk = apply_rotary_ref(q, k, pos, cache)
+        gq, gk = apply_rotary(q.clone(), k.clone(), pos, cache)
+        err = max(rel_err(gq, rq), rel_err(gk, rk))
+        assert err < 1e-2, f"rotary rel err {err:.2e}"
+        ms = time_ms(lambda: apply_rotary(q, k, pos, cache), self.cuda)
+        self.row(op="rotary", tokens=tokens, rel_err=f"{err:.1e}",
+                 bytes=2 * (q.numel() + k.numel()) * self.elem, ms=round(ms, 4))
+
+        nb = math.ceil(tokens / s.block_size) + 4
+        kvc = self.rand(nb, 2, 2, s.block_size, s.num_kv_heads, s.head_dim)
+        slots = torch.randperm(nb * s.block_size, device=self.device)[:tokens]
+        a, b = kvc.clone(), kvc.clone()
+        write_kv(k, k, a[:, 0], slots)
+        write_kv_ref(k, k, b[:, 0], slots)
+        assert torch.equal(a, b), "write_kv wrong"
+        ms = time_ms(lambda: write_kv(k, k, a[:, 0], slots), self.cuda)
+        self.row(op="write_kv", tokens=tokens, bytes=4 * k.numel() * self.elem, ms=round(ms, 4))
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return os.environ.get("AGENTKV_COMMIT", "unknown")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out-dir", default=None,
+                    help="where the JSON goes (default bench/results; a temp dir with --smoke)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed")
+    ap.add_argument("--no-variants", action="store_true", help="time the default configs only")
+    ap.add_argument("--commit", default=None, help="git sha to record (default: git rev-parse)")
+    args = ap.parse_args()
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.smoke:
+        sys.exit("no CUDA device: run with --smoke for a CPU sanity check")
+    sizes = SMOKE if args.smoke else Sizes()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    b = Bench(sizes, device, torch.bfloat16, variants=not args.no_variants and not args.smoke)
+    hardware = torch.cuda.get_device_name() if cuda else "cpu"
+    print(f"kernels bench on {hardware} (torch {torch.__version__})", flush=True)
+
+    b.copy_ceiling()
+    nan = float("nan")
+    metrics = {k: nan for k in GOALS}
+
+    def section(label, fn, *a):
+        """Run one part; a failure is recorded as a row and the rest still runs."""
+        try:
+            return fn(*a)
+        except Exception as e:  # noqa: BLE001 - reported in the JSON, not hidden
+            traceback.print_exc()
+            b.row(op=label, error=f"{type(e).__name__}: {e}")
+            return None
+
+    for name, (batch, ctx) in sizes.decode.items():
+        frac = section(f"decode_{name}", b.decode, name, batch, ctx)
+        metrics[f"decode_attn_{name}_bw_frac"] = nan if frac is None else frac
+    speedups = [section(f"prefill_{name}", b.prefill, name, batch, length)
+                for name, (batch, length) in sizes.prefill.items()]
+    # the worse of the two sizes
+    ok = [x for x in speedups if x is not None and x == x]
+    metrics["prefill_attn_speedup_vs_sdpa"] = min(ok) if len(ok) == len(speedups) else nan
+    fracs = section("block_copy", b.block_copy)
+    if fracs is not None:
+        metrics["block_pack_bw_frac"], metrics["block_unpack_bw_frac"] = fracs
+    section("small_ops", b.small_ops, 2048 if cuda else 20)
+
+    today = datetime.date.today()
+    result = {
+        "bench": "kernels",
+        "hardware": hardware,
+        "commit": args.commit or git_commit(),
+        "date": today.isoformat(),
+        "command": "python bench/kernels.py " + " ".join(sys.argv[1:]),
+        "ceilings": {"copy_GBps": round(b.copy_gbps, 1)},
+        "metrics": {k: {"value": None if v != v else round(v, 3), "goal": GOALS[k]}
+                    for k, v in metrics.items()},
+        "rows": b.rows,
+    }
+    out_dir = Path(args.out_dir) if args.out_dir else (
+        Path(tempfile.mkdtemp(prefix="kernels-bench-")) if args.smoke else ROOT / "bench/results")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hw = "h200" if "H200" in hardware else hardware.lower().replace("nvidia ", "").replace(" ", "")
+    path = out_dir / f"kernels-{hw}-{today.strftime('%Y%m%d')}.json"
+    path.write_text(json.dumps(result, indent=1) + "\n")
+
+    print(f"\ncopy ceiling {b.copy_gbps:.0f} GB/s   ->  {path}")
+    print(f"{'metric':34s} {'value':>8s}  goal")
+    for k, m in result["metrics"].items():
+        print(f"{k:34s} {str(m['value']):>8s}  {m['goal']}")
+
+
+if __name__ == "__main__":
+    main()
