@@ -141,16 +141,18 @@ def render_appended_messages(tokenizer: Tokenizer, history: Sequence[Any], new_m
     turn just generated; see the module docstring for how the log and the rendering are aligned.
     """
     prev = list(prev_token_ids)
-    conversation = list(history) + list(new_messages)
-    full_text = tokenizer.render_chat(conversation, tools, add_generation_prompt)
-    full_ids = tokenizer.encode_rendered(full_text)
-    if not prev or not history or full_ids[:len(prev)] == prev:
-        return _against(prev, full_ids)
+    full_text = tokenizer.render_chat(list(history) + list(new_messages), tools, add_generation_prompt)
+
+    def fallback() -> RenderedTurn:
+        return _against(prev, tokenizer.encode_rendered(full_text))
+
+    if not prev or not history:
+        return fallback()
     history_text = tokenizer.render_chat(history, tools, add_generation_prompt=False)
     if not full_text.startswith(history_text):
-        return _against(prev, full_ids)  # the template re-renders history when messages are added
+        return fallback()  # the template re-renders history when messages are added
     glue = _glue_after_log(tokenizer, history, tools, prev, history_text)
     if glue is None:
-        return _against(prev, full_ids)
+        return fallback()
     appended = tokenizer.encode_rendered(glue + full_text[len(history_text):])
     return RenderedTurn(prev + appended, len(prev), appended, rewritten=False)

@@ -97,7 +97,6 @@ def build_hf_tokenizer(backend):
         chat_template=chat_template_text(),
         clean_up_tokenization_spaces=False,
         model_max_length=TinySpec.max_position_embeddings,
-        add_bos_token=False,
     )
 
 

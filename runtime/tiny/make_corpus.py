@@ -15,6 +15,7 @@ import json
 import random
 from pathlib import Path
 
+from runtime.tiny import corpus_essays as essays
 from runtime.tiny import corpus_parts as parts
 
 SEED = 20240611
@@ -159,7 +160,7 @@ def transcript(rng: random.Random) -> str:
 def build_corpus(seed: int = SEED, target_bytes: int = TARGET_BYTES) -> str:
     """The whole corpus text: hand-written pieces first, then generated sections in random order."""
     rng = random.Random(seed)
-    chunks = list(parts.HANDWRITTEN) + list(parts.MULTILINGUAL)
+    chunks = list(essays.HANDWRITTEN) + list(essays.MULTILINGUAL)
     makers = [prose_paragraph] * 2 + [free_paragraph] * 4 + [python_snippet] * 2 + [other_code, json_record, json_record, transcript, transcript]
     size = sum(len(c.encode()) for c in chunks)
     while size < target_bytes:
