@@ -1,9 +1,10 @@
 """Build the files of the embedded ``tiny`` model into a folder.
 
 The tiny model is a 4-layer Llama with random weights and a byte-level BPE tokenizer trained on the
-shipped ``corpus.txt``. Every step is deterministic (fixed corpus, fixed seeds, single-threaded
-tokenizer training), so two builds give byte-identical files. ``runtime.tiny.ensure_tiny_model``
-calls :func:`build_tiny_model` into a temporary folder and renames it into place.
+shipped ``corpus.txt``. Every step is deterministic (fixed corpus, fixed seeds; the BPE trainer
+breaks ties between equally frequent pairs by the pair itself), so two builds give byte-identical
+files. ``runtime.tiny.ensure_tiny_model`` calls :func:`build_tiny_model` into a temporary folder
+and renames it into place.
 """
 
 from __future__ import annotations
@@ -56,7 +57,6 @@ def chat_template_text() -> str:
 
 def train_tokenizer(text: str, vocab_size: int):
     """Train the byte-level BPE on ``text``; returns a ``tokenizers.Tokenizer``."""
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # merge ties are broken the same way every run
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE())
@@ -159,11 +159,9 @@ def _save_quietly(model, folder: Path) -> None:
 
 def _make_readable(folder: Path) -> None:
     """Give the folder and its files the usual permissions (the temporary folder starts private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
+    os.chmod(folder, 0o755)
     for path in folder.iterdir():
-        os.chmod(path, 0o666 & ~umask)
+        os.chmod(path, 0o644)
 
 
 def build_tiny_model(folder: str | Path, spec: TinySpec = TinySpec()) -> Path:
