@@ -114,11 +114,10 @@ class Tokenizer:
         ids: list[int] = []
         pos = 0
         for m in self._marked_re.finditer(rendered):
-            ids += self.encode(rendered[pos:m.start()])
+            ids += self.encode(unmark(rendered[pos:m.start()]))  # stray markers are dropped
             ids += self.encode_plain(m.group(1))
             pos = m.end()
-        rendered = rendered[pos:]
-        return ids + self.encode(rendered.replace(_MARK_START, "").replace(_MARK_END, ""))
+        return ids + self.encode(unmark(rendered[pos:]))
 
     def apply_chat_template(self, messages: Sequence[Any], tools: Sequence[Mapping] | None = None,
                             add_generation_prompt: bool = True) -> list[int]:
