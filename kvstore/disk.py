@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 BLOCKS_DB = "kv_blocks"
 META_DB = "kv_meta"
 MAX_DBS = 16
-WRITE_CHUNK_BYTES = 256 << 20        # one fsync'd commit per this many bytes of a batch
+WRITE_CHUNK_BYTES = 128 << 20        # one fsync'd commit per this many bytes of a batch
 MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' databases
 CHECKSUM = "xxh3_64" if xxhash is not None else "crc32"
 _TICK = b"\x00tick"                   # a kv_meta key rewritten after deletes (see _delete)
@@ -164,7 +164,7 @@ class DiskStore:
 
     def __init__(self, path: str, spec: KVCacheSpec, model_fingerprint: bytes,
                  capacity_bytes: int, policy: EvictionPolicy | None = None,
-                 map_size: int | None = None, read_threads: int = 4,
+                 map_size: int | None = None, read_threads: int = 8,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if not 0 < len(model_fingerprint) < 256:
             raise ValueError("model_fingerprint must be 1..255 bytes")
@@ -187,6 +187,7 @@ class DiskStore:
         self._lock = threading.RLock()
         self._evict_hooks: list[Callable[[bytes], None]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-writer")
+        self._encoder = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-encoder")
         self._readers = ThreadPoolExecutor(max(1, read_threads),
                                            thread_name_prefix="kv-disk-reader")
         self._open(map_size if map_size is not None else
@@ -335,30 +336,37 @@ class DiskStore:
         return b"".join((hdr, data))
 
     def _put(self, items: list[tuple[bytes, torch.Tensor]]) -> PutResult:
+        """Writer thread: commit the batch a chunk at a time, encoding (checksum, header) the
+        next chunk on the encoder thread while this one is written and fsync'd."""
         res = PutResult()
+        chunks: list[list[tuple[bytes, torch.Tensor]]] = [[]]
+        seen: set[bytes] = set()
+        for h, t in items:
+            if h in self._index or h in seen:
+                res.written.append(h)
+                continue
+            seen.add(h)
+            if len(chunks[-1]) * self.spec.block_bytes >= WRITE_CHUNK_BYTES:
+                chunks.append([])
+            chunks[-1].append((h, t))
+        if not chunks[0]:
+            return res
         try:
-            chunk: list[tuple[bytes, bytes]] = []
-            size = 0
-            seen: set[bytes] = set()
-            for h, t in items:
-                if h in self._index or h in seen:
-                    res.written.append(h)
-                    continue
-                seen.add(h)
-                val = self._encode(h, t)
-                chunk.append((h, val))
-                size += len(val)
-                if size >= WRITE_CHUNK_BYTES:
-                    self._write_chunk(chunk, res)
-                    chunk, size = [], 0
-            if chunk:
-                self._write_chunk(chunk, res)
+            nxt = self._encoder.submit(self._encode_chunk, chunks[0])
+            for i in range(len(chunks)):
+                encoded = nxt.result()
+                if i + 1 < len(chunks):
+                    nxt = self._encoder.submit(self._encode_chunk, chunks[i + 1])
+                self._write_chunk(encoded, res)
         except (OSError, lmdb.Error) as e:
             self._degrade(f"disk tier write failed ({type(e).__name__}: {e}); tier is off")
             done = set(res.written) | set(res.refused)
             res.refused += [h for h, _ in items if h not in done]
             res.error = self.last_error
         return res
+
+    def _encode_chunk(self, chunk: list[tuple[bytes, torch.Tensor]]) -> list[tuple[bytes, bytes]]:
+        return [(h, self._encode(h, t)) for h, t in chunk]
 
     def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult) -> None:
         need = sum(len(v) for _, v in chunk)
@@ -534,6 +542,7 @@ class DiskStore:
     def close(self) -> None:
         """Finish queued writes, then release the environment and the path."""
         self._writer.shutdown(wait=True)
+        self._encoder.shutdown(wait=True)
         self._readers.shutdown(wait=True)
         with _REG_LOCK:
             if _STORES.get(self.path) is self:

@@ -255,7 +255,8 @@ class TransferEngine:
         self._need_disk()
         hashes, ids = list(hashes), list(block_ids)
         self._incref(ids)
-        fut = self._chain.submit(self._disk_to_gpu, hashes, ids)
+        after = self._record_current()  # earlier work on these blocks finishes first
+        fut = self._chain.submit(self._disk_to_gpu, hashes, ids, after)
         nbytes = len(ids) * self.block_bytes
 
         def release() -> None:
@@ -296,7 +297,7 @@ class TransferEngine:
         finally:
             self.staging.free(slots)
 
-    def _disk_to_gpu(self, hashes: list[bytes], ids: list[int]) -> TransferResult:
+    def _disk_to_gpu(self, hashes: list[bytes], ids: list[int], after) -> TransferResult:
         res = TransferResult()
         step = self._staging_chunk()
         for i in range(0, len(ids), step):
@@ -308,7 +309,8 @@ class TransferEngine:
                 keep = [k for k, h in enumerate(hs) if h in found]
                 res.missing += [h for h in hs if h not in found]
                 if keep:
-                    self._copy_sync("h2d", [gs[k] for k in keep], [slots[k] for k in keep], None)
+                    self._copy_sync("h2d", [gs[k] for k in keep], [slots[k] for k in keep],
+                                    after)
             finally:
                 self.staging.free(slots)
         return res

@@ -202,7 +202,8 @@ _WRITER = textwrap.dedent("""
 def write_then_sigkill(path, fp, tag, n, seed):
     p = subprocess.Popen([sys.executable, "-c", _WRITER, path, fp, tag, str(n), str(seed)],
                          stdout=subprocess.PIPE, cwd=REPO, text=True,
-                         env={**os.environ, "PYTHONPATH": REPO})
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                             [REPO, os.environ.get("PYTHONPATH", "")])})
     try:
         assert p.stdout.readline().strip() == "committed"
     finally:
@@ -251,3 +252,35 @@ def test_fork_child_never_reuses_the_parent_environment(store):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.healthy and same_bytes(store.get_many([b"p"])[b"p"], rand_blocks(1, 13)[0])
+
+
+@pytest.mark.parametrize("alg", ["crc32", "xxh3_64"])
+def test_each_checksum_algorithm_verifies_and_catches_a_flip(tmp_path, monkeypatch, alg):
+    if alg == "xxh3_64" and disk_mod.xxhash is None:
+        alg = "crc32"                                    # this machine has no xxhash: crc32
+    monkeypatch.setattr(disk_mod, "CHECKSUM", alg)
+    with DiskStore(str(tmp_path / "kv"), SPEC, FP, capacity_bytes=16 << 20) as s:
+        blocks, hs = rand_blocks(2, 14), hashes(2, alg)
+        s.put_many(list(zip(hs, blocks))).result()
+        db = s.open_db("kv_blocks")
+        with s.env.begin(write=True, db=db) as txn:
+            val = bytearray(txn.get(raw_key(FP, hs[0])))
+            val[-1] ^= 0x80
+            txn.put(raw_key(FP, hs[0]), bytes(val))
+        got = s.get_many(hs)
+        assert list(got) == [hs[1]] and same_bytes(got[hs[1]], blocks[1])
+        assert s.stats.checksum_failures == 1
+
+
+def test_a_value_whose_checksum_cannot_be_computed_here_is_a_miss(store):
+    blocks, hs = rand_blocks(1, 15), hashes(1, "alg")
+    store.put_many(list(zip(hs, blocks))).result()
+    db = store.open_db("kv_blocks")
+    with store.env.begin(write=True, db=db) as txn:
+        val = txn.get(raw_key(FP, hs[0]))
+        unp = msgpack.Unpacker()
+        unp.feed(val)
+        hdr = unp.unpack()
+        hdr["ck"] = "sha3-never-heard-of-it"
+        txn.put(raw_key(FP, hs[0]), msgpack.packb(hdr) + val[unp.tell():])
+    assert store.get_many(hs) == {} and store.stats.checksum_failures == 1

@@ -1,0 +1,343 @@
+"""KV tier bandwidth against ceilings measured in the same run, and decode slowdown during offload.
+
+    python bench/transfer.py                  # GPU: Llama-3-8B blocks (2 MiB), 1/64/2048 blocks
+    python bench/transfer.py --device cpu     # quick sanity run on the CPU
+
+Ceilings: one large pinned copy each way; the disk's own write (os.write + fsync) and read (page
+cache dropped with posix_fadvise DONTNEED). Then GPU->CPU and CPU->GPU through TransferEngine
+(scattered GPU blocks, as a block pool hands them out), CPU->disk and disk->CPU through DiskStore,
+and a decode-like step (a chain of bf16 matmuls reading ~16 GB of weights) timed alone and while
+a 32K-token (2048-block) offload runs beside it. Writes bench/results/transfer-<hw>-<date>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kvstore.disk import DiskStore  # noqa: E402
+from kvstore.host_pool import HostPool  # noqa: E402
+from kvstore.spec import KVCacheSpec  # noqa: E402
+from kvstore.transfer import TransferEngine  # noqa: E402
+
+LLAMA3_8B = KVCacheSpec(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16,
+                        dtype=torch.bfloat16)  # 2 MiB per block
+
+
+def log(msg: str) -> None:
+    print(f"[transfer-bench] {msg}", file=sys.stderr, flush=True)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn, reps: int, dev: torch.device) -> float:
+    """Median seconds of `fn()` (after one warm-up)."""
+    fn()
+    sync(dev)
+    out = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync(dev)
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def pinned_ceilings(host: torch.Tensor, dev: torch.device, nbytes: int) -> dict:
+    """GB/s of one large copy host->device and device->host (pinned host memory; on a CPU-only
+    machine, a plain memory copy). The host bytes are restored afterwards."""
+    h = host.reshape(-1).view(torch.uint8)[:nbytes]
+    keep = h.clone()
+    d = torch.empty(nbytes, dtype=torch.uint8, device=dev)
+    h2d = timed(lambda: d.copy_(h, non_blocking=True), 5, dev)
+    d2h = timed(lambda: h.copy_(d, non_blocking=True), 5, dev)
+    h.copy_(keep)
+    return {"h2d_pinned_GBps": nbytes / h2d / 1e9, "d2h_pinned_GBps": nbytes / d2h / 1e9}
+
+
+def drop_cache(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def disk_ceilings(src: torch.Tensor, folder: str, nbytes: int) -> dict:
+    """The disk's own speed: sequential os.write + fsync, then reads with the cache dropped."""
+    data = src.reshape(-1).view(torch.uint8)[:nbytes].numpy()
+    path = os.path.join(folder, "raw.bin")
+    step = 64 << 20
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    t = time.perf_counter()
+    for i in range(0, nbytes, step):
+        os.write(fd, data[i:i + step])
+    os.fsync(fd)
+    write = time.perf_counter() - t
+    os.close(fd)
+    buf = bytearray(step)
+
+    def read() -> float:
+        fd = os.open(path, os.O_RDONLY)
+        t = time.perf_counter()
+        while os.readv(fd, [buf]):
+            pass
+        dt = time.perf_counter() - t
+        os.close(fd)
+        return dt
+    drop_cache(path)
+    cold = read()
+    warm = read()
+    os.unlink(path)
+    return {"disk_write_GBps": nbytes / write / 1e9, "disk_read_GBps": nbytes / cold / 1e9,
+            "disk_read_warm_GBps": nbytes / warm / 1e9}
+
+
+def gpu_host_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list[int],
+                  modes: list[str], bb: int) -> list[dict]:
+    rows = []
+    rng = random.Random(0)
+    for mode in modes:
+        eng.mode = mode
+        for n in sizes:
+            ids = rng.sample(range(kv.shape[0]), n)          # scattered, as a pool hands out
+            back = rng.sample(range(kv.shape[0]), n)
+            slots = host.allocate(n)
+            reps = 20 if n < 64 else 5
+            d2h = timed(lambda: eng.gpu_to_host(ids, slots).wait(), reps, kv.device)
+            ok = same(host.buffer[slots].to(kv.device), kv[ids])
+            h2d = timed(lambda: eng.host_to_gpu(slots, back).wait(), reps, kv.device)
+            ok = ok and same(host.buffer[slots].to(kv.device), kv[back])
+            host.free(slots)
+            for kind, dt in (("d2h", d2h), ("h2d", h2d)):
+                rows.append({"kind": kind, "mode": mode, "blocks": n, "seconds": dt,
+                             "GBps": n * bb / dt / 1e9, "byte_exact": ok})
+    return rows
+
+
+def disk_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list[int],
+              bb: int, tag: str) -> list[dict]:
+    rows = []
+    disk = eng.disk
+    for n in sizes:
+        slots = host.allocate(n)
+        ids = random.Random(n).sample(range(kv.shape[0]), n)
+        eng.gpu_to_host(ids, slots).wait()
+        reps = 5 if n == 1 else (2 if n <= 64 else 1)
+        w, r, ok = [], [], True
+        for rep in range(reps):
+            hs = [hashlib.blake2b(f"{tag}-{n}-{rep}-{i}".encode(), digest_size=16).digest()
+                  for i in range(n)]
+            t = time.perf_counter()
+            res = eng.host_to_disk(hs, slots).wait().result
+            w.append(time.perf_counter() - t)
+            ok = ok and not res.refused
+            host.buffer[slots] = 0
+            drop_cache(os.path.join(disk.path, "data.mdb"))
+            t = time.perf_counter()
+            res = eng.disk_to_host(hs, slots).wait().result
+            r.append(time.perf_counter() - t)
+            ok = ok and not res.missing and same(host.buffer[slots].to(kv.device), kv[ids])
+        host.free(slots)
+        for kind, dts in (("disk_write", w), ("disk_read", r)):
+            dt = statistics.median(dts)
+            rows.append({"kind": kind, "blocks": n, "seconds": dt, "GBps": n * bb / dt / 1e9,
+                         "read_threads": disk._readers._max_workers, "byte_exact": ok})
+    return rows
+
+
+def decode_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, n: int, gb: float,
+                modes: list[str]) -> list[dict]:
+    """Step time of a weights-read-bound matmul chain alone and beside an n-block offload."""
+    dev = kv.device
+    k, cols = (8192, 65536) if dev.type == "cuda" else (1024, 4096)
+    mats = max(1, int(gb * 2**30 / (k * cols * 2)))
+    g = torch.Generator(device=dev).manual_seed(0)
+    weights = [torch.randn((k, cols), device=dev, dtype=torch.bfloat16, generator=g)
+               for _ in range(mats)]
+    x = torch.randn((8, k), device=dev, dtype=torch.bfloat16)
+    y = torch.empty((8, cols), device=dev, dtype=torch.bfloat16)
+
+    def step() -> float:
+        if dev.type != "cuda":
+            t = time.perf_counter()
+            for w in weights:
+                torch.mm(x, w, out=y)
+            return (time.perf_counter() - t) * 1e3
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for w in weights:
+            torch.mm(x, w, out=y)
+        b.record()
+        b.synchronize()
+        return a.elapsed_time(b)
+
+    for _ in range(5):
+        step()
+    alone = [step() for _ in range(40)]
+    rows = [{"kind": "decode_alone", "weights_GB": mats * k * cols * 2 / 1e9,
+             "step_ms_median": statistics.median(alone)}]
+    ids = random.Random(1).sample(range(kv.shape[0]), n)
+    for mode in modes:
+        eng.mode = mode
+        for kind in ("d2h", "h2d"):
+            during, offload_s = [], []
+            for _ in range(3):
+                slots = host.allocate(n)
+                t = time.perf_counter()
+                h = (eng.gpu_to_host(ids, slots) if kind == "d2h"
+                     else eng.host_to_gpu(slots, ids))
+                while not h.ready():
+                    during.append(step())
+                offload_s.append(time.perf_counter() - t)
+                host.free(slots)
+            med = statistics.median(during) if during else float("nan")
+            rows.append({"kind": f"decode_during_{kind}", "mode": mode, "blocks": n,
+                         "steps": len(during), "step_ms_median": med,
+                         "step_ms_mean": statistics.fmean(during) if during else float("nan"),
+                         "offload_s_median": statistics.median(offload_s),
+                         "slowdown": med / rows[0]["step_ms_median"] - 1})
+    del weights
+    return rows
+
+
+def gather_rows(kv: torch.Tensor, n: int) -> list[dict]:
+    """The staged path's gather: torch index_select against the Triton pack kernel."""
+    if kv.device.type != "cuda":
+        return []
+    ids = torch.tensor(random.Random(2).sample(range(kv.shape[0]), n), device=kv.device)
+    out = torch.empty((n, *kv.shape[1:]), dtype=kv.dtype, device=kv.device)
+    rows = [{"kind": "gather", "impl": "index_select", "blocks": n, "seconds":
+             timed(lambda: torch.index_select(kv, 0, ids, out=out), 10, kv.device)}]
+    try:
+        from kernels.block_copy import pack_blocks
+        rows.append({"kind": "gather", "impl": "triton_pack_blocks", "blocks": n, "seconds":
+                     timed(lambda: pack_blocks(kv, ids, out=out), 10, kv.device)})
+    except Exception as e:  # noqa: BLE001 - reported in the row
+        rows.append({"kind": "gather", "impl": "triton_pack_blocks", "error": repr(e)})
+    for r in rows:
+        if "seconds" in r:
+            r["GBps_read_plus_write"] = 2 * n * kv[0].numel() * kv.element_size() / r["seconds"] / 1e9
+    return rows
+
+
+def fs_info(folder: str) -> str:
+    try:
+        return subprocess.check_output(["df", "-hT", folder], text=True).strip().splitlines()[-1]
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
+                                       cwd=Path(__file__).parent).strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    ap.add_argument("--sizes", default=None, help="blocks per batch, e.g. 1,64,2048")
+    ap.add_argument("--modes", default="auto,direct,staged")
+    ap.add_argument("--decode-gb", type=float, default=None)
+    ap.add_argument("--disk-dir", default=None, help="folder on the disk to measure")
+    ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    args = ap.parse_args(argv)
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    dev = torch.device("cuda" if gpu else "cpu")
+    spec = LLAMA3_8B
+    bb = spec.block_bytes
+    sizes = [int(s) for s in (args.sizes or ("1,64,2048" if gpu else "1,16,64")).split(",")]
+    modes = args.modes.split(",")
+    big = max(sizes)
+    hw = torch.cuda.get_device_name(dev) if gpu else "cpu"
+    log(f"{hw}: {big} slots of {bb} bytes pinned={gpu}; GPU cache {2 * big} blocks")
+    kv = spec.allocate(2 * big, dev)                  # [2 * big, *block_shape], random
+    for i in range(0, kv.shape[0], 256):
+        kv[i:i + 256].normal_()
+    host = HostPool(spec, big * bb)                   # pinned when CUDA is there
+    host.buffer.copy_(kv[:big])
+    folder = tempfile.mkdtemp(prefix="agentkv-transfer-", dir=args.disk_dir)
+    disk_fs = fs_info(folder)
+    log(f"disk folder {folder}: {disk_fs}")
+    try:
+        log("ceilings")
+        ceil = pinned_ceilings(host.buffer, dev, min(big * bb, 2 << 30))
+        ceil.update(disk_ceilings(host.buffer, folder, min(big * bb, 2 << 30)))
+        disk = DiskStore(os.path.join(folder, "kv"), spec, b"bench-model",
+                         capacity_bytes=int(1.2 * bb * sum(n * (5 if n == 1 else 2 if n <= 64
+                                                                 else 1) for n in sizes)))
+        eng = TransferEngine(kv, host, disk)
+        log("GPU <-> CPU")
+        rows = gpu_host_rows(eng, kv, host, sizes, modes, bb)
+        rows += gather_rows(kv, 64)
+        log("CPU <-> disk")
+        rows += disk_rows(eng, kv, host, sizes, bb, "a")
+        log("decode beside a 2048-block offload")
+        rows += decode_rows(eng, kv, host, big, args.decode_gb or (16.0 if gpu else 0.25), modes)
+        eng.close()
+        disk.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    ceil["decode_step_ms"] = next(r["step_ms_median"] for r in rows if r["kind"] == "decode_alone")
+    pick = {(r["kind"], r.get("mode"), r.get("blocks")): r for r in rows}
+    d2h, h2d = pick[("d2h", "auto", big)], pick[("h2d", "auto", big)]
+    dw, dr = pick[("disk_write", None, big)], pick[("disk_read", None, big)]
+    dec = pick[("decode_during_d2h", "auto", big)]
+    metrics = {
+        "d2h_bw_frac": {"value": round(d2h["GBps"] / ceil["d2h_pinned_GBps"], 3), "goal": ">= 0.8"},
+        "h2d_bw_frac": {"value": round(h2d["GBps"] / ceil["h2d_pinned_GBps"], 3), "goal": ">= 0.8"},
+        "disk_write_frac": {"value": round(dw["GBps"] / ceil["disk_write_GBps"], 3),
+                            "goal": ">= 0.7"},
+        "disk_read_frac": {"value": round(dr["GBps"] / ceil["disk_read_GBps"], 3),
+                           "goal": ">= 0.7"},
+        "decode_slowdown_during_offload": {"value": round(dec["slowdown"], 4), "goal": "<= 0.1"},
+    }
+    result = {"bench": "transfer", "hardware": hw, "commit": git_commit(),
+              "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+              "ceilings": {k: round(v, 3) for k, v in ceil.items()}, "metrics": metrics,
+              "rows": rows + [{"kind": "setup", "block_bytes": bb, "block_shape":
+                               list(spec.block_shape), "dtype": "bfloat16", "metric_blocks": big,
+                               "page_cache_drop": "posix_fadvise(POSIX_FADV_DONTNEED) after fsync",
+                               "disk_dir": folder, "disk_fs": disk_fs}]}
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "cpu" if not gpu else hw.lower().replace("nvidia", "").strip().replace(" ", "")
+    path = out / f"transfer-{tag}-{date.today().strftime('%Y%m%d')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    for r in rows:
+        print(json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()}))
+    print(json.dumps(result["ceilings"]))
+    print(f"{'metric':34s} {'value':>10s}  goal")
+    for k, v in metrics.items():
+        print(f"{k:34s} {v['value']:>10}  {v['goal']}")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
