@@ -6,6 +6,7 @@ output with its running max and sum. A second small kernel merges the splits (lo
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -155,19 +156,28 @@ def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.devic
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, block_n: int,
-                      num_sms: int = NUM_SMS_DEFAULT, waves: int = 4,
-                      min_tokens_per_split: int = 256, max_splits: int = 64) -> int:
-    """Enough (sequence, kv head, split) programs to fill `waves` x num_sms, without making a
-    split shorter than `min_tokens_per_split` cached tokens."""
+                      num_sms: int = NUM_SMS_DEFAULT, min_tokens_per_split: int = 256,
+                      max_splits: int = 64) -> int:
+    """One split when the (sequence, kv head) programs already give every SM two of them (the
+    resident limit at 96 KB of shared memory each); otherwise enough splits for four per SM,
+    never shorter than `min_tokens_per_split` cached tokens."""
     programs = max(1, num_seqs * num_kv_heads)
-    want = -(-waves * num_sms // programs)
+    if programs >= 2 * num_sms:
+        return 1
+    want = -(-4 * num_sms // programs)
     by_length = max(1, max_context // max(min_tokens_per_split, block_n))
     return max(1, min(want, by_length, max_splits))
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms_cached(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _num_sms(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _num_sms_cached(device.index if device.index is not None
+                               else torch.cuda.current_device())
     return NUM_SMS_DEFAULT
 
 

@@ -220,9 +220,7 @@ def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.devi
         return PrefillConfig(32, 32, 4, 1)
     if dtype == torch.float32:
         return PrefillConfig(64, 32, 4, 2)
-    if head_dim <= 64:
-        return PrefillConfig(128, 64, 4, 3)
-    return PrefillConfig(128, 64, 8, 3)
+    return PrefillConfig(128, 64, 4, 3)  # best of the H200 sweep (bench/kernels_notes.md)
 
 
 def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,

@@ -76,7 +76,8 @@ class CopyConfig:
 
 
 def _default_config(device: torch.device) -> CopyConfig:
-    return CopyConfig(8192, 8) if device.type == "cuda" else CopyConfig(1024, 4)
+    # best of the H200 sweep (bench/kernels_notes.md)
+    return CopyConfig(2048, 4) if device.type == "cuda" else CopyConfig(1024, 4)
 
 
 def _launch(src: torch.Tensor, dst: torch.Tensor, block_ids: torch.Tensor, block_numel: int,
