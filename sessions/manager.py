@@ -1,0 +1,477 @@
+"""The session manager: what the gRPC server calls to create, run, pause and close sessions.
+
+Every change is committed to LMDB (fsync'd) before the call returns and before memory shows it:
+memory is never ahead of the disk, so a failed write leaves the session as it was. Then the
+KV-policy hook hears of it (sessions/hooks.py), outside every lock.
+
+Locks: one manager lock guards the in-memory maps and is never held during disk I/O or hooks;
+each session has its own lock that serialises the changes of that session (its disk writes
+included), so two calls on one session commit in order and `begin_turn` refuses a second turn.
+Reads (`get`, `list`, `count_by_state`) never wait for a disk write.
+
+Methods that change a session write to disk: from an asyncio loop, run them in an executor
+(`await loop.run_in_executor(None, manager.end_turn, ...)`). Sessions are returned as snapshots.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import operator
+import threading
+import time
+from collections import Counter, deque
+from typing import Any, Callable, Iterable
+
+from sessions.errors import InvalidArgument, SessionLimitExceeded, SessionNotFound, \
+    SessionStoreError, StaleTurnHandle
+from sessions.hooks import KVPolicyHook, PauseEstimatorLike
+from sessions.ids import check_session_id, new_session_id
+from sessions.model import PauseInfo, Session, TurnHandle, TurnRecord, pack_record
+from sessions.state import SessionEvent as Ev, SessionState as St, next_state
+from sessions.store import SessionStore, check_tenant, decode_page_token, encode_page_token
+
+log = logging.getLogger("agentkv.sessions")
+
+DEFAULT_TTL_S = 24 * 3600.0
+DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
+_TOKEN_LIMIT = 1 << 32
+_replace = dataclasses.replace
+
+
+def _check_tokens(name: str, tokens: Iterable) -> list[int]:
+    try:
+        out = [operator.index(t) for t in tokens]
+    except TypeError as e:
+        raise InvalidArgument(f"{name} must be a sequence of integer token ids ({e})") from None
+    for i, t in enumerate(out):
+        if not 0 <= t < _TOKEN_LIMIT:
+            raise InvalidArgument(f"{name}[{i}] = {t} is not a token id: ids are in [0, 2**32)")
+    return out
+
+
+def _plain(name: str, value: Any) -> Any:
+    """`value` if msgpack can store it (JSON-like data), else InvalidArgument."""
+    try:
+        pack_record(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidArgument(f"{name} must be JSON-like data (maps, lists, strings, numbers, "
+                              f"booleans, null): {e}") from None
+    return value
+
+
+def _dicts(name: str, items: Iterable) -> list[dict]:
+    out = []
+    for i, m in enumerate(items):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"{name}[{i}] must be a map, got {type(m).__name__}")
+        out.append(dict(m))
+    return _plain(name, out)
+
+
+class _Entry:
+    """One session in memory: its committed state, its turn in flight, its queued hook calls."""
+    __slots__ = ("session", "lock", "turn", "hooks", "hook_lock", "draining")
+
+    def __init__(self, session: Session):
+        self.session = session                  # committed; replaced, never changed in place
+        self.lock = threading.Lock()            # serialises changes of this session
+        self.turn: TurnHandle | None = None
+        self.hooks: deque = deque()
+        self.hook_lock = threading.Lock()
+        self.draining = False
+
+
+class SessionManager:
+    """Sessions of every tenant: state machine, token log, persistence, TTLs, hooks.
+
+    ttl_by_tenant: idle TTL (s) per tenant, default_ttl_s for the others (None: never expire).
+    max_sessions_per_tenant: open sessions a tenant may hold (None: no limit).
+    estimator: a pause-duration model (sessions.estimator.PauseEstimator) or None.
+    retain_closed_s: how long a closed or expired session still answers `get` with its final
+    state (its record is deleted from LMDB at once; a restart forgets it).
+    """
+
+    def __init__(self, store: SessionStore, clock: Callable[[], float] = time.time,
+                 policy_hook: KVPolicyHook | None = None, default_ttl_s: float | None = DEFAULT_TTL_S,
+                 ttl_by_tenant: dict[str, float | None] | None = None,
+                 max_sessions_per_tenant: int | None = None,
+                 estimator: PauseEstimatorLike | None = None, retain_closed_s: float = 300.0):
+        if max_sessions_per_tenant is not None and max_sessions_per_tenant < 1:
+            raise ValueError(f"max_sessions_per_tenant must be >= 1 or None, "
+                             f"got {max_sessions_per_tenant}")
+        self.store, self.clock, self.policy_hook = store, clock, policy_hook
+        self.default_ttl_s = default_ttl_s
+        self.ttl_by_tenant = dict(ttl_by_tenant or {})
+        self.max_sessions_per_tenant = max_sessions_per_tenant
+        self.estimator = estimator
+        self.retain_closed_s = retain_closed_s
+        self._lock = threading.Lock()
+        self._entries: dict[str, _Entry] = {}
+        self._counts: Counter = Counter()           # SessionState -> sessions in memory
+        self._open: Counter = Counter()             # tenant -> open sessions (+ being created)
+        self._nonces = itertools.count(1)
+
+    def ttl_for(self, tenant: str) -> float | None:
+        return self.ttl_by_tenant.get(tenant, self.default_ttl_s)
+
+    # -- create / read -----------------------------------------------------------------------
+    def create(self, tenant: str, model: str, system_prompt: str = "", messages: Iterable = (),
+               tools: Iterable = (), sampling_defaults: dict | None = None) -> Session:
+        """A new WAITING session with an empty token log; SessionLimitExceeded at the limit."""
+        check_tenant(tenant)
+        if not isinstance(model, str) or not isinstance(system_prompt, str):
+            raise InvalidArgument("model and system_prompt must be strings")
+        now = self.clock()
+        s = Session(new_session_id(), tenant, model, now, now, St.WAITING,
+                    system_prompt=system_prompt, messages=_dicts("messages", messages),
+                    tools=_dicts("tools", tools),
+                    sampling_defaults=_plain("sampling_defaults", dict(sampling_defaults or {})),
+                    ttl_s=self.ttl_for(tenant))
+        limit = self.max_sessions_per_tenant
+        with self._lock:                            # reserve a slot before writing
+            if limit is not None and self._open[tenant] >= limit:
+                raise SessionLimitExceeded(tenant, limit, self._open[tenant])
+            self._open[tenant] += 1
+        try:
+            self.store.create(s)
+        except BaseException:
+            with self._lock:
+                self._open[tenant] -= 1
+            raise
+        with self._lock:
+            self._entries[s.session_id] = _Entry(s)
+            self._counts[s.state] += 1
+        return s.snapshot()
+
+    def get(self, tenant: str, session_id: str) -> Session:
+        """The session; SessionNotFound for an unknown id and for another tenant's session."""
+        return self._entry(tenant, session_id).session.snapshot()
+
+    def list(self, tenant: str, page_size: int = DEFAULT_PAGE_SIZE, page_token: str = "",
+             state: St | None = None) -> tuple[list[Session], str]:
+        """One page of the tenant's open sessions, oldest first, and the next page's token
+        ("" on the last page). page_size 0 means 50; more than 500 is cut to 500."""
+        if page_size < 0:
+            raise InvalidArgument(f"page_size must be >= 0 (0: {DEFAULT_PAGE_SIZE}), "
+                                  f"got {page_size}")
+        size = min(page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        cursor = decode_page_token(page_token) if page_token else b""
+        page: list[Session] = []
+        while True:
+            batch = self.store.list_ids(tenant, size + 1, cursor)
+            for cur, sid in batch:
+                with self._lock:
+                    e = self._entries.get(sid)
+                s = e.session if e is not None and e.session.tenant == tenant else None
+                if s is None or (state is not None and s.state is not state):
+                    cursor = cur
+                    continue
+                if len(page) == size:               # one more exists: this page is full
+                    return page, encode_page_token(cursor)
+                page.append(s.snapshot())
+                cursor = cur
+            if len(batch) < size + 1:
+                return page, ""
+
+    def count_by_state(self, tenant: str | None = None) -> dict[St, int]:
+        """Sessions in memory per state (every state present, zeros included). Keys compare
+        equal to the states' string values ("active", "waiting", ...)."""
+        with self._lock:
+            if tenant is None:
+                counts = Counter(self._counts)
+            else:
+                counts = Counter(e.session.state for e in self._entries.values()
+                                 if e.session.tenant == tenant)
+        return {st: counts[st] for st in St}
+
+    # -- turns -------------------------------------------------------------------------------
+    def begin_turn(self, tenant: str, session_id: str, appended_token_ids: Iterable[int],
+                   appended_messages: Iterable[dict] = (), now: float | None = None, *,
+                   keep_log_tokens: int | None = None) -> TurnHandle:
+        """Start a turn (WAITING or PAUSED -> ACTIVE). Nothing of it enters the token log until
+        `end_turn`. The prompt is the log (cut to `keep_log_tokens` when a chat re-render
+        changed earlier tokens) plus `appended_token_ids`."""
+        toks = _check_tokens("appended_token_ids", appended_token_ids)
+        msgs = _dicts("appended_messages", appended_messages)
+        e = self._entry(tenant, session_id)
+        with e.lock:
+            s, now = e.session, self._now(now)
+            next_state(s.state, Ev.START_TURN, session_id)
+            n_log = len(s.token_log)
+            keep = n_log if keep_log_tokens is None else operator.index(keep_log_tokens)
+            if not 0 <= keep <= n_log:
+                raise InvalidArgument(f"keep_log_tokens={keep} is outside [0, {n_log}] (the "
+                                      f"session's token log has {n_log} tokens)")
+            prompt = s.token_log[:keep] + toks
+            if not prompt:
+                raise InvalidArgument("the turn has no tokens: the session's log is empty, so "
+                                      "appended_token_ids must hold the rendered prompt")
+            paused = s.pause if s.state is St.PAUSED else None
+            new = _replace(s, state=St.ACTIVE, pause=None, resume_expected_at=None,
+                           updated_at=now)
+            self.store.save(new)
+            handle = TurnHandle(session_id, tenant, len(s.turns), prompt, tuple(toks),
+                                tuple(msgs), keep, n_log - keep, now, next(self._nonces))
+            self._publish(e, new, turn=handle)
+            if paused is not None:
+                self._observe(paused, now - paused.started_at)
+                self._queue(e, "on_resume", new)
+        self._drain(e)
+        return handle
+
+    def end_turn(self, handle: TurnHandle, output_token_ids: Iterable[int], finish_reason: Any,
+                 tool_calls: Iterable[dict] = (), kv_source: dict[str, int] | None = None,
+                 ttft_s: float | None = None, first_token_at: float | None = None,
+                 rewritten_tokens: int = 0, auto_pause_tool: str | None = None, *,
+                 assistant_message: dict | None = None, now: float | None = None) -> Session:
+        """Commit the turn: its input and output tokens join the log, its record and messages
+        the session, all in one fsync'd LMDB transaction, before this returns. The session
+        goes PAUSED on `auto_pause_tool` (the turn ended in a tool call) or WAITING.
+
+        rewritten_tokens: log tokens the turn dropped; 0 takes what keep_log_tokens cut.
+        assistant_message: the model's reply as a chat message, appended after the turn's input
+        messages (so that the chat can be re-rendered)."""
+        out = _check_tokens("output_token_ids", output_token_ids)
+        calls = _dicts("tool_calls", tool_calls)
+        kv = _plain("kv_source", {str(k): int(v) for k, v in (kv_source or {}).items()})
+        reply = _dicts("assistant_message", [assistant_message]) if assistant_message else []
+        if auto_pause_tool is not None and (not isinstance(auto_pause_tool, str)
+                                            or not auto_pause_tool):
+            raise InvalidArgument("auto_pause_tool must be a non-empty tool name or None")
+        sid = handle.session_id
+        e = self._entry(handle.tenant, sid)
+        with e.lock:
+            s, now = e.session, self._now(now)
+            event = Ev.END_TURN_IN_TOOL if auto_pause_tool else Ev.END_TURN
+            state = next_state(s.state, event, sid)
+            turn = self._current_turn(e, handle)
+            new_tokens = list(turn.appended_token_ids) + out
+            record = TurnRecord(
+                turn.turn_index, len(turn.appended_token_ids), len(out), turn.started_at,
+                first_token_at, now, ttft_s, str(getattr(finish_reason, "value", finish_reason)),
+                calls, kv, int(rewritten_tokens) or turn.dropped_tokens)
+            pause = self._new_pause(auto_pause_tool, None, False, now) if auto_pause_tool \
+                else None
+            new = _replace(s, state=state, token_log=s.token_log[:turn.kept_log_tokens]
+                           + new_tokens, turns=s.turns + [record], pause=pause, updated_at=now,
+                           messages=s.messages + list(turn.appended_messages) + reply)
+            self.store.save_turn(new, new_tokens)
+            self._publish(e, new, turn=None)
+            self._queue(e, "on_turn_end", new)
+            if pause is not None:
+                self._queue(e, "on_pause", new)
+        self._drain(e)
+        return new.snapshot()
+
+    def abort_turn(self, handle: TurnHandle, reason: str = "") -> Session | None:
+        """Drop the turn in flight (cancel, disconnect, engine error): nothing of it is kept
+        and the session is WAITING again. None (and no change) when that turn is no longer in
+        flight: it ended, was aborted, or the session was closed."""
+        try:
+            e = self._entry(handle.tenant, handle.session_id)
+        except SessionNotFound:
+            return None
+        with e.lock:
+            s = e.session
+            if s.state is not St.ACTIVE or e.turn is None or e.turn.nonce != handle.nonce:
+                return None
+            new = _replace(s, state=next_state(s.state, Ev.ABORT_TURN, s.session_id),
+                           updated_at=self.clock())
+            try:
+                self.store.save(new)
+            except SessionStoreError as err:   # a restart restores ACTIVE as WAITING anyway
+                log.error("session %s: abort of turn %d not persisted: %s", s.session_id,
+                          handle.turn_index, err)
+            self._publish(e, new, turn=None)
+        log.info("session %s: turn %d aborted (%s)", s.session_id, handle.turn_index,
+                 reason or "no reason given")
+        return new.snapshot()
+
+    # -- pauses ------------------------------------------------------------------------------
+    def pause(self, tenant: str, session_id: str, tool: str, expected_s: float | None = None,
+              human: bool = False, now: float | None = None) -> Session:
+        """WAITING or PAUSED -> PAUSED on `tool`. expected_s: the client's estimate (None or 0:
+        let the estimator forecast). Pausing a PAUSED session refines its pause, which keeps
+        its start time."""
+        if not isinstance(tool, str) or not tool:
+            raise InvalidArgument("tool must be a non-empty name (the tool, or 'human')")
+        if expected_s is not None and not (math.isfinite(expected_s) and expected_s >= 0):
+            raise InvalidArgument(f"expected_s must be a finite number of seconds >= 0, "
+                                  f"got {expected_s!r}")
+        e = self._entry(tenant, session_id)
+        with e.lock:
+            s, now = e.session, self._now(now)
+            next_state(s.state, Ev.PAUSE, session_id)
+            started = s.pause.started_at if s.pause is not None else now
+            pause = self._new_pause(tool, expected_s or None, bool(human), started)
+            new = _replace(s, state=St.PAUSED, pause=pause, resume_expected_at=None,
+                           updated_at=now)
+            self.store.save(new)
+            self._publish(e, new)
+            self._queue(e, "on_pause", new)
+        self._drain(e)
+        return new.snapshot()
+
+    def resume(self, tenant: str, session_id: str, hint_s: float | None = None,
+               now: float | None = None) -> Session:
+        """PAUSED -> WAITING. hint_s: the next input is expected in this many seconds (a
+        policy may prefetch the KV for then); the pause's measured length (plus the hint) is
+        reported to the estimator."""
+        if hint_s is not None and not (math.isfinite(hint_s) and hint_s >= 0):
+            raise InvalidArgument(f"hint_s must be a finite number of seconds >= 0, "
+                                  f"got {hint_s!r}")
+        e = self._entry(tenant, session_id)
+        with e.lock:
+            s, now = e.session, self._now(now)
+            state = next_state(s.state, Ev.RESUME, session_id)
+            wait = float(hint_s or 0.0)
+            new = _replace(s, state=state, pause=None, resume_expected_at=now + wait,
+                           updated_at=now)
+            self.store.save(new)
+            self._publish(e, new)
+            self._observe(s.pause, now - s.pause.started_at + wait)
+            self._queue(e, "on_resume", new)
+        self._drain(e)
+        return new.snapshot()
+
+    # -- ends --------------------------------------------------------------------------------
+    def close(self, tenant: str, session_id: str, now: float | None = None) -> Session:
+        """Close the session (from any open state; a turn in flight is dropped: abort its
+        engine request too). Its records leave LMDB at once."""
+        e = self._entry(tenant, session_id)
+        with e.lock:
+            s, now = e.session, self._now(now)
+            state = next_state(s.state, Ev.CLOSE, session_id)
+            new = _replace(s, state=state, closed_at=now, updated_at=now)
+            self.store.delete(session_id)
+            self._publish(e, new, turn=None)
+            self._queue(e, "on_close", new)
+        self._drain(e)
+        return new.snapshot()
+
+    def expire_idle(self, now: float | None = None) -> list[str]:
+        """Expire WAITING and PAUSED sessions idle for their TTL or longer; forget closed and
+        expired sessions older than retain_closed_s. Returns the ids expired now."""
+        now = self._now(now)
+        with self._lock:
+            for sid in [sid for sid, e in self._entries.items() if not e.session.is_open
+                        and now - e.session.closed_at >= self.retain_closed_s]:
+                self._counts[self._entries.pop(sid).session.state] -= 1
+            due = [e for e in self._entries.values() if self._idle_past_ttl(e.session, now)]
+        expired = []
+        for e in due:
+            with e.lock:
+                s = e.session
+                if not self._idle_past_ttl(s, now):     # it changed meanwhile
+                    continue
+                new = _replace(s, state=next_state(s.state, Ev.EXPIRE, s.session_id),
+                               closed_at=now)
+                self.store.delete(s.session_id)
+                self._publish(e, new)
+                self._queue(e, "on_close", new)
+            self._drain(e)
+            expired.append(s.session_id)
+        return expired
+
+    def restore(self, now: float | None = None) -> int:
+        """Load every open session from LMDB (call once, before serving). A session that was
+        ACTIVE when the process died comes back WAITING with the log of its last completed
+        turn, its idle clock restarted. Returns the number of sessions restored."""
+        now = self._now(now)
+        restored = 0
+        for s in self.store.load_all_open():
+            with self._lock:
+                if s.session_id in self._entries:
+                    continue
+            s.ttl_s = self.ttl_for(s.tenant)
+            if s.state is St.ACTIVE:
+                log.info("session %s: turn %d was in flight at shutdown; dropped",
+                         s.session_id, len(s.turns))
+                s.state, s.updated_at = St.WAITING, now
+                self.store.save(s)
+            with self._lock:
+                self._entries[s.session_id] = _Entry(s)
+                self._counts[s.state] += 1
+                self._open[s.tenant] += 1
+            restored += 1
+        return restored
+
+    # -- internals ---------------------------------------------------------------------------
+    def _now(self, now: float | None) -> float:
+        return self.clock() if now is None else float(now)
+
+    def _entry(self, tenant: str, session_id: str) -> _Entry:
+        check_session_id(session_id)
+        with self._lock:
+            e = self._entries.get(session_id)
+        if e is None or e.session.tenant != tenant:
+            raise SessionNotFound(session_id)
+        return e
+
+    @staticmethod
+    def _current_turn(e: _Entry, handle: TurnHandle) -> TurnHandle:
+        if e.turn is None or e.turn.nonce != handle.nonce:
+            raise StaleTurnHandle(handle.session_id, handle.turn_index,
+                                  e.turn.turn_index if e.turn is not None else None)
+        return e.turn
+
+    def _publish(self, e: _Entry, new: Session, **kw) -> None:
+        """Make a committed change visible (the caller holds e.lock)."""
+        with self._lock:
+            old = e.session
+            if old.state is not new.state:
+                self._counts[old.state] -= 1
+                self._counts[new.state] += 1
+                if old.is_open and not new.is_open:
+                    self._open[new.tenant] -= 1
+            e.session = new
+            if "turn" in kw:
+                e.turn = kw["turn"]
+
+    @staticmethod
+    def _idle_past_ttl(s: Session, now: float) -> bool:
+        return s.state.is_resting and s.ttl_s is not None and now - s.updated_at >= s.ttl_s
+
+    def _new_pause(self, tool: str, expected_s: float | None, human: bool,
+                   started_at: float) -> PauseInfo:
+        p50 = source = None
+        if self.estimator is not None:
+            try:
+                f = self.estimator.expected(tool, human, expected_s)
+                p50, source = f.p50_s, f.source
+            except Exception:                           # a forecast is advice, not state
+                log.exception("pause estimator failed for tool %r", tool)
+        elif expected_s is not None:
+            p50, source = expected_s, "hint"
+        return PauseInfo(tool, expected_s, human, started_at, p50, source)
+
+    def _observe(self, pause: PauseInfo, duration_s: float) -> None:
+        if self.estimator is not None:
+            try:
+                self.estimator.observe(pause.tool, pause.human, max(0.0, duration_s))
+            except Exception:
+                log.exception("pause estimator failed to observe tool %r", pause.tool)
+
+    def _queue(self, e: _Entry, method: str, session: Session) -> None:
+        if self.policy_hook is not None:
+            with e.hook_lock:
+                e.hooks.append((method, session))
+
+    def _drain(self, e: _Entry) -> None:
+        """Run the session's queued hook calls in order, one thread at a time, no lock held."""
+        while self.policy_hook is not None:
+            with e.hook_lock:
+                if e.draining or not e.hooks:
+                    return
+                e.draining = True
+                method, session = e.hooks.popleft()
+            try:
+                getattr(self.policy_hook, method)(session.snapshot())
+            except Exception:
+                log.exception("policy hook %s failed for session %s", method,
+                              session.session_id)
+            finally:
+                with e.hook_lock:
+                    e.draining = False
