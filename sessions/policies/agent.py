@@ -1,0 +1,198 @@
+"""agentkv's own policy: place each paused session's KV by what its pause will cost.
+
+Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
+
+- the reload times come from the measured bandwidths: CPU `T*bytes/h2d`, disk
+  `T*bytes/disk_read + T*bytes/h2d`; recompute costs `T/prefill_speed` of GPU time on the turn's
+  critical path, and delays every turn queued behind it, so keeping *some* copy always wins;
+- keep on the GPU (no copies) when the pause is short next to a CPU reload: p90 below
+  `keep_s = max(keep_min_s, keep_factor * load_cpu)`; nothing could be moved out and back in
+  time, and the GPU-memory-time is small;
+- write through to CPU (the GPU copy stays until evicted) when the pause is longer; eviction is
+  then free at the moment the GPU needs room, and the KV is prefetched back before the resume;
+- spill to disk when the pause is long (p50 above `disk_after_s`), or CPU is nearly full and the
+  disk load can still be hidden by a prefetch (the forecast's lower quantile is at least twice
+  the disk load time); skipped while the disk has a long write queue;
+- free the GPU copy at once (OFFLOAD_CPU / SPILL_DISK) only when the GPU is nearly full;
+- prefetch: start loading at the forecast's `prefetch_q` quantile minus the load time, so the
+  KV is on the GPU when the session is most likely back; if the prefetched copy is evicted
+  again, retry at the same quantile of the remaining-time distribution (at most
+  `max_prefetches` times per pause);
+- eviction (cost-aware Belady): the session whose next use is predicted latest goes first (the
+  median of the time still to wait given how long it has waited; heavy tails make old pauses
+  look longer), that time divided by what reloading costs per token (1 when the CPU holds a
+  copy, the disk/CPU load-time ratio when only the disk does, 2 when nothing below does and
+  the eviction must copy first). In CPU memory, duplicates of GPU copies go first, those of
+  sessions due back soonest first (their GPU copy is the least likely to be evicted);
+- admission: a resumed session's turn is treated as if it had arrived `resume_boost_s` earlier,
+  so it goes ahead of new sessions' first turns, but a first turn that has waited longer than
+  that goes first (no starvation).
+"""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+
+from sessions.costs import CostModel
+from sessions.estimator import PauseEstimator, PauseForecast
+from sessions.policies.base import (CachePolicy, Placement, PlacementPlan, SessionKVView,
+                                    TierUsage)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    keep_min_s: float = 1.0
+    keep_factor: float = 20.0
+    disk_after_s: float = 600.0
+    gpu_release_pressure: float = 0.97
+    disk_backlog_limit_s: float = 30.0
+    prefetch_q: float = 0.25
+    prefetch_margin_s: float = 0.05
+    max_prefetches: int = 2
+    uncovered_cpu_weight: float = 8.0
+    resume_boost_s: float = 2.0
+
+
+class AgentPolicy(CachePolicy):
+    name = "agent"
+
+    def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None,
+                 config: AgentConfig | None = None) -> None:
+        super().__init__(cost, estimator)
+        self.config = config or AgentConfig()
+        self._heap: list[tuple[float, int, str]] = []
+        self._scheduled: dict[str, float] = {}    # session -> its live prefetch time
+        self._attempts: dict[str, int] = {}
+        self._seq = 0
+
+    # -- placement -----------------------------------------------------------------------------
+    def keep_s(self, tokens: int) -> float:
+        """Pauses shorter than this stay on the GPU without copies."""
+        c = self.config
+        return max(c.keep_min_s, c.keep_factor * self.cost.load_s(tokens, "cpu"))
+
+    def on_pause(self, view: SessionKVView, forecast: PauseForecast, now: float,
+                 tiers: TierUsage | None = None) -> PlacementPlan:
+        c, sid, t = self.config, view.session_id, view.private_tokens
+        self._cancel(sid)
+        self._attempts[sid] = 0
+        keep = self.keep_s(t)
+        if t <= 0 or forecast.p90_s <= keep:
+            return PlacementPlan(sid, Placement.KEEP_GPU, ttl_s=forecast.p90_s,
+                                 reason=f"p90 {forecast.p90_s:.3g}s <= keep {keep:.3g}s")
+        if forecast.p50_s <= keep:
+            return PlacementPlan(sid, Placement.WRITE_CPU, ttl_s=keep,
+                                 reason="likely short: stay, with a CPU copy for the tail")
+        release = tiers is not None and tiers.pressure("gpu") >= c.gpu_release_pressure
+        disk_ok = tiers is None or (tiers.free("disk") >= t
+                                    and tiers.disk_backlog_s <= c.disk_backlog_limit_s)
+        back = False
+        if disk_ok and forecast.p50_s > c.disk_after_s:
+            placement, src, why = Placement.SPILL_DISK, "disk", "long pause"
+            release = True
+        else:
+            placement = Placement.OFFLOAD_CPU if release else Placement.WRITE_CPU
+            src, why, back = "cpu", "medium pause", disk_ok
+        at = now + max(0.0, forecast.quantile(c.prefetch_q) - self.cost.load_s(t, src)
+                       - c.prefetch_margin_s)
+        self._schedule(sid, at)
+        return PlacementPlan(sid, placement, prefetch_at=at, release_gpu=release,
+                             write_back_disk=back, reason=f"{why}: p50 {forecast.p50_s:.3g}s")
+
+    def on_evict(self, view: SessionKVView, tier: str, now: float) -> Placement:
+        if tier == "gpu":
+            self._retry_prefetch(view, now)
+            return Placement.SPILL_DISK
+        if tier == "cpu":
+            at = self._scheduled.get(view.session_id)
+            if at is not None:         # it will load from disk now: start that much earlier
+                lead = (self.cost.load_s(view.cpu_tokens, "disk")
+                        - self.cost.load_s(view.cpu_tokens, "cpu"))
+                self._schedule(view.session_id, max(now, at - lead))
+            return Placement.SPILL_DISK
+        return Placement.DROP
+
+    # -- eviction ------------------------------------------------------------------------------
+    def remaining_s(self, view: SessionKVView, now: float) -> float:
+        """Predicted time until the session needs its KV again (median, given the wait)."""
+        if view.paused_at is None:
+            return 0.0
+        if view.forecast is None:
+            return now - view.paused_at
+        return view.forecast.remaining_s(max(0.0, now - view.paused_at), 0.5)
+
+    def reload_weight(self, view: SessionKVView, tier: str, now: float) -> float:
+        """Relative cost, per token, of bringing back what an eviction from `tier` loses: 1 for
+        blocks the CPU also holds, the disk/CPU load-time ratio for blocks only the disk holds,
+        2 for blocks held nowhere below yet (copied down now, on the waiting turn's path)."""
+        if tier == "gpu":
+            if view.copies_done_at > now:
+                return 2.0
+            if view.cpu_tokens >= view.gpu_tokens:
+                return 1.0
+            if view.disk_tokens >= view.gpu_tokens:
+                return self.cost.load_s(1 << 20, "disk") / self.cost.load_s(1 << 20, "cpu")
+            return 2.0
+        if view.covered_below(tier):
+            return 1.0
+        # nothing below: the eviction writes to disk now, on the path of whoever needs room
+        return self.config.uncovered_cpu_weight
+
+    def eviction_order(self, candidates: list[SessionKVView], now: float,
+                       tier: str = "gpu") -> list[str]:
+        """Evict first the blocks whose next use is predicted latest, per unit of what
+        bringing them back would cost (a cost-aware Belady order)."""
+        def key(v: SessionKVView) -> tuple[int, float, float, str]:
+            far = self.remaining_s(v, now)
+            held = v.cpu_tokens if tier == "cpu" else v.disk_tokens
+            if tier != "gpu" and v.gpu_tokens >= held:
+                # a duplicate of a GPU copy is insurance against that copy's eviction, worth
+                # most for the sessions the GPU will evict first: drop the others' first
+                return (0, far, v.last_used_at, v.session_id)
+            return (1, -far / self.reload_weight(v, tier, now), v.last_used_at, v.session_id)
+        return [v.session_id for v in sorted(candidates, key=key)]
+
+    # -- prefetch ------------------------------------------------------------------------------
+    def _schedule(self, sid: str, at: float) -> None:
+        self._scheduled[sid] = at
+        self._seq += 1
+        heapq.heappush(self._heap, (at, self._seq, sid))
+
+    def _cancel(self, sid: str) -> None:
+        self._scheduled.pop(sid, None)     # heap entries are skipped lazily
+
+    def _retry_prefetch(self, view: SessionKVView, now: float) -> None:
+        sid, f = view.session_id, view.forecast
+        if view.paused_at is None or f is None or sid in self._scheduled:
+            return
+        n = self._attempts.get(sid, 0)
+        if n >= self.config.max_prefetches:
+            return
+        elapsed = max(0.0, now - view.paused_at)
+        back = view.paused_at + f.conditional_quantile(self.config.prefetch_q, elapsed)
+        load = self.cost.load_s(view.gpu_tokens, "cpu")
+        at = back - load - self.config.prefetch_margin_s
+        if at > now and math.isfinite(at):
+            self._schedule(sid, at)
+
+    def due_prefetches(self, now: float) -> list[str]:
+        due = []
+        while self._heap and self._heap[0][0] <= now:
+            at, _, sid = heapq.heappop(self._heap)
+            if self._scheduled.get(sid) == at:
+                del self._scheduled[sid]
+                self._attempts[sid] = self._attempts.get(sid, 0) + 1
+                due.append(sid)
+        return due
+
+    def on_resume(self, session_id: str, now: float) -> None:
+        self._cancel(session_id)
+        self._attempts.pop(session_id, None)
+
+    def on_close(self, session_id: str) -> None:
+        self.on_resume(session_id, 0.0)
+
+    def admission_priority(self, session_id: str, is_resume: bool, enqueued_at: float,
+                           now: float) -> float:
+        return enqueued_at - (self.config.resume_boost_s if is_resume else 0.0)

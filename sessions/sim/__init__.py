@@ -1,0 +1,1 @@
+"""A discrete-event simulator comparing the cache policies on agent workloads."""
