@@ -13,10 +13,11 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SESSION_STATE_UNSPECIFIED: _ClassVar[SessionState]
-    SESSION_STATE_IDLE: _ClassVar[SessionState]
-    SESSION_STATE_GENERATING: _ClassVar[SessionState]
+    SESSION_STATE_WAITING: _ClassVar[SessionState]
+    SESSION_STATE_ACTIVE: _ClassVar[SessionState]
     SESSION_STATE_PAUSED: _ClassVar[SessionState]
     SESSION_STATE_CLOSED: _ClassVar[SessionState]
+    SESSION_STATE_EXPIRED: _ClassVar[SessionState]
 
 class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -26,10 +27,11 @@ class FinishReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FINISH_REASON_TOOL_CALL: _ClassVar[FinishReason]
     FINISH_REASON_CANCELLED: _ClassVar[FinishReason]
 SESSION_STATE_UNSPECIFIED: SessionState
-SESSION_STATE_IDLE: SessionState
-SESSION_STATE_GENERATING: SessionState
+SESSION_STATE_WAITING: SessionState
+SESSION_STATE_ACTIVE: SessionState
 SESSION_STATE_PAUSED: SessionState
 SESSION_STATE_CLOSED: SessionState
+SESSION_STATE_EXPIRED: SessionState
 FINISH_REASON_UNSPECIFIED: FinishReason
 FINISH_REASON_STOP: FinishReason
 FINISH_REASON_LENGTH: FinishReason

@@ -1,0 +1,66 @@
+"""The server's configuration: where it listens, its model and engine, tenants, limits, storage."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runtime.config import EngineConfig
+from runtime.limits import Limits
+
+POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/agentkv``, or ``~/.local/share/agentkv`` when XDG_DATA_HOME is unset."""
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                           "share")
+    return Path(base) / "agentkv"
+
+
+@dataclass
+class ServerConfig:
+    """Everything `agentkv serve` sets.
+
+    data_dir: the LMDB environment holding the sessions (and the disk KV tier, when
+    engine.disk_cache_path is unset and engine.disk_cache_gb > 0). policy: the KV cache policy
+    (recompute | lru | lru_cpu | ttl | agent) the policy hook factory is built with.
+    api_key_file: JSON or TOML key -> tenant file; AGENTKV_API_KEYS adds to it; none: open.
+    port: 0 picks a free port (the bound one is `AgentKVServer.port`). metrics_port: None: no
+    metrics endpoint, 0: a free port. grace_s: how long running turns may finish at shutdown
+    before they are cancelled (their sessions persisted as WAITING).
+    """
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: str | None = None
+    api_key_file: str | None = None
+    policy: str = "agent"
+    limits: Limits = field(default_factory=Limits)
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    grace_s: float = 10.0
+    session_ttl_s: float | None = 24 * 3600.0
+    expire_interval_s: float = 30.0
+    default_max_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; valid policies: "
+                             f"{', '.join(POLICIES)}")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"port must be in [0, 65535], got {self.port}")
+        if self.default_max_tokens <= 0:
+            raise ValueError("default_max_tokens must be positive")
+
+    @property
+    def resolved_data_dir(self) -> Path:
+        return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+
+    def engine_config(self) -> EngineConfig:
+        """The engine's config, with the disk tier in the data directory when no path is given."""
+        e = self.engine
+        if e.disk_cache_gb > 0 and not e.disk_cache_path:
+            from dataclasses import replace
+            return replace(e, disk_cache_path=str(self.resolved_data_dir))
+        return e
