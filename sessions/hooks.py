@@ -23,9 +23,14 @@ be called from the event loop.
 """
 from __future__ import annotations
 
+import logging
+import threading
+from collections import deque
 from typing import Protocol, runtime_checkable
 
-from sessions.model import Session
+from sessions.model import PauseInfo, Session
+
+log = logging.getLogger("agentkv.sessions")
 
 HOOK_METHODS = ("on_turn_end", "on_pause", "on_resume", "on_close")
 
@@ -60,3 +65,62 @@ class PauseEstimatorLike(Protocol):
 
     def expected(self, tool: str, human: bool = False,
                  hint_s: float | None = None) -> PauseForecastLike: ...
+
+
+class HookQueue:
+    """One session's pending hook calls, run in order by one thread at a time.
+
+    Calls are queued while the session's lock is held (so the queue order is the commit order)
+    and run after it is released by whichever thread drains first; a thread that finds another
+    one draining leaves its calls to it.
+    """
+
+    def __init__(self) -> None:
+        self._calls: deque = deque()
+        self._lock = threading.Lock()
+        self._draining = False
+
+    def put(self, method: str, session: Session) -> None:
+        with self._lock:
+            self._calls.append((method, session))
+
+    def drain(self, hook: KVPolicyHook) -> None:
+        while True:
+            with self._lock:
+                if self._draining or not self._calls:
+                    return
+                self._draining = True
+                method, session = self._calls.popleft()
+            try:
+                getattr(hook, method)(session.snapshot())
+            except Exception:
+                log.exception("policy hook %s failed for session %s", method,
+                              session.session_id)
+            finally:
+                with self._lock:
+                    self._draining = False
+
+
+def new_pause(estimator: PauseEstimatorLike | None, tool: str, expected_s: float | None,
+              human: bool, started_at: float) -> PauseInfo:
+    """A PauseInfo with the estimator's forecast (or the client's hint without an estimator)."""
+    p50 = source = None
+    if estimator is not None:
+        try:
+            f = estimator.expected(tool, human, expected_s)
+            p50, source = float(f.p50_s), str(f.source)
+        except Exception:                           # a forecast is advice, not state
+            log.exception("pause estimator failed for tool %r", tool)
+    elif expected_s is not None:
+        p50, source = expected_s, "hint"
+    return PauseInfo(tool, expected_s, human, started_at, p50, source)
+
+
+def observe_pause(estimator: PauseEstimatorLike | None, pause: PauseInfo,
+                  duration_s: float) -> None:
+    """Report a finished pause to the estimator (errors are logged, never raised)."""
+    if estimator is not None:
+        try:
+            estimator.observe(pause.tool, pause.human, max(0.0, duration_s))
+        except Exception:
+            log.exception("pause estimator failed to observe tool %r", pause.tool)

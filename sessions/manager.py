@@ -21,14 +21,16 @@ import math
 import operator
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from typing import Any, Callable, Iterable
 
 from sessions.errors import InvalidArgument, SessionLimitExceeded, SessionNotFound, \
     SessionStoreError, StaleTurnHandle
-from sessions.hooks import KVPolicyHook, PauseEstimatorLike
+from sessions.hooks import HookQueue, KVPolicyHook, PauseEstimatorLike, new_pause, \
+    observe_pause
 from sessions.ids import check_session_id, new_session_id
-from sessions.model import PauseInfo, Session, TurnHandle, TurnRecord, pack_record
+from sessions.model import KV_SOURCES, Session, TurnHandle, TurnRecord, check_dicts, \
+    check_plain, check_tokens
 from sessions.state import SessionEvent as Ev, SessionState as St, next_state
 from sessions.store import SessionStore, check_tenant, decode_page_token, encode_page_token
 
@@ -36,51 +38,18 @@ log = logging.getLogger("agentkv.sessions")
 
 DEFAULT_TTL_S = 24 * 3600.0
 DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE = 50, 500
-_TOKEN_LIMIT = 1 << 32
 _replace = dataclasses.replace
-
-
-def _check_tokens(name: str, tokens: Iterable) -> list[int]:
-    try:
-        out = [operator.index(t) for t in tokens]
-    except TypeError as e:
-        raise InvalidArgument(f"{name} must be a sequence of integer token ids ({e})") from None
-    for i, t in enumerate(out):
-        if not 0 <= t < _TOKEN_LIMIT:
-            raise InvalidArgument(f"{name}[{i}] = {t} is not a token id: ids are in [0, 2**32)")
-    return out
-
-
-def _plain(name: str, value: Any) -> Any:
-    """`value` if msgpack can store it (JSON-like data), else InvalidArgument."""
-    try:
-        pack_record(value)
-    except (TypeError, ValueError, OverflowError) as e:
-        raise InvalidArgument(f"{name} must be JSON-like data (maps, lists, strings, numbers, "
-                              f"booleans, null): {e}") from None
-    return value
-
-
-def _dicts(name: str, items: Iterable) -> list[dict]:
-    out = []
-    for i, m in enumerate(items):
-        if not isinstance(m, dict):
-            raise InvalidArgument(f"{name}[{i}] must be a map, got {type(m).__name__}")
-        out.append(dict(m))
-    return _plain(name, out)
 
 
 class _Entry:
     """One session in memory: its committed state, its turn in flight, its queued hook calls."""
-    __slots__ = ("session", "lock", "turn", "hooks", "hook_lock", "draining")
+    __slots__ = ("session", "lock", "turn", "hooks")
 
     def __init__(self, session: Session):
         self.session = session                  # committed; replaced, never changed in place
         self.lock = threading.Lock()            # serialises changes of this session
         self.turn: TurnHandle | None = None
-        self.hooks: deque = deque()
-        self.hook_lock = threading.Lock()
-        self.draining = False
+        self.hooks = HookQueue()
 
 
 class SessionManager:
@@ -94,7 +63,8 @@ class SessionManager:
     """
 
     def __init__(self, store: SessionStore, clock: Callable[[], float] = time.time,
-                 policy_hook: KVPolicyHook | None = None, default_ttl_s: float | None = DEFAULT_TTL_S,
+                 policy_hook: KVPolicyHook | None = None,
+                 default_ttl_s: float | None = DEFAULT_TTL_S,
                  ttl_by_tenant: dict[str, float | None] | None = None,
                  max_sessions_per_tenant: int | None = None,
                  estimator: PauseEstimatorLike | None = None, retain_closed_s: float = 300.0):
@@ -124,10 +94,10 @@ class SessionManager:
         if not isinstance(model, str) or not isinstance(system_prompt, str):
             raise InvalidArgument("model and system_prompt must be strings")
         now = self.clock()
+        defaults = check_plain("sampling_defaults", dict(sampling_defaults or {}))
         s = Session(new_session_id(), tenant, model, now, now, St.WAITING,
-                    system_prompt=system_prompt, messages=_dicts("messages", messages),
-                    tools=_dicts("tools", tools),
-                    sampling_defaults=_plain("sampling_defaults", dict(sampling_defaults or {})),
+                    system_prompt=system_prompt, messages=check_dicts("messages", messages),
+                    tools=check_dicts("tools", tools), sampling_defaults=defaults,
                     ttl_s=self.ttl_for(tenant))
         limit = self.max_sessions_per_tenant
         with self._lock:                            # reserve a slot before writing
@@ -193,8 +163,8 @@ class SessionManager:
         """Start a turn (WAITING or PAUSED -> ACTIVE). Nothing of it enters the token log until
         `end_turn`. The prompt is the log (cut to `keep_log_tokens` when a chat re-render
         changed earlier tokens) plus `appended_token_ids`."""
-        toks = _check_tokens("appended_token_ids", appended_token_ids)
-        msgs = _dicts("appended_messages", appended_messages)
+        toks = check_tokens("appended_token_ids", appended_token_ids)
+        msgs = check_dicts("appended_messages", appended_messages)
         e = self._entry(tenant, session_id)
         with e.lock:
             s, now = e.session, self._now(now)
@@ -216,7 +186,7 @@ class SessionManager:
                                 tuple(msgs), keep, n_log - keep, now, next(self._nonces))
             self._publish(e, new, turn=handle)
             if paused is not None:
-                self._observe(paused, now - paused.started_at)
+                observe_pause(self.estimator, paused, now - paused.started_at)
                 self._queue(e, "on_resume", new)
         self._drain(e)
         return handle
@@ -233,10 +203,14 @@ class SessionManager:
         rewritten_tokens: log tokens the turn dropped; 0 takes what keep_log_tokens cut.
         assistant_message: the model's reply as a chat message, appended after the turn's input
         messages (so that the chat can be re-rendered)."""
-        out = _check_tokens("output_token_ids", output_token_ids)
-        calls = _dicts("tool_calls", tool_calls)
-        kv = _plain("kv_source", {str(k): int(v) for k, v in (kv_source or {}).items()})
-        reply = _dicts("assistant_message", [assistant_message]) if assistant_message else []
+        out = check_tokens("output_token_ids", output_token_ids)
+        calls = check_dicts("tool_calls", tool_calls)
+        try:
+            kv = {str(k): int(v) for k, v in (kv_source or {}).items()}
+        except (TypeError, ValueError, AttributeError):
+            raise InvalidArgument(f"kv_source must map tier names ({', '.join(KV_SOURCES)}) to "
+                                  f"token counts, got {kv_source!r}") from None
+        reply = check_dicts("assistant_message", [assistant_message]) if assistant_message else []
         if auto_pause_tool is not None and (not isinstance(auto_pause_tool, str)
                                             or not auto_pause_tool):
             raise InvalidArgument("auto_pause_tool must be a non-empty tool name or None")
@@ -252,8 +226,8 @@ class SessionManager:
                 turn.turn_index, len(turn.appended_token_ids), len(out), turn.started_at,
                 first_token_at, now, ttft_s, str(getattr(finish_reason, "value", finish_reason)),
                 calls, kv, int(rewritten_tokens) or turn.dropped_tokens)
-            pause = self._new_pause(auto_pause_tool, None, False, now) if auto_pause_tool \
-                else None
+            pause = None if not auto_pause_tool else \
+                new_pause(self.estimator, auto_pause_tool, None, False, now)
             new = _replace(s, state=state, token_log=s.token_log[:turn.kept_log_tokens]
                            + new_tokens, turns=s.turns + [record], pause=pause, updated_at=now,
                            messages=s.messages + list(turn.appended_messages) + reply)
@@ -305,7 +279,7 @@ class SessionManager:
             s, now = e.session, self._now(now)
             next_state(s.state, Ev.PAUSE, session_id)
             started = s.pause.started_at if s.pause is not None else now
-            pause = self._new_pause(tool, expected_s or None, bool(human), started)
+            pause = new_pause(self.estimator, tool, expected_s or None, bool(human), started)
             new = _replace(s, state=St.PAUSED, pause=pause, resume_expected_at=None,
                            updated_at=now)
             self.store.save(new)
@@ -331,7 +305,7 @@ class SessionManager:
                            updated_at=now)
             self.store.save(new)
             self._publish(e, new)
-            self._observe(s.pause, now - s.pause.started_at + wait)
+            observe_pause(self.estimator, s.pause, now - s.pause.started_at + wait)
             self._queue(e, "on_resume", new)
         self._drain(e)
         return new.snapshot()
@@ -368,7 +342,11 @@ class SessionManager:
                     continue
                 new = _replace(s, state=next_state(s.state, Ev.EXPIRE, s.session_id),
                                closed_at=now)
-                self.store.delete(s.session_id)
+                try:
+                    self.store.delete(s.session_id)
+                except SessionStoreError as err:        # try again on the next sweep
+                    log.error("session %s: expiry not persisted: %s", s.session_id, err)
+                    continue
                 self._publish(e, new)
                 self._queue(e, "on_close", new)
             self._drain(e)
@@ -434,44 +412,10 @@ class SessionManager:
     def _idle_past_ttl(s: Session, now: float) -> bool:
         return s.state.is_resting and s.ttl_s is not None and now - s.updated_at >= s.ttl_s
 
-    def _new_pause(self, tool: str, expected_s: float | None, human: bool,
-                   started_at: float) -> PauseInfo:
-        p50 = source = None
-        if self.estimator is not None:
-            try:
-                f = self.estimator.expected(tool, human, expected_s)
-                p50, source = f.p50_s, f.source
-            except Exception:                           # a forecast is advice, not state
-                log.exception("pause estimator failed for tool %r", tool)
-        elif expected_s is not None:
-            p50, source = expected_s, "hint"
-        return PauseInfo(tool, expected_s, human, started_at, p50, source)
-
-    def _observe(self, pause: PauseInfo, duration_s: float) -> None:
-        if self.estimator is not None:
-            try:
-                self.estimator.observe(pause.tool, pause.human, max(0.0, duration_s))
-            except Exception:
-                log.exception("pause estimator failed to observe tool %r", pause.tool)
-
     def _queue(self, e: _Entry, method: str, session: Session) -> None:
         if self.policy_hook is not None:
-            with e.hook_lock:
-                e.hooks.append((method, session))
+            e.hooks.put(method, session)
 
     def _drain(self, e: _Entry) -> None:
-        """Run the session's queued hook calls in order, one thread at a time, no lock held."""
-        while self.policy_hook is not None:
-            with e.hook_lock:
-                if e.draining or not e.hooks:
-                    return
-                e.draining = True
-                method, session = e.hooks.popleft()
-            try:
-                getattr(self.policy_hook, method)(session.snapshot())
-            except Exception:
-                log.exception("policy hook %s failed for session %s", method,
-                              session.session_id)
-            finally:
-                with e.hook_lock:
-                    e.draining = False
+        if self.policy_hook is not None:
+            e.hooks.drain(self.policy_hook)

@@ -11,16 +11,18 @@ apart from the record (see sessions/store.py), so `session_to_record` leaves it 
 from __future__ import annotations
 
 import dataclasses
+import operator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import msgpack
 
-from sessions.errors import SessionFormatError
+from sessions.errors import InvalidArgument, SessionFormatError
 from sessions.state import SessionState
 
 SESSION_FORMAT_VERSION = 1
 KV_SOURCES = ("gpu", "cpu", "disk", "recomputed")
+TOKEN_ID_LIMIT = 1 << 32               # the log stores ids as 4-byte unsigned ints
 
 
 @dataclass(frozen=True)
@@ -192,3 +194,36 @@ def unpack_session(data: bytes) -> Session:
     if not isinstance(rec, dict) or "token_log" not in rec:
         raise SessionFormatError("not a packed session: the token_log field is missing")
     return session_from_record(rec, rec["token_log"])
+
+
+# -- checks of caller-supplied values -----------------------------------------------------------
+def check_tokens(name: str, tokens: Iterable) -> list[int]:
+    """`tokens` as a list of ints in [0, 2**32), else InvalidArgument naming the bad one."""
+    try:
+        out = [operator.index(t) for t in tokens]
+    except TypeError as e:
+        raise InvalidArgument(f"{name} must be a sequence of integer token ids ({e})") from None
+    for i, t in enumerate(out):
+        if not 0 <= t < TOKEN_ID_LIMIT:
+            raise InvalidArgument(f"{name}[{i}] = {t} is not a token id: ids are in [0, 2**32)")
+    return out
+
+
+def check_plain(name: str, value: Any) -> Any:
+    """`value` if msgpack can store it (JSON-like data), else InvalidArgument."""
+    try:
+        pack_record(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidArgument(f"{name} must be JSON-like data (maps, lists, strings, numbers, "
+                              f"booleans, null): {e}") from None
+    return value
+
+
+def check_dicts(name: str, items: Iterable) -> list[dict]:
+    """`items` as a list of (copied) JSON-like maps, else InvalidArgument."""
+    out = []
+    for i, m in enumerate(items):
+        if not isinstance(m, dict):
+            raise InvalidArgument(f"{name}[{i}] must be a map, got {type(m).__name__}")
+        out.append(dict(m))
+    return check_plain(name, out)

@@ -12,7 +12,7 @@ import lmdb
 import pytest
 import torch
 
-from kvstore.disk import DiskStore, open_environment, release_environment
+from kvstore.disk import DiskStore
 from kvstore.spec import KVCacheSpec
 from sessions.errors import InvalidArgument, SessionFormatError, SessionNotFound, \
     SessionStoreError
