@@ -165,6 +165,48 @@ def disk_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list
             dt = statistics.median(dts)
             rows.append({"kind": kind, "blocks": n, "seconds": dt, "GBps": n * bb / dt / 1e9,
                          "read_threads": disk._readers._max_workers, "byte_exact": ok})
+        st = disk.stats
+        rows[-2].update({"writer_encode_s_total": st.encode_s, "writer_put_s_total": st.put_s,
+                         "writer_commit_s_total": st.commit_s, "commits_total": st.commits})
+    return rows
+
+
+def write_variant_rows(host: HostPool, spec: KVCacheSpec, folder: str, n: int) -> list[dict]:
+    """The same n-block write under LMDB/allocator variants, each into a fresh environment, with
+    the writer's time split (encode / put / commit), to show where a write's time goes."""
+    import ctypes
+
+    from kvstore import disk as disk_mod
+    rows = []
+    slots = host.allocate(n)
+    for variant in ("default", "writemap", "chunk_512MiB", "malloc_keep_freed"):
+        saved = disk_mod.LMDB_WRITEMAP, disk_mod.WRITE_CHUNK_BYTES
+        if variant == "writemap":
+            disk_mod.LMDB_WRITEMAP = True
+        elif variant == "chunk_512MiB":
+            disk_mod.WRITE_CHUNK_BYTES = 512 << 20
+        elif variant == "malloc_keep_freed":  # process-wide glibc tunables; last on purpose
+            libc = ctypes.CDLL("libc.so.6")
+            libc.mallopt(-1, 1 << 30)         # M_TRIM_THRESHOLD
+            libc.mallopt(-3, 32 << 20)        # M_MMAP_THRESHOLD
+        try:
+            store = DiskStore(os.path.join(folder, f"var-{variant}"), spec, b"bench-model",
+                              capacity_bytes=int(1.2 * n * spec.block_bytes))
+            hs = [hashlib.blake2b(f"{variant}-{i}".encode(), digest_size=16).digest()
+                  for i in range(n)]
+            t = time.perf_counter()
+            res = store.put_many([(h, host.slot_view(s)) for h, s in zip(hs, slots)]).result()
+            dt = time.perf_counter() - t
+            st = store.stats
+            rows.append({"kind": "disk_write_variant", "variant": variant, "blocks": n,
+                         "seconds": dt, "GBps": n * spec.block_bytes / dt / 1e9,
+                         "written": len(res.written), "commits": st.commits,
+                         "encode_s": st.encode_s, "put_s": st.put_s, "commit_s": st.commit_s})
+            store.close()
+            shutil.rmtree(os.path.join(folder, f"var-{variant}"), ignore_errors=True)
+        finally:
+            disk_mod.LMDB_WRITEMAP, disk_mod.WRITE_CHUNK_BYTES = saved
+    host.free(slots)
     return rows
 
 
@@ -262,10 +304,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="auto", help="auto, cuda or cpu")
     ap.add_argument("--sizes", default=None, help="blocks per batch, e.g. 1,64,2048")
-    ap.add_argument("--modes", default="auto,direct,staged")
+    ap.add_argument("--modes", default="auto,staged", help="transfer modes (auto is direct)")
     ap.add_argument("--decode-gb", type=float, default=None)
     ap.add_argument("--disk-dir", default=None, help="folder on the disk to measure")
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
+    ap.add_argument("--commit", default=None, help="the commit measured (when no git is there)")
     args = ap.parse_args(argv)
     gpu = args.device != "cpu" and torch.cuda.is_available()
     dev = torch.device("cuda" if gpu else "cpu")
@@ -297,6 +340,8 @@ def main(argv=None) -> int:
         rows += gather_rows(kv, 64)
         log("CPU <-> disk")
         rows += disk_rows(eng, kv, host, sizes, bb, "a")
+        log("disk write variants")
+        rows += write_variant_rows(host, spec, folder, min(big, 512))
         log("decode beside a 2048-block offload")
         rows += decode_rows(eng, kv, host, big, args.decode_gb or (16.0 if gpu else 0.25), modes)
         eng.close()
@@ -317,7 +362,7 @@ def main(argv=None) -> int:
                            "goal": ">= 0.7"},
         "decode_slowdown_during_offload": {"value": round(dec["slowdown"], 4), "goal": "<= 0.1"},
     }
-    result = {"bench": "transfer", "hardware": hw, "commit": git_commit(),
+    result = {"bench": "transfer", "hardware": hw, "commit": args.commit or git_commit(),
               "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv),
               "ceilings": {k: round(v, 3) for k, v in ceil.items()}, "metrics": metrics,
               "rows": rows + [{"kind": "setup", "block_bytes": bb, "block_shape":

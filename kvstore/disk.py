@@ -43,6 +43,7 @@ FORMAT_VERSION = 1
 BLOCKS_DB = "kv_blocks"
 META_DB = "kv_meta"
 MAX_DBS = 16
+LMDB_WRITEMAP = False                # values are copied into malloc'd pages, then pwrite + fsync
 WRITE_CHUNK_BYTES = 128 << 20        # one fsync'd commit per this many bytes of a batch
 MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' databases
 CHECKSUM = "xxh3_64" if xxhash is not None else "crc32"
@@ -106,7 +107,7 @@ def open_environment(path: str, map_size: int, max_dbs: int = MAX_DBS) -> lmdb.E
         if ent is None:
             os.makedirs(key, exist_ok=True)
             env = lmdb.open(key, map_size=map_size, max_dbs=max_dbs, subdir=True,
-                            readahead=True, writemap=False, sync=True, metasync=True,
+                            readahead=True, writemap=LMDB_WRITEMAP, sync=True, metasync=True,
                             max_readers=256)
             ent = _EnvEntry(env)
             _ENVS[key] = ent
@@ -142,6 +143,9 @@ class DiskStats:
     bytes_written: int = 0
     bytes_read: int = 0
     commits: int = 0
+    encode_s: float = 0.0        # writer-side time: checksum + header (encoder thread)
+    put_s: float = 0.0           # copying values into the LMDB transaction
+    commit_s: float = 0.0        # commit: write-out and fsync
 
 
 @dataclass
@@ -324,7 +328,9 @@ class DiskStore:
         """Wait until every write queued so far is committed."""
         self._writer.submit(lambda: None).result()
 
-    def _encode(self, h: bytes, t: torch.Tensor) -> bytes:
+    def _encode(self, h: bytes, t: torch.Tensor, buf: bytearray | None = None
+                ) -> bytes | memoryview:
+        """header + raw bytes, in `buf` when given (reused across chunks: no fresh pages)."""
         if tuple(t.shape) != self.spec.block_shape or t.dtype != self.spec.dtype:
             raise ValueError(f"block {h.hex()} has shape {tuple(t.shape)} {t.dtype}; the store "
                              f"holds {self.spec.block_shape} {self.spec.dtype}")
@@ -333,7 +339,12 @@ class DiskStore:
                              "layers": self.spec.num_layers, "dtype": dtype_name(t.dtype),
                              "shape": list(self.spec.block_shape), "ck": CHECKSUM,
                              "sum": checksum(CHECKSUM, data), "n": data.nbytes})
-        return b"".join((hdr, data))
+        if buf is None or len(buf) < len(hdr) + data.nbytes:
+            return b"".join((hdr, data))
+        mv = memoryview(buf)
+        mv[:len(hdr)] = hdr
+        mv[len(hdr):len(hdr) + data.nbytes] = data
+        return mv[:len(hdr) + data.nbytes]
 
     def _put(self, items: list[tuple[bytes, torch.Tensor]]) -> PutResult:
         """Writer thread: commit the batch a chunk at a time, encoding (checksum, header) the
@@ -351,12 +362,16 @@ class DiskStore:
             chunks[-1].append((h, t))
         if not chunks[0]:
             return res
+        # two sets of value buffers: the encoder fills one while the writer copies the other
+        # into LMDB (which copies at put time, so a set is free again once its chunk is put)
+        bufs: list[list[bytearray]] = [[], []]
         try:
-            nxt = self._encoder.submit(self._encode_chunk, chunks[0])
+            nxt = self._encoder.submit(self._encode_chunk, chunks[0], bufs[0])
             for i in range(len(chunks)):
                 encoded = nxt.result()
                 if i + 1 < len(chunks):
-                    nxt = self._encoder.submit(self._encode_chunk, chunks[i + 1])
+                    nxt = self._encoder.submit(self._encode_chunk, chunks[i + 1],
+                                               bufs[(i + 1) % 2])
                 self._write_chunk(encoded, res)
         except (OSError, lmdb.Error) as e:
             self._degrade(f"disk tier write failed ({type(e).__name__}: {e}); tier is off")
@@ -365,8 +380,14 @@ class DiskStore:
             res.error = self.last_error
         return res
 
-    def _encode_chunk(self, chunk: list[tuple[bytes, torch.Tensor]]) -> list[tuple[bytes, bytes]]:
-        return [(h, self._encode(h, t)) for h, t in chunk]
+    def _encode_chunk(self, chunk: list[tuple[bytes, torch.Tensor]], bufs: list[bytearray]
+                      ) -> list[tuple[bytes, memoryview]]:
+        t0 = time.perf_counter()
+        while len(bufs) < len(chunk):
+            bufs.append(bytearray(self.spec.block_bytes + 1024))
+        out = [(h, self._encode(h, t, b)) for (h, t), b in zip(chunk, bufs)]
+        self.stats.encode_s += time.perf_counter() - t0
+        return out
 
     def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult) -> None:
         need = sum(len(v) for _, v in chunk)
@@ -397,12 +418,17 @@ class DiskStore:
         """One write transaction; LMDB's commit fsyncs (sync=True)."""
         with self._lock:
             seqs = list(range(self._seq + 1, self._seq + 1 + len(chunk)))
+        t0 = time.perf_counter()
         with self.env.begin(write=True) as txn:
             for (h, val), seq in zip(chunk, seqs):
                 key = self._key(h)
                 txn.put(key, val, db=self._blocks)
                 txn.put(key, msgpack.packb({"v": FORMAT_VERSION, "seq": seq, "n": len(val)}),
                         db=self._meta)
+            t1 = time.perf_counter()
+        t2 = time.perf_counter()
+        self.stats.put_s += t1 - t0
+        self.stats.commit_s += t2 - t1
         now = self.clock()
         with self._lock:
             self._seq = seqs[-1]

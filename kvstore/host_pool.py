@@ -161,9 +161,12 @@ def _by_slot(ids: list[int], slots: list[int]) -> tuple[list[int], list[int]]:
 
 
 def _use_direct(kv: torch.Tensor, mode: str, n_runs: int, n: int) -> bool:
-    """Direct copies (one per run, no SM work) unless blocks are scattered: then a gather into a
-    staging tensor on the GPU and few large DMAs."""
-    return not kv.is_cuda or mode == "direct" or (mode == "auto" and n_runs * 8 <= n)
+    """"direct": one DMA per contiguous run (a 2 MiB block is already one run) and no SM work;
+    "staged": a gather into a GPU staging tensor, then few large DMAs. On an H200 both reach
+    ~93% of the pinned ceiling for 2048 scattered 2 MiB blocks, but the staged gather slows a
+    decode step beside it (3.5% D2H, 16% H2D) where direct copies barely do (0.5%, 6%), so
+    "auto" is direct (bench/results/transfer-h200-*.json)."""
+    return not kv.is_cuda or mode != "staged"
 
 
 def _device_index(ids: list[int], device: torch.device) -> torch.Tensor:
