@@ -156,6 +156,11 @@ class Bench:
         ms = time_ms(lambda: b.copy_(a), self.cuda)
         self.copy_gbps = 2 * n * self.elem / ms / 1e6
         self.row(op="copy_ceiling", bytes=2 * n * self.elem, ms=round(ms, 4))
+        if self.cuda:  # the same copy at the byte count of one 32K-token decode (K+V, 128 MiB)
+            m = (64 << 20) // self.elem
+            ms = time_graph_ms(lambda: b[:m].copy_(a[:m]))
+            self.row(op="copy_128MiB_moved", timing="cuda_graph", bytes=2 * m * self.elem,
+                     ms=round(ms, 4))
         return self.copy_gbps
 
     # ---- paged cache of one layer ------------------------------------------------------------
@@ -213,17 +218,19 @@ class Bench:
                                                               out=out))
             main = self.row(op="decode", case=name, variant="default", timing="cuda_graph",
                             config=str(cfg), bytes=nbytes, ms=round(ms, 4))
-        if self.variants:
-            for c in [DecodeConfig(64, 4, 4), DecodeConfig(128, 4, 3), DecodeConfig(64, 4, 2)]:
-                ms, err = run(c)
-                self.row(op="decode", case=name, variant="config", timing="eager",
-                         config=str(c), bytes=nbytes, ms=round(ms, 4))
-            for splits in ([1, 2, 4] if batch > 1 else [16, 32, 48, 64, 96]):
-                out = torch.empty_like(q)
-                ms = time_graph_ms(lambda: paged_decode_attention(
-                    q, kv_layer, lens, table, scale, num_splits=splits, out=out))
-                self.row(op="decode", case=name, variant=f"splits={splits}",
-                         timing="cuda_graph", bytes=nbytes, ms=round(ms, 4))
+        if self.variants and self.cuda:
+            configs = [DecodeConfig(64, 4, 4), DecodeConfig(64, 4, 5), DecodeConfig(32, 4, 6),
+                       DecodeConfig(64, 2, 4), DecodeConfig(128, 4, 3), DecodeConfig(64, 8, 4)]
+            for c in [cfg] + configs:
+                for splits in ([1, 2] if batch > 1 else [32, 64, 128]):
+                    if c == cfg and batch > 1 and splits == 1:
+                        continue  # the default row above
+                    run(c, splits)                              # checks the result
+                    out = torch.empty_like(q)
+                    ms = time_graph_ms(lambda: paged_decode_attention(
+                        q, kv_layer, lens, table, scale, num_splits=splits, out=out, config=c))
+                    self.row(op="decode", case=name, variant=f"splits={splits}",
+                             timing="cuda_graph", config=str(c), bytes=nbytes, ms=round(ms, 4))
         if self.cuda:
             k, v = self.dense_kv(kv_layer, table, [ctx] * batch)
             q4 = q[:, :, None, :]                               # [B, Hq, 1, D]
@@ -274,10 +281,9 @@ class Bench:
                  rel_err=f"{err:.1e}", ms=round(ours, 4), TFLOPs=round(flops / ours / 1e9, 1),
                  speedup_vs_sdpa=round(sdpa / ours, 3) if sdpa else None)
         if self.variants:
-            for c in [PrefillConfig(128, 64, 4, 4), PrefillConfig(128, 64, 4, 2),
-                      PrefillConfig(128, 128, 4, 2), PrefillConfig(128, 32, 4, 4),
-                      PrefillConfig(64, 64, 4, 4), PrefillConfig(128, 128, 8, 3),
-                      PrefillConfig(256, 64, 8, 3), PrefillConfig(256, 128, 8, 2)]:
+            for c in [PrefillConfig(128, 64, 4, 4), PrefillConfig(128, 32, 4, 4),
+                      PrefillConfig(128, 128, 8, 3), PrefillConfig(256, 64, 8, 3),
+                      PrefillConfig(256, 64, 8, 4), PrefillConfig(256, 32, 8, 4)]:
                 ms, _ = run(c)
                 self.row(op="prefill", case=name, variant="config", config=str(c),
                          ms=round(ms, 4), TFLOPs=round(flops / ms / 1e9, 1),
@@ -353,6 +359,28 @@ class Bench:
         self.row(op="write_kv", tokens=tokens, bytes=4 * k.numel() * self.elem, ms=round(ms, 4))
 
 
+def kernel_resources() -> list[dict]:
+    """Registers, spills and shared memory of every compiled attention/copy kernel (read from
+    Triton's in-process cache; an error row where this Triton version keeps it elsewhere)."""
+    import kernels.attention_decode as dec
+    import kernels.attention_prefill as pre
+    import kernels.block_copy as bc
+    found = []
+    for name, lazy in [("decode_split", dec._decode_split_kernel),
+                       ("decode_reduce", dec._decode_reduce_kernel),
+                       ("prefill", pre._prefill_kernel), ("block_copy", bc._block_copy_kernel)]:
+        try:
+            for entry in lazy._compiled().device_caches.values():
+                for key, k in entry[0].items():
+                    found.append({"op": f"resources_{name}", "n_regs": k.n_regs,
+                                  "n_spills": k.n_spills, "shared": k.metadata.shared,
+                                  "num_warps": k.metadata.num_warps,
+                                  "num_stages": k.metadata.num_stages, "key": str(key)[-160:]})
+        except Exception as e:  # noqa: BLE001 - diagnostics only
+            found.append({"op": f"resources_{name}", "error": f"{type(e).__name__}: {e}"})
+    return found
+
+
 def git_commit() -> str:
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
@@ -404,6 +432,8 @@ def main() -> None:
     if fracs is not None:
         metrics["block_pack_bw_frac"], metrics["block_unpack_bw_frac"] = fracs
     section("small_ops", b.small_ops, 2048 if cuda else 20)
+    if cuda:
+        b.rows.extend(kernel_resources())
 
     today = datetime.date.today()
     result = {
