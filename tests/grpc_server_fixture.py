@@ -71,10 +71,10 @@ class Client:
         return self.CreateSession(api.CreateSessionRequest(**kw)).session
 
     def generate(self, session_id: str, text: str | None = None, role: str = "user",
-                 token_ids=None, max_tokens: int = 4, **kw):
-        """(deltas, result) of one whole turn."""
+                 token_ids=None, max_tokens: int = 4, timeout: float | None = None, **sampling):
+        """(deltas, result) of one whole turn; `sampling` sets SamplingParams fields."""
         events = list(self.Generate(generate_request(session_id, text, role, token_ids,
-                                                     max_tokens), **kw))
+                                                     max_tokens, **sampling), timeout=timeout))
         deltas = [e.delta for e in events if e.HasField("delta")]
         results = [e.result for e in events if e.HasField("result")]
         assert len(results) == 1 and events[-1].HasField("result"), events

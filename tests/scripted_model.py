@@ -29,6 +29,7 @@ first turn, or a small ``max_tokens``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,12 @@ def script_chain(tokenizer) -> list[int]:
     return [start] + distinct_tokenization(tokenizer, SCRIPT, {start})
 
 
+def scripted_model_dir() -> Path:
+    """The scripted model beside the tiny one in the model cache, built on first use."""
+    from runtime.tiny import default_cache_dir, ensure_tiny_model
+    return build_scripted_model(ensure_tiny_model(), default_cache_dir() / "scripted-tool-call-v1")
+
+
 def build_scripted_model(tiny_dir: str | Path, out_dir: str | Path) -> Path:
     """Write the scripted model (weights, config, tokenizer files) into ``out_dir``."""
     from safetensors.torch import load_file, save_file
@@ -93,7 +100,8 @@ def build_scripted_model(tiny_dir: str | Path, out_dir: str | Path) -> Path:
     tiny_dir, out_dir = Path(tiny_dir), Path(out_dir)
     if (out_dir / "model.safetensors").is_file():
         return out_dir
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in _FILES:
