@@ -125,7 +125,7 @@ class Engine:
             raise InvalidRequestError("stop strings need a tokenizer; this model folder has none")
 
     def add_request(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
-                    priority: int = 0) -> str:
+                    priority: float | None = None) -> str:
         prompt = [int(t) for t in prompt]
         self.validate(prompt, params)
         rid = request_id or uuid.uuid4().hex

@@ -68,7 +68,7 @@ class _Add:
     prompt: list[int]
     params: SamplingParams
     request_id: str
-    priority: int
+    priority: float | None
     stream: RequestStream
     done: threading.Event
     error: list
@@ -102,7 +102,7 @@ class EngineThread:
         return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
 
     def submit(self, prompt: list[int], params: SamplingParams, request_id: str,
-               priority: int = 0, loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
+               priority: float | None = None, loop: asyncio.AbstractEventLoop | None = None) -> RequestStream:
         """Queue a request; raises InvalidRequestError at once if the engine would refuse it."""
         if not self.alive:
             raise EngineStoppedError("the engine is not running")

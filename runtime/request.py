@@ -28,7 +28,7 @@ class Request:
     prompt_token_ids: list[int]
     params: SamplingParams
     arrival: float
-    priority: int = 0                        # lower runs first (resumed sessions go ahead)
+    priority: float | None = None            # lower runs first; None = arrival time
     eos_token_ids: tuple[int, ...] = ()
     status: RequestStatus = RequestStatus.WAITING
     output_token_ids: list[int] = field(default_factory=list)

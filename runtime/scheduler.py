@@ -67,8 +67,9 @@ class Scheduler:
         req.status = RequestStatus.WAITING
         self.waiting.append(req)
 
-    def _key(self, req: Request) -> tuple[int, int]:
-        return (req.priority, self._seq[req.request_id])
+    def _key(self, req: Request) -> tuple[float, int]:
+        p = req.arrival if req.priority is None else req.priority
+        return (p, self._seq[req.request_id])
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
