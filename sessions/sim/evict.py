@@ -73,25 +73,22 @@ class EvictionMixin:
             both = max(0, min(c1, d1) - max(c0, d0)) if lc and ld else 0
             uncovered = (b - a) - (lc + ld - both)
             wait = max(now, kv.down_ready) if (lc or ld) else now
-            if uncovered > 0 and dest is Placement.OFFLOAD_CPU:
-                ok, w = self._room("cpu", uncovered, now, None, True, exclude)
-                if ok:
-                    end = self.d2h.submit(w, self._bytes(uncovered))
+            to_cpu = tiers.missing(kv, "cpu", a, b)   # what a CPU copy of [a, b) adds
+            if uncovered > 0 and dest in (Placement.OFFLOAD_CPU, Placement.SPILL_DISK):
+                ok, w = self._room("cpu", to_cpu, now, None, True, exclude)
+                if ok:                      # to CPU now (SPILL_DISK: on to disk later)
+                    end = self.d2h.submit(w, self._bytes(to_cpu))
                     tiers.add_interval(kv, "cpu", a, b, end)
                     wait = max(wait, end)
-            elif uncovered > 0 and dest is Placement.SPILL_DISK:
-                ok, w = self._room("cpu", uncovered, now, None, True, exclude)
-                if ok:                      # to CPU now, on to disk in the background
-                    end = self.d2h.submit(w, self._bytes(uncovered))
-                    tiers.add_interval(kv, "cpu", a, b, end)
-                    self.writeback.request(kv, b, now)
-                    wait = max(wait, end)
-                else:
-                    ok, w = self._room("disk", uncovered, now, None, True, exclude)
+                    if dest is Placement.SPILL_DISK:
+                        self.writeback.request(kv, b, now)
+                elif dest is Placement.SPILL_DISK:
+                    to_disk = tiers.missing(kv, "disk", a, b)
+                    ok, w = self._room("disk", to_disk, now, None, True, exclude)
                     if ok:
-                        left = self.d2h.submit(w, self._bytes(uncovered))
+                        left = self.d2h.submit(w, self._bytes(to_disk))
                         tiers.add_interval(kv, "disk", a, b,
-                                           self._disk_io(left, uncovered, write=True))
+                                           self._disk_io(left, to_disk, write=True))
                         wait = max(wait, left)
             if (dest is Placement.SPILL_DISK and uncovered == 0
                     and tiers.missing(kv, "disk", 0, b)):

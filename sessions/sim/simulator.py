@@ -44,8 +44,9 @@ class Simulator(EvictionMixin):
     PUMP = PUMP
     def __init__(self, sessions: list[SimSession], policy: CachePolicy, cost: CostModel,
                  config: SimConfig = SimConfig()) -> None:
-        """A turn's KV comes from the fastest tier holding it, except that a disk part is
-        recomputed when the disk queue would deliver it later than the GPU could rebuild it."""
+        """A turn's KV comes from the fastest tier holding it; a part held only on disk is
+        split: its front is recomputed by the prefill engine while its back loads, sized so
+        both end together (the disk queue counted)."""
         self.policy, self.cost, self.cfg = policy, cost, config
         self.sessions = sorted(sessions, key=lambda s: (s.arrival_s, s.session_id))
         shared = max((s.shared_prefix_tokens for s in sessions), default=0)
@@ -66,7 +67,8 @@ class Simulator(EvictionMixin):
         self.writeback = DiskWriteBack(self)
         self.counters = {k: 0 for k in ("evict_gpu", "evict_cpu", "evict_disk", "prefetches",
                                         "prefetch_hits", "prefetch_skipped", "staged",
-                                        "copy_skipped")}
+                                        "copy_skipped", "peak_open_kv_tokens")}
+        self.open_tokens = 0                # private KV of sessions not closed
         self.events: list = []
         self.waiting: list = []
         self.ready: list = []
@@ -135,6 +137,7 @@ class Simulator(EvictionMixin):
         kv.touch()
         t.P = max(0, r.prefix_tokens - s.shared_prefix_tokens)
         if t.P < kv.ctx:                    # the context was cut: copies beyond it are stale
+            self.open_tokens -= kv.ctx - t.P
             self.writeback.cancel(kv)
             self.tiers.truncate(kv, t.P)
         t.need = t.P + r.input_tokens + r.output_tokens + (
@@ -172,18 +175,27 @@ class Simulator(EvictionMixin):
             self.counters["prefetch_hits"] += 1
         if c:
             ready = max(ready, self.h2d.submit(max(now, kv.cpu_ready), self._bytes(c)))
+        head = 0.0
         if d:
-            read = self.cost.disk_read_s(d)
-            if max(now, kv.disk_ready, self.disk.free_at) + read - now > self.cost.recompute_s(d):
-                t.d, t.rec = 0, t.rec + d       # the disk is too busy: recomputing is sooner
-                t.load_bytes = self._bytes(c)
-            else:
-                e = self._disk_io(max(now, kv.disk_ready), d, write=False)
-                ready = max(ready, self.h2d.submit(e, self._bytes(d)))
+            x = self._recompute_share(d, max(now, kv.disk_ready, self.disk.free_at) - now)
+            t.d, t.rec = d - x, t.rec + x
+            t.load_bytes = self._bytes(c + d - x)
+            if d - x:
+                e = self._disk_io(max(now, kv.disk_ready), d - x, write=False)
+                ready = max(ready, self.h2d.submit(e, self._bytes(d - x)))
+                head = self.cost.recompute_s(x)      # rebuilt while the rest loads
         self.tiers.set_gpu(kv, t.need)
         kv.gpu_ready, kv.state = ready, "active"
-        t.ready = ready
-        self._push(ready, READY, t)
+        t.ready = max(now, ready - head)
+        self._push(t.ready, READY, t)
+
+    def _recompute_share(self, d: int, disk_wait_s: float) -> int:
+        """Of d missing tokens held on disk, how many to recompute (the front ones) while the
+        rest loads (from the back), so both finish together: x / prefill = wait + (d - x) *
+        (disk read + H2D time per token)."""
+        per = self.cost.load_s(d, "disk") / d
+        x = (disk_wait_s + d * per) / (1.0 / self.cost.prefill_tokens_per_s + per)
+        return int(min(d, max(0.0, x)))
 
     def _ready(self, now: float, t: _Turn, _b) -> None:
         key = self.policy.admission_priority(t.kv.sid, t.is_resume, t.arrival, now)
@@ -213,6 +225,9 @@ class Simulator(EvictionMixin):
             r.input_tokens, t.g + t.shared_hit, t.c, t.d, t.rec, s.shared_prefix_tokens,
             t.shared_hit, t.load_bytes, t.prefetched, t.admitted - t.arrival,
             t.ready - t.admitted, t.started - t.ready))
+        self.open_tokens += t.P + r.input_tokens + r.output_tokens - kv.ctx
+        self.counters["peak_open_kv_tokens"] = max(self.counters["peak_open_kv_tokens"],
+                                                   self.open_tokens)
         kv.ctx = t.P + r.input_tokens + r.output_tokens
         self.tiers.set_gpu(kv, kv.ctx)
         kv.last_used, kv.prefetched = now, False
@@ -220,6 +235,7 @@ class Simulator(EvictionMixin):
         if last:
             self.jct[kv.sid] = now - s.arrival_s
         if last and s.closes:
+            self.open_tokens -= kv.ctx
             self.writeback.cancel(kv)
             self.tiers.drop_all(kv)
             kv.state = "closed"
