@@ -281,7 +281,8 @@ def gather_rows(kv: torch.Tensor, n: int) -> list[dict]:
         rows.append({"kind": "gather", "impl": "triton_pack_blocks", "error": repr(e)})
     for r in rows:
         if "seconds" in r:
-            r["GBps_read_plus_write"] = 2 * n * kv[0].numel() * kv.element_size() / r["seconds"] / 1e9
+            moved = 2 * n * kv[0].numel() * kv.element_size()
+            r["GBps_read_plus_write"] = moved / r["seconds"] / 1e9
     return rows
 
 

@@ -115,7 +115,8 @@ class TieredKVStore:
 
     def usage(self) -> dict[str, TierUsage]:
         p = self.pool
-        out = {"gpu": TierUsage(p.num_blocks, p.num_blocks - p.num_free_blocks, len(self._gpu_pins))}
+        out = {"gpu": TierUsage(p.num_blocks, p.num_blocks - p.num_free_blocks,
+                                len(self._gpu_pins))}
         cap = self.host.capacity if self.host else 0
         out["cpu"] = TierUsage(cap, len(self._cpu), len(self._cpu_pinned))
         d = self.disk
@@ -145,7 +146,10 @@ class TieredKVStore:
         todo = todo[:len(slots)]
         handle = self.transfer.gpu_to_host([b for _, b in todo], slots)
 
-        def done(_: TransferHandle) -> None:
+        def done(hd: TransferHandle) -> None:
+            if hd.error is not None:              # nothing landed: give the slots back
+                self.host.free(slots)
+                return
             now = self.clock()
             for (h, _), s in zip(todo, slots):
                 if h in self._cpu:            # raced with another offload of the same block

@@ -72,12 +72,15 @@ class TransferHandle:
         return True
 
     def wait(self, timeout: float | None = None) -> "TransferHandle":
-        """Block until the batch is complete; raises what the batch raised."""
+        """Block until the batch is complete; raises what the batch raised (after releasing
+        its references)."""
         if self._future is not None:
-            self._future.result(timeout)
-        if self._event is not None:
+            self._future.exception(timeout)          # waits; TimeoutError if it runs over
+        if self._event is not None and self.error is None:
             self._event.synchronize()
         self._finish()
+        if self.error is not None:
+            raise self.error
         return self
 
     def wait_stream(self, stream: "torch.cuda.Stream | None" = None) -> None:
@@ -100,7 +103,8 @@ class TransferHandle:
 
     @property
     def result(self) -> TransferResult:
-        if self._future is None:
+        """What the batch did; empty when it had no result or failed (see `error`)."""
+        if self._future is None or self.error is not None:
             return TransferResult()
         r = self._future.result()
         return r if isinstance(r, TransferResult) else TransferResult()
@@ -120,6 +124,14 @@ class TransferHandle:
             self._release()
         for fn in cbs:
             fn(self)
+
+
+def _done_bytes(fut: Future, nbytes: int, block_bytes: int) -> int:
+    """Bytes a finished disk batch moved: all but its misses and refusals (none if it failed)."""
+    if fut.exception() is not None:
+        return 0
+    r = fut.result()
+    return nbytes - (len(r.missing) + len(r.refused)) * block_bytes
 
 
 class TransferEngine:
@@ -165,8 +177,8 @@ class TransferEngine:
     def _gpu_host(self, kind: str, ids: list[int], slots: list[int]) -> TransferHandle:
         if len(ids) != len(slots):
             raise ValueError(f"{len(ids)} GPU blocks but {len(slots)} host slots")
+        self.host.incref(slots)   # checks the slots are allocated before any reference is taken
         self._incref(ids)
-        self.host.incref(slots)
         after = self._record_current()
         event = torch.cuda.Event() if self.is_cuda else None
         fut = self._issuer.submit(self._issue, kind, ids, slots, after, event)
@@ -211,7 +223,7 @@ class TransferEngine:
 
         def release() -> None:
             self.host.decref(slots)
-            self._count("disk_write_bytes", nbytes - len(fut.result().refused) * self.block_bytes)
+            self._count("disk_write_bytes", _done_bytes(fut, nbytes, self.block_bytes))
         return self._track(TransferHandle("host_to_disk", nbytes, fut, None, release))
 
     def disk_to_host(self, hashes: Sequence[bytes], slots: Sequence[int]) -> TransferHandle:
@@ -230,7 +242,7 @@ class TransferEngine:
 
         def release() -> None:
             self.host.decref(slots)
-            self._count("disk_read_bytes", nbytes - len(fut.result().missing) * self.block_bytes)
+            self._count("disk_read_bytes", _done_bytes(fut, nbytes, self.block_bytes))
         return self._track(TransferHandle("disk_to_host", nbytes, fut, None, release))
 
     # -- GPU <-> disk through the staging slots ----------------------------------------------
@@ -245,8 +257,8 @@ class TransferEngine:
 
         def release() -> None:
             self._decref(ids)
-            self._count("d2h_bytes", nbytes)
-            self._count("disk_write_bytes", nbytes - len(fut.result().refused) * self.block_bytes)
+            self._count("d2h_bytes", nbytes if fut.exception() is None else 0)
+            self._count("disk_write_bytes", _done_bytes(fut, nbytes, self.block_bytes))
         return self._track(TransferHandle("gpu_to_disk", nbytes, fut, None, release))
 
     def disk_to_gpu(self, hashes: Sequence[bytes], block_ids: Sequence[int]) -> TransferHandle:
@@ -261,7 +273,7 @@ class TransferEngine:
 
         def release() -> None:
             self._decref(ids)
-            got = nbytes - len(fut.result().missing) * self.block_bytes
+            got = _done_bytes(fut, nbytes, self.block_bytes)
             self._count("disk_read_bytes", got)
             self._count("h2d_bytes", got)
         return self._track(TransferHandle("disk_to_gpu", nbytes, fut, None, release))

@@ -284,3 +284,15 @@ def test_a_value_whose_checksum_cannot_be_computed_here_is_a_miss(store):
         hdr["ck"] = "sha3-never-heard-of-it"
         txn.put(raw_key(FP, hs[0]), msgpack.packb(hdr) + val[unp.tell():])
     assert store.get_many(hs) == {} and store.stats.checksum_failures == 1
+
+
+def test_a_damaged_header_is_a_miss_not_an_error(store):
+    blocks, hs = rand_blocks(2, 16), hashes(2, "hdr")
+    store.put_many(list(zip(hs, blocks))).result()
+    db = store.open_db("kv_blocks")
+    with store.env.begin(write=True, db=db) as txn:
+        val = bytearray(txn.get(raw_key(FP, hs[0])))
+        val[0] = 0xC1                                    # a byte msgpack never uses
+        txn.put(raw_key(FP, hs[0]), bytes(val))
+    got = store.get_many(hs)
+    assert list(got) == [hs[1]] and store.stats.header_mismatches == 1

@@ -1,4 +1,5 @@
-"""TieredKVStore: the block index across GPU, CPU and disk, and the moves the sessions layer asks."""
+"""TieredKVStore: the block index across GPU, CPU and disk, and the moves the sessions layer
+asks for."""
 import pytest
 import torch
 
@@ -19,7 +20,8 @@ def blocks_gb(n):
 
 
 def same_bytes(a, b):
-    return torch.equal(a.cpu().contiguous().view(torch.uint8), b.cpu().contiguous().view(torch.uint8))
+    return torch.equal(a.cpu().contiguous().view(torch.uint8),
+                       b.cpu().contiguous().view(torch.uint8))
 
 
 def make(tmp_path, gpu_blocks=16, cpu_blocks=8, disk_blocks=64, **kw):
@@ -70,8 +72,9 @@ def test_round_trip_gpu_cpu_disk_cpu_gpu_is_byte_exact(tmp_path):
     for i, x in enumerate(hs):
         assert same_bytes(kv[h2.gpu_blocks[x]], want[i]) and pool.ref_count(h2.gpu_blocks[x]) == 1
     u = t.usage()
-    assert u["gpu"].bytes_out == 12 * SPEC.block_bytes and u["disk"].bytes_in == 6 * SPEC.block_bytes
-    assert u["disk"].bytes_out == 6 * SPEC.block_bytes and u["cpu"].bytes_out == 12 * SPEC.block_bytes
+    bb = SPEC.block_bytes
+    assert u["gpu"].bytes_out == 12 * bb and u["disk"].bytes_in == 6 * bb
+    assert u["disk"].bytes_out == 6 * bb and u["cpu"].bytes_out == 12 * bb
     pool.check_invariants()
     t.close()
 

@@ -27,7 +27,8 @@ def rand_blocks(n, seed, device="cpu"):
 
 
 def same_bytes(a, b):
-    return torch.equal(a.cpu().contiguous().view(torch.uint8), b.cpu().contiguous().view(torch.uint8))
+    return torch.equal(a.cpu().contiguous().view(torch.uint8),
+                       b.cpu().contiguous().view(torch.uint8))
 
 
 def hashes(n, tag):
@@ -193,4 +194,19 @@ def test_gpu_disk_through_a_small_staging_pool(device, tmp_path):
                 assert same_bytes(kv[g], want[i])
         assert staging.num_free == 4 and all(pool.ref_count(b) == 1 for b in dst)
         pool.check_invariants()
+        eng.close()
+
+
+def test_a_failed_batch_raises_on_wait_and_still_releases_its_references(tmp_path):
+    other = KVCacheSpec(num_layers=1, num_kv_heads=2, head_dim=32, block_size=4,
+                        dtype=torch.bfloat16)                   # the store holds other blocks
+    with DiskStore(str(tmp_path / "kv"), other, FP, capacity_bytes=1 << 20) as disk:
+        kv, pool, host, eng = make("cpu", disk=disk)
+        slots = host.allocate(2)
+        handle = eng.host_to_disk(hashes(2, "bad-shape"), slots)
+        with pytest.raises(ValueError, match="store holds"):
+            handle.wait()
+        assert handle.ready() and isinstance(handle.error, ValueError)
+        assert handle.result.refused == [] and eng.stats.disk_write_bytes == 0
+        assert all(host.ref_count(s) == 1 for s in slots) and eng.poll() == 0
         eng.close()
