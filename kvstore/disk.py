@@ -193,6 +193,7 @@ class DiskStore:
         self._used = 0                          # bytes of this model's values
         self._foreign = 0                       # bytes of other models' / formats' values
         self._seq = 0
+        self._queued = 0                        # bytes accepted by put_many, not yet committed
         self._lock = threading.RLock()
         self._evict_hooks: list[Callable[[bytes], None]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-writer")
@@ -307,7 +308,22 @@ class DiskStore:
             fut: Future = Future()
             fut.set_result(PutResult(refused=[h for h, _ in items], error=self.last_error))
             return fut
-        return self._writer.submit(self._put, list(items))
+        nbytes = len(items) * self.spec.block_bytes
+        with self._lock:
+            self._queued += nbytes
+        return self._writer.submit(self._put_counted, list(items), nbytes)
+
+    @property
+    def pending_write_bytes(self) -> int:
+        """Bytes queued for the writer and not yet committed (the disk tier's backlog)."""
+        return self._queued
+
+    def _put_counted(self, items: list[tuple[bytes, torch.Tensor]], nbytes: int) -> PutResult:
+        try:
+            return self._put(items)
+        finally:
+            with self._lock:
+                self._queued -= nbytes
 
     def delete(self, hashes: Iterable[bytes]) -> Future:
         """Forget blocks now (`contains` is False at once) and remove them from LMDB on the

@@ -368,6 +368,11 @@ class TransferEngine:
             self.stats.batches += 1
         return handle
 
+    @property
+    def in_flight_bytes(self) -> int:
+        """Bytes of the batches not yet seen complete (call `poll()` first for a fresh count)."""
+        return sum(h.nbytes for h in self._pending)
+
     def poll(self) -> int:
         """Complete the batches that have finished (releasing their references); returns how
         many are still in flight. Call it from the engine thread every step."""

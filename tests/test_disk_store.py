@@ -65,6 +65,16 @@ def test_round_trip_is_byte_exact_with_a_self_describing_header(tmp_path, dtype)
         assert hdr["ck"] in ("xxh3_64", "crc32") and len(raw) - unp.tell() == spec.block_bytes
 
 
+def test_pending_write_bytes_counts_the_writer_backlog(store):
+    import threading
+    gate = threading.Event()
+    store._writer.submit(gate.wait)                      # the writer is busy elsewhere
+    fut = store.put_many([(b"q1", rand_blocks(1, 17)[0]), (b"q2", rand_blocks(1, 18)[0])])
+    assert store.pending_write_bytes == 2 * SPEC.block_bytes and not fut.done()
+    gate.set()
+    assert fut.result().written == [b"q1", b"q2"] and store.pending_write_bytes == 0
+
+
 def test_get_into_given_destinations(store):
     blocks, hs = rand_blocks(3, 2), hashes(3, "into")
     store.put_many(list(zip(hs, blocks))).result()

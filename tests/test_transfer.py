@@ -90,6 +90,7 @@ def test_freeing_during_a_copy_cannot_corrupt_it(device):
     gate = hold_copies(eng)
     handle = eng.gpu_to_host(ids, slots)
     assert not handle.ready() and eng.poll() == 1
+    assert eng.in_flight_bytes == 4 * SPEC.block_bytes
     # the owners let go while the copy is in flight, and the engine tries to reuse the memory
     pool.free(ids)
     host.free(slots)
