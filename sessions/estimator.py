@@ -2,9 +2,9 @@
 
 Each tool name keeps a bounded ring of its most recent observed pauses. A forecast is the pair of
 robust quantiles (p50, p90, and p99 once there is data for it) of that ring, blended on a log
-scale with a prior while the tool has few observations (the prior's share falls linearly to 0). Priors come from the published TraceLab
-figures on real coding-agent traces (uw-syfi/TraceLab, CC BY 4.0; see
-shared/workloads/README.md):
+scale with a prior while the tool has few observations (the prior's share falls linearly to 0).
+Priors come from the published TraceLab figures on real coding-agent traces (uw-syfi/TraceLab,
+CC BY 4.0; see shared/workloads/README.md):
 
 - tools: positive tool latencies p50 0.3 s, p90 13.6 s; calls over 1 min are ~4.9% of calls,
   which puts p95 near 60 s; extending that slope gives the p99 prior of ~900 s (an assumption);

@@ -130,8 +130,10 @@ def test_evicted_prefetch_is_retried_later_in_the_pause():
     assert pol.due_prefetches(plan.prefetch_at) == ["h"]
     t = plan.prefetch_at + 5.0                                      # evicted again later
     assert pol.on_evict(v, "gpu", t) is Placement.SPILL_DISK
-    retry = min(at for at, _, sid in pol._heap if sid == "h" and at > t)
-    assert t < retry < HUMAN.conditional_quantile(pol.config.prefetch_q, t)
+    assert pol.due_prefetches(t) == []                              # not at once: later,
+    back = HUMAN.conditional_quantile(pol.config.prefetch_q, t)     # ahead of the resume
+    assert pol.due_prefetches(back) == ["h"]                        # the remaining time
+    assert back > HUMAN.quantile(pol.config.prefetch_q)             # predicts, given t
 
 
 def test_admission_puts_resumes_first_without_starving_new_sessions():

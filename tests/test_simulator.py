@@ -18,7 +18,6 @@ from sessions.sim.workload import (DEFAULT_TOOLS, HUMAN_WAIT, GeneratorConfig, S
 
 WORKLOADS = Path(__file__).resolve().parents[1].parent / "shared" / "workloads"
 MOONCAKE = WORKLOADS / "mooncake_conversation_trace.jsonl"
-needs_traces = pytest.mark.skipif(not MOONCAKE.exists(), reason="shared/workloads not present")
 SMALL = CostModel.h200_llama3_8b().with_capacities(gpu_tokens=150_000, cpu_tokens=150_000,
                                                    disk_tokens=10_000_000)
 
@@ -30,7 +29,6 @@ def small_workload(seed=0, n=150):
 
 
 # -- readers ----------------------------------------------------------------------------------
-@needs_traces
 def test_tracelab_csvs():
     multi = read_tracelab_csv(str(WORKLOADS / "tracelab_multi_session_example.csv"))
     assert [s.session_id for s in multi] == ["tracelab-0", "tracelab-1", "tracelab-2"]
@@ -77,7 +75,6 @@ def test_mooncake_sessions_from_prefix_sharing(tmp_path):
     assert [r.arrival_s for r in conv.rounds] == pytest.approx([0.0, 1.0, 2.0])
 
 
-@needs_traces
 def test_mooncake_trace_first_lines():
     sessions = read_mooncake_jsonl(str(MOONCAKE), limit=2000)
     assert sum(len(s.rounds) for s in sessions) == 2000

@@ -4,16 +4,23 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
 
 - the reload times come from the measured bandwidths: CPU `T*bytes/h2d`, disk
   `T*bytes/disk_read + T*bytes/h2d`; recompute costs `T/prefill_speed` of GPU time on the turn's
-  critical path, and delays every turn queued behind it, so keeping *some* copy always wins;
+  critical path, and delays every turn queued behind it, so a copy on some tier is nearly
+  always worth keeping;
 - keep on the GPU (no copies) when the pause is short next to a CPU reload: p90 below
   `keep_s = max(keep_min_s, keep_factor * load_cpu)`; nothing could be moved out and back in
   time, and the GPU-memory-time is small;
-- write through to CPU (the GPU copy stays until evicted) when the pause is longer; eviction is
-  then free at the moment the GPU needs room, and the KV is prefetched back before the resume;
-- spill to disk when the pause is long (p50 above `disk_after_s`), or CPU is nearly full and the
-  disk load can still be hidden by a prefetch (the forecast's lower quantile is at least twice
-  the disk load time); skipped while the disk has a long write queue;
-- free the GPU copy at once (OFFLOAD_CPU / SPILL_DISK) only when the GPU is nearly full;
+- a pause likely short but with a long tail (p50 below keep_s, p90 above): stay (ttl keep_s,
+  advisory: the eviction order below already keeps sessions due back soon) and write through
+  to CPU as insurance (only into room the eviction order gives it);
+- a medium pause: write through to CPU (the GPU copy stays until evicted, so evicting it later
+  is free at the moment the GPU needs room) with a disk copy written behind it by the
+  low-priority write-back (so a later CPU eviction is free too), unless the disk is full or
+  its write queue is long (`disk_backlog_limit_s`);
+- a long pause (p50 above `disk_after_s`): spill to disk (through the CPU) and free the GPU;
+- free the GPU copy at once (OFFLOAD_CPU) only when the GPU is nearly full;
+- blocks evicted from the GPU with no copy below go to CPU now and on to disk behind it
+  (SPILL_DISK); CPU evictions spill to disk (a scheduled prefetch then starts earlier by the
+  disk-CPU load-time difference);
 - prefetch: start loading at the forecast's `prefetch_q` quantile minus the load time, so the
   KV is on the GPU when the session is most likely back; if the prefetched copy is evicted
   again, retry at the same quantile of the remaining-time distribution (at most
@@ -23,7 +30,9 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   look longer), that time divided by what reloading costs per token (1 when the CPU holds a
   copy, the disk/CPU load-time ratio when only the disk does, 2 when nothing below does and
   the eviction must copy first). In CPU memory, duplicates of GPU copies go first, those of
-  sessions due back soonest first (their GPU copy is the least likely to be evicted);
+  sessions due back soonest first (their GPU copy is the least likely to be evicted); a CPU
+  copy with nothing on disk counts `uncovered_cpu_weight` times nearer (evicting it writes to
+  disk on the path of whoever needs the room);
 - admission: a resumed session's turn is treated as if it had arrived `resume_boost_s` earlier,
   so it goes ahead of new sessions' first turns, but a first turn that has waited longer than
   that goes first (no starvation).

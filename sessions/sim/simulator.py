@@ -1,21 +1,26 @@
 """A discrete-event simulator of one GPU serving many agent sessions under a cache policy.
 
 Resources, all on a virtual clock: the GPU's KV memory (tokens), pinned CPU memory and disk
-(each with a capacity), three serial copy channels (PCIe H2D, PCIe D2H, the disk, reads and
-writes sharing it) at the CostModel's bandwidths, and the prefill engine (serial, at the
-measured prefill speed). Decode is a fixed time per output token (batched, not queued).
+(each with a capacity), three serial copy channels (PCIe H2D, PCIe D2H, and the disk, whose
+reads and writes share it) at the CostModel's bandwidths, and the prefill engine (serial, at
+the measured prefill speed). Decode is a fixed time per output token (batched, not queued).
 
 A turn: it arrives (the session's pause ends); it is admitted once the GPU has room for its
-whole context and output (room made by evicting paused sessions in the policy's order; each
-eviction waits for any copy it needs); the parts of its prefix held on CPU or disk are loaded
-(queued on the channels, after whatever prefetches and write-throughs are already queued);
-then it waits for the prefill engine, whose queue is ordered by the policy's admission
-priority, and prefills the missing (recomputed) plus the new tokens: the first token is out.
+whole context and output (room made by evicting paused or waiting sessions' blocks in the
+policy's order; an eviction waits for any copy it needs); the parts of its prefix held on CPU
+or disk are loaded, queued on the channels behind whatever is already queued there (a part
+held only on disk is split: its front is recomputed while its back loads, sized so both end
+together); then it waits for the prefill engine, whose queue is ordered by the policy's
+admission priority, and prefills the recomputed plus the new tokens: the first token is out.
 TTFT = first token - arrival. Decode follows; at the end the session pauses and the policy
-places its KV. Prefetches use the same channels and the same GPU room as everything else; a
-session that comes back before its prefetch is done waits for it, and one that comes back
-before its prefetch started loads on its critical path. Copies run while the session is
-paused; blocks can be evicted from a tier only after their copy below has left it.
+places its KV.
+
+Honest costs: prefetches use the same channels and GPU room as everything else (disk
+prefetches only while the disk is quiet); a session that comes back before its prefetch is
+done waits for it, and one that comes back before its prefetch started loads on its critical
+path. Copies down run while the session is paused (CPU copies at once over D2H; disk copies by
+a background write-back that yields to reads, writeback.py); blocks can leave a tier only once
+their copy below has left it. Every tier's capacity holds at every step.
 """
 from __future__ import annotations
 

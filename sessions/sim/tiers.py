@@ -72,10 +72,13 @@ class SessionKV:
         if self._view is None:
             shared = self.sess.shared_prefix_tokens
             self._view = SessionKVView(
-                self.sid, shared + self.ctx, self.gpu, self.cpu_hi - self.cpu_lo,
-                self.disk_hi - self.disk_lo, shared,
-                self.paused_at if self.state == "paused" else None, self.forecast, self.human,
-                self.tool, self.last_used, self.pinned_until, self.down_ready)
+                session_id=self.sid, tokens=shared + self.ctx, gpu_tokens=self.gpu,
+                cpu_tokens=self.cpu_hi - self.cpu_lo, disk_tokens=self.disk_hi - self.disk_lo,
+                shared_prefix_tokens=shared,
+                paused_at=self.paused_at if self.state == "paused" else None,
+                forecast=self.forecast, is_human=self.human, tool=self.tool,
+                last_used_at=self.last_used, pinned_until=self.pinned_until,
+                copies_done_at=self.down_ready)
         return self._view
 
     def touch(self) -> None:
