@@ -220,7 +220,11 @@ def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.devi
         return PrefillConfig(32, 32, 4, 1)
     if dtype == torch.float32:
         return PrefillConfig(64, 32, 4, 2)
-    return PrefillConfig(128, 64, 4, 3)  # best of the H200 sweep (bench/kernels_notes.md)
+    if head_dim >= 128:
+        # best of the H200 sweep for head_dim 128 (bench/kernels_notes.md): 256 rows on two
+        # warpgroups beat 128 rows on one, which spills 52 registers
+        return PrefillConfig(256, 64, 8, 4)
+    return PrefillConfig(128, 64, 4, 3)
 
 
 def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
