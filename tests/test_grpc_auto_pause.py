@@ -50,7 +50,7 @@ def test_tool_call_turn_pauses_the_session_on_the_tool(client):
     r2 = [e.result for e in client.Generate(req) if e.HasField("result")][0]
     assert not r2.rewrite.rewritten
     assert r2.rewrite.reused_prefix_tokens == r.usage.context_tokens
-    assert r2.kv_source.gpu_tokens == (r.usage.context_tokens // 16) * 16
+    assert r2.kv_source.gpu_tokens == (r.usage.context_tokens - 1) // 16 * 16
     assert r2.finish_reason == pb.FINISH_REASON_TOOL_CALL      # this model always calls it
     assert r2.session.state == pb.SESSION_STATE_PAUSED and r2.session.turns == 2
 
