@@ -34,6 +34,12 @@ from runtime.tool_calls import ToolCallStreamDetector
 log = logging.getLogger("agentkv.server")
 
 
+def log_failure(fut) -> None:
+    """Done-callback of fire-and-forget session work (the abort of a turn whose call went away)."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("session work after a cancelled call failed: %s", fut.exception())
+
+
 class _TurnError(Exception):
     """The engine failed the turn (gRPC INTERNAL)."""
 
@@ -61,8 +67,7 @@ class GenerateMixin:
             return
         try:
             try:
-                prep = await self.db(prepare_turn, self.manager, self.tokenizer, self.limits,
-                                     self.deps.default_max_tokens, inp)
+                prep = await self._begin(inp)
             except Exception as exc:
                 await self.abort_with(context, exc)
                 return
@@ -71,9 +76,24 @@ class GenerateMixin:
         finally:
             self.release_turn(run)
 
-    async def _stream_turn(self, prep, run, arrival: float, context):
-        from runtime.service import log_failure
+    async def _begin(self, inp: TurnInput):
+        """prepare_turn on the session thread. If the call goes away meanwhile (disconnect,
+        deadline), the turn that begins anyway is dropped as soon as it has begun."""
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(self.deps.db, prepare_turn, self.manager, self.tokenizer,
+                                   self.limits, self.deps.default_max_tokens, inp)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            def drop(f):
+                if not f.cancelled() and f.exception() is None:
+                    again = loop.run_in_executor(self.deps.db, self.manager.abort_turn,
+                                                 f.result().handle, "the client went away")
+                    again.add_done_callback(log_failure)
+            fut.add_done_callback(drop)
+            raise
 
+    async def _stream_turn(self, prep, run, arrival: float, context):
         loop = asyncio.get_running_loop()
         handle = prep.handle
         if run.cancelled:             # Cancel (or close) arrived while the turn was starting

@@ -19,7 +19,8 @@ from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc
 from kvstore.block_pool import chain_hashes
 from runtime.auth import Authenticator
 from runtime.engine_thread import EngineThread
-from runtime.limits import Limits, check_concurrent_turns, check_message_size, check_tools
+from runtime.limits import (Limits, check_concurrent_turns, check_message_size,
+                            check_output_tokens, check_tools)
 from runtime.metrics import Metrics
 from runtime.server_convert import (RequestError, STATE_FROM_PB, messages_from_pb,
                                     sampling_to_dict, session_to_pb, tools_from_pb)
@@ -126,7 +127,6 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         check_tools(self.limits, len(tools))
         sampling = sampling_to_dict(request.sampling)
         if "max_tokens" in sampling:
-            from runtime.limits import check_output_tokens
             check_output_tokens(self.limits, sampling["max_tokens"])
         s = await self.db(self.manager.create, tenant, model, request.system_prompt, messages,
                           tools, sampling)
@@ -215,9 +215,3 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         code, msg = status_for(exc)
         self.metrics.rpc_errors.labels("Generate", code.name).inc()
         await context.abort(code, msg)
-
-
-def log_failure(fut) -> None:
-    """Done-callback for fire-and-forget session work (abort of a cancelled turn)."""
-    if not fut.cancelled() and fut.exception() is not None:
-        log.error("session work after a cancelled call failed: %s", fut.exception())

@@ -4,6 +4,7 @@ Each case stops a long turn (ignore_eos, many tokens) after its first token and 
 engine dropped the request, the session kept its state from before the turn, and it still works.
 """
 import threading
+import time
 
 import grpc
 import pytest
@@ -127,3 +128,17 @@ def test_turns_of_different_sessions_run_concurrently(client):
         t.join(60)
     assert sorted(results) == sorted(sids)
     assert all(r.usage.completion_tokens == 6 and r.session.turns == 2 for r in results.values())
+
+
+@pytest.mark.parametrize("deadline", [0.001, 0.005, 0.02, 0.05])
+def test_tiny_deadlines_never_leave_a_session_active(client, server, deadline):
+    """However early the deadline hits (before, during or after the turn begins), the session
+    ends up WAITING with its log unchanged, and the engine holds nothing."""
+    sid, ctx = session_with_one_turn(client)
+    with pytest.raises(grpc.RpcError) as e:
+        list(long_turn(client, sid, timeout=deadline))
+    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    time.sleep(0.5)                 # a call the server saw late has begun and ended by now
+    s = wait_for(lambda: (x := client.get(sid)).state == pb.SESSION_STATE_WAITING and x)
+    assert s.turns == 1 and s.context_tokens == ctx
+    wait_for(lambda: engine_requests(server) == 0)
