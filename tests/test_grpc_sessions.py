@@ -175,3 +175,20 @@ def test_unknown_session_is_not_found(client):
     with pytest.raises(grpc.RpcError) as e:
         client.get(missing)
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_chat_re_render_that_changes_the_log_is_reported_as_a_rewrite(client, server):
+    """Raw-token turns are not chat messages: a later message turn renders the chat from the
+    messages, keeps the longest common prefix of the log and recomputes the rest."""
+    reg = server.server.metrics.registry
+    before = reg.get_sample_value("agentkv:chat_rewrites_total")
+    s = client.create()
+    _, r1 = client.generate(s.session_id, token_ids=[40, 41, 42, 43] * 8, max_tokens=3)
+    _, r2 = client.generate(s.session_id, "now in chat form", max_tokens=3)
+    assert r2.rewrite.rewritten
+    assert r2.rewrite.reused_prefix_tokens + r2.rewrite.dropped_tokens == r1.usage.context_tokens
+    assert r2.usage.prompt_tokens == r2.rewrite.reused_prefix_tokens + r2.usage.input_tokens
+    assert r2.kv_source.gpu_tokens <= r2.rewrite.reused_prefix_tokens
+    assert reg.get_sample_value("agentkv:chat_rewrites_total") == before + 1
+    # the log was cut and regrown: it is now the chat rendering plus this turn's output
+    assert client.get(s.session_id).context_tokens == r2.usage.context_tokens

@@ -1,0 +1,46 @@
+"""`agentkv serve` options become the server's configuration."""
+import argparse
+
+import pytest
+
+from runtime import cli_serve
+from runtime.server_config import default_data_dir
+
+
+def parse(*argv):
+    p = argparse.ArgumentParser()
+    cli_serve.add_parser(p.add_subparsers(dest="command"))
+    return cli_serve.config_from_args(p.parse_args(["serve", *argv]))
+
+
+def test_defaults_bind_loopback_and_use_the_xdg_data_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
+    cfg = parse()
+    assert cfg.host == "127.0.0.1" and cfg.port == 50051 and cfg.policy == "agent"
+    assert cfg.engine.model == "tiny" and cfg.metrics_port is None
+    assert cfg.resolved_data_dir == default_data_dir() == tmp_path / "agentkv"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert str(default_data_dir()).endswith(".local/share/agentkv")
+
+
+def test_every_option_reaches_the_config(tmp_path):
+    cfg = parse("--model", "/models/llama", "--host", "0.0.0.0", "--port", "0", "--device",
+                "cuda:1", "--dtype", "bf16", "--gpu-memory-fraction", "0.5", "--cpu-cache-gb",
+                "4", "--disk-cache-gb", "16", "--policy", "lru_cpu", "--api-keys", "k.toml",
+                "--data-dir", str(tmp_path), "--metrics-port", "9100",
+                "--max-concurrent-turns", "3", "--max-prompt-tokens", "1000")
+    e = cfg.engine
+    assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
+                                                                   "bf16", 0.5)
+    assert (e.cpu_cache_gb, e.disk_cache_gb, e.disk_cache_path) == (4, 16, None)
+    # the disk tier lives in the data directory unless --disk-cache-path says otherwise
+    assert cfg.engine_config().disk_cache_path == str(tmp_path)
+    assert (cfg.host, cfg.port, cfg.policy, cfg.api_key_file) == ("0.0.0.0", 0, "lru_cpu",
+                                                                  "k.toml")
+    assert cfg.metrics_port == 9100
+    assert cfg.limits.max_concurrent_turns == 3 and cfg.limits.max_prompt_tokens == 1000
+
+
+def test_unknown_policy_is_refused():
+    with pytest.raises(SystemExit):
+        parse("--policy", "fifo")
