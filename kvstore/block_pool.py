@@ -169,6 +169,8 @@ class BlockPool:
     def incref(self, block_ids: Iterable[int]) -> None:
         for bid in block_ids:
             if self._ref[bid] == 0:
+                if self._hash[bid] is None:
+                    raise RuntimeError(f"block {bid} is free: allocate it before referencing it")
                 self.order.remove(bid)  # a cached block comes back into use
             self._ref[bid] += 1
 

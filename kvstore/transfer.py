@@ -380,10 +380,9 @@ class TransferEngine:
         return len(self._pending)
 
     def synchronize(self) -> None:
-        """Wait for every batch in flight."""
-        for h in list(self._pending):
-            h.wait()
-        self._pending = []
+        """Wait for every batch in flight, including batches that completions start."""
+        while self._pending:
+            self._pending.pop(0).wait()
 
     def close(self) -> None:
         self.synchronize()
@@ -399,6 +398,16 @@ class TransferGroup(TransferHandle):
         self.handles = handles
         self.not_started: list[bytes] = []     # blocks the caller could not schedule
         self.gpu_blocks: dict[bytes, int] = {}  # filled by prefetch as blocks land
+        # The group completes (and runs its callbacks) when its last part is seen complete,
+        # whoever sees it: the parts are polled by the engine, the group itself need not be.
+        for h in handles:
+            h.add_done_callback(lambda _h: self._part_done())
+        if not handles:
+            self._finish()
+
+    def _part_done(self) -> None:
+        if not self._done and all(h._done for h in self.handles):
+            self._finish()
 
     def ready(self) -> bool:
         if self._done:

@@ -164,17 +164,24 @@ class KVController:
             return
         if tiers is None:
             return        # no tier below the GPU: the blocks stay cached on the GPU
+        mine = [h for h in private if self._owners.get(h) == {s.session_id}]
+        release = (lambda _: tiers.evict(mine, "gpu")) if plan.releases_gpu else None
         if plan.writes_disk and tiers.disk is not None:
-            handle = tiers.offload(private, "disk")
             if tiers.host is not None:
-                tiers.offload(private, "cpu")
+                # Across PCIe once: to CPU, then from the CPU copy to disk.
+                def to_disk(_):
+                    h = tiers.offload(private, "disk")
+                    if release is not None:
+                        h.add_done_callback(release)
+                tiers.offload(private, "cpu").add_done_callback(to_disk)
+                return
+            handle = tiers.offload(private, "disk")
         elif plan.writes_cpu and tiers.host is not None:
             handle = tiers.offload(private, "cpu")
         else:
             return
-        if plan.releases_gpu:
-            mine = [h for h in private if self._owners.get(h) == {s.session_id}]
-            handle.add_done_callback(lambda _: tiers.evict(mine, "gpu"))
+        if release is not None:
+            handle.add_done_callback(release)
 
     def _prefetch(self, s: SessionKV) -> None:
         tiers = self.engine.tiers
