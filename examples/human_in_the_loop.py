@@ -100,10 +100,11 @@ def main(argv=None) -> int:
                 s = client.attach(s.id, close_on_exit=True)
                 info = s.info
                 where = info.kv_residency
+                intact = "intact" if info.context_tokens == log_tokens else "CHANGED"
                 print(f"found session {s.id} after the restart: state {info.state}, tool "
                       f"{info.paused_tool}, human {info.human_in_the_loop}, {info.context_tokens}"
-                      f" tokens in its log ({'intact' if info.context_tokens == log_tokens else 'CHANGED'})"
-                      f"; KV now: gpu {where['gpu']}, cpu {where['cpu']}, disk {where['disk']}")
+                      f" tokens in its log ({intact}); KV now: gpu {where['gpu']}, cpu "
+                      f"{where['cpu']}, disk {where['disk']}")
                 with s:
                     r = s.run([{"role": "user", "content": "Approved. Go ahead."}])
                     print(f"turn 3 (the human answered): {kv_line(r)}")

@@ -131,8 +131,8 @@ def _message(m) -> pb.ChatMessage:
             c = {"id": c.id, "name": c.name, "arguments": c.arguments}
         fn = c.get("function", c)
         args = fn.get("arguments", {})
-        calls.append(pb.ToolCall(id=c.get("id", ""), name=fn["name"],
-                                 arguments_json=args if isinstance(args, str) else json.dumps(args)))
+        args = args if isinstance(args, str) else json.dumps(args)
+        calls.append(pb.ToolCall(id=c.get("id", ""), name=fn["name"], arguments_json=args))
     return pb.ChatMessage(role=m["role"], content=m.get("content") or "", tool_calls=calls,
                           tool_call_id=m.get("tool_call_id", ""), name=m.get("name", ""))
 

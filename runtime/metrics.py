@@ -18,7 +18,8 @@ steps, so the HTTP thread never races the step loop; session counts from the man
     agentkv:kv_cache_capacity_blocks{tier}
     agentkv:kv_bytes_moved_total{tier,direction}      bytes copied into / out of each tier
     agentkv:prefix_cache_queries_total / agentkv:prefix_cache_hits_total   (tokens)
-    agentkv:prompt_tokens_total, agentkv:prompt_tokens_computed_total, agentkv:generation_tokens_total
+    agentkv:prompt_tokens_total, agentkv:prompt_tokens_computed_total,
+    agentkv:generation_tokens_total
     agentkv:num_preemptions_total, agentkv:num_requests_running, agentkv:num_requests_waiting
     agentkv:sessions{state}               gauge       active | waiting | paused | closed | expired
 

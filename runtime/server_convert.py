@@ -107,7 +107,8 @@ def sampling_to_dict(p: pb.SamplingParams) -> dict:
 def sampling_params(defaults: dict, overrides: dict, default_max_tokens: int) -> SamplingParams:
     """The turn's SamplingParams: server default < session defaults < the turn's overrides."""
     d = {"max_tokens": default_max_tokens, **defaults, **overrides}
-    return SamplingParams(max_tokens=int(d["max_tokens"]), temperature=float(d.get("temperature", 0.0)),
+    return SamplingParams(max_tokens=int(d["max_tokens"]),
+                          temperature=float(d.get("temperature", 0.0)),
                           top_p=float(d.get("top_p", 1.0)), top_k=int(d.get("top_k", 0)),
                           seed=d.get("seed"), stop=list(d.get("stop", [])),
                           ignore_eos=bool(d.get("ignore_eos", False)))

@@ -19,6 +19,7 @@ and answers INTERNAL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -71,8 +72,12 @@ class GenerateMixin:
             except Exception as exc:
                 await self.abort_with(context, exc)
                 return
-            async for event in self._stream_turn(prep, run, arrival, context):
-                yield event
+            # closing the inner generator at once when this one is closed or cancelled (a
+            # client that went away while a delta was being written) drops the turn now
+            turn = self._stream_turn(prep, run, arrival, context)
+            async with contextlib.aclosing(turn) as events:
+                async for event in events:
+                    yield event
         finally:
             self.release_turn(run)
 
@@ -130,9 +135,9 @@ class GenerateMixin:
                         token_ids=out.new_token_ids, text=text))
                 if out.finished:
                     final = out
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, GeneratorExit):
             # The client went away (disconnect, deadline) or the server is stopping: stop the
-            # engine request and drop the turn; the session stays (WAITING).
+            # engine request and drop the turn; the session stays (WAITING). No await here.
             if self.engine_thread.alive:
                 self.engine_thread.abort(prep.request_id)
             fut = loop.run_in_executor(self.deps.db, self.manager.abort_turn, handle,

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TURN = re.compile(r"turn (\d+)[^:\n]*: ttft +([\d.]+) ms \| kv reused +(\d+) \(gpu (\d+), cpu (\d+), "
-                  r"disk (\d+)\) recomputed +(\d+)")
+TURN = re.compile(r"turn (\d+)[^:\n]*: ttft +([\d.]+) ms \| kv reused +(\d+) "
+                  r"\(gpu (\d+), cpu (\d+), disk (\d+)\) recomputed +(\d+)")
 
 
 def run(args, timeout=240) -> str:
