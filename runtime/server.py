@@ -38,7 +38,7 @@ from runtime.metrics import Metrics, engine_snapshot
 from runtime.server_config import ServerConfig
 from runtime.server_hooks import HookChain, SessionEventLog
 from runtime.service import ServiceDeps, SessionService
-from sessions.hooks import KVPolicyHook
+from sessions.hooks import KVPolicyHook, PauseEstimatorLike
 from sessions.manager import SessionManager
 from sessions.store import SessionStore
 
@@ -55,9 +55,15 @@ def model_name(model: str) -> str:
 
 
 class AgentKVServer:
-    def __init__(self, config: ServerConfig, policy_hook_factory: PolicyHookFactory | None = None):
+    """The server. policy_hook_factory: builds the KV policy's hook at start (None: no policy
+    hook; KV stays in the engine's GPU prefix cache, LRU). estimator: the pause-duration model
+    the session manager forecasts pauses with (sessions.estimator.PauseEstimator), or None."""
+
+    def __init__(self, config: ServerConfig, policy_hook_factory: PolicyHookFactory | None = None,
+                 estimator: PauseEstimatorLike | None = None):
         self.config = config
         self.policy_hook_factory = policy_hook_factory
+        self.estimator = estimator
         self.auth = Authenticator.from_sources(config.api_key_file)
         self.metrics = Metrics()
         self.port: int | None = None
@@ -96,7 +102,8 @@ class AgentKVServer:
             hooks.append(self.policy_hook_factory(self.engine_thread, cfg))
         self.manager = SessionManager(self.store, policy_hook=HookChain(hooks),
                                       default_ttl_s=cfg.session_ttl_s,
-                                      max_sessions_per_tenant=cfg.limits.max_sessions_per_tenant)
+                                      max_sessions_per_tenant=cfg.limits.max_sessions_per_tenant,
+                                      estimator=self.estimator)
         restored = await loop.run_in_executor(None, self.manager.restore)
         log.info("%d sessions restored from %s", restored, data_dir)
         self._deps = ServiceDeps(self.engine_thread, self.manager, self.auth, cfg.limits,
@@ -182,8 +189,9 @@ class ServerThread:
     down gracefully and joins the thread.
     """
 
-    def __init__(self, config: ServerConfig, policy_hook_factory: PolicyHookFactory | None = None):
-        self.server = AgentKVServer(config, policy_hook_factory)
+    def __init__(self, config: ServerConfig, policy_hook_factory: PolicyHookFactory | None = None,
+                 estimator: PauseEstimatorLike | None = None):
+        self.server = AgentKVServer(config, policy_hook_factory, estimator)
         self.loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._error: BaseException | None = None

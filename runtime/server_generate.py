@@ -41,6 +41,21 @@ def log_failure(fut) -> None:
         log.error("session work after a cancelled call failed: %s", fut.exception())
 
 
+def drop_turn(service, handle, reason: str) -> None:
+    """Abort a turn on the session thread without waiting (no await: callable while the call
+    is being cancelled or closed). If the server is past accepting session work (shutdown), the
+    session stays ACTIVE on disk and comes back WAITING at the next start (manager.restore)."""
+    try:
+        fut = asyncio.get_running_loop().run_in_executor(service.deps.db,
+                                                         service.manager.abort_turn, handle,
+                                                         reason)
+    except RuntimeError:
+        log.info("session %s: turn %d left to the next start to drop (shutting down)",
+                 handle.session_id, handle.turn_index)
+        return
+    fut.add_done_callback(log_failure)
+
+
 class _TurnError(Exception):
     """The engine failed the turn (gRPC INTERNAL)."""
 
@@ -92,9 +107,7 @@ class GenerateMixin:
         except asyncio.CancelledError:
             def drop(f):
                 if not f.cancelled() and f.exception() is None:
-                    again = loop.run_in_executor(self.deps.db, self.manager.abort_turn,
-                                                 f.result().handle, "the client went away")
-                    again.add_done_callback(log_failure)
+                    drop_turn(self, f.result().handle, "the client went away")
             fut.add_done_callback(drop)
             raise
 
@@ -140,9 +153,7 @@ class GenerateMixin:
             # engine request and drop the turn; the session stays (WAITING). No await here.
             if self.engine_thread.alive:
                 self.engine_thread.abort(prep.request_id)
-            fut = loop.run_in_executor(self.deps.db, self.manager.abort_turn, handle,
-                                       "the client went away")
-            fut.add_done_callback(log_failure)
+            drop_turn(self, handle, "the client went away")
             raise
         except Exception as exc:      # the engine stopped under the turn
             await self.db(self.manager.abort_turn, handle, f"engine failure: {exc}")
