@@ -43,7 +43,8 @@ def start_server(args, data: Path, kv: Path) -> tuple[subprocess.Popen, str]:
            "--model", args.model, "--device", args.device, "--port", "0",
            "--data-dir", str(data), "--disk-cache-path", str(kv), "--disk-cache-gb", "0.25",
            "--policy", "agent"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    env = {k: v for k, v in os.environ.items() if k != "AGENTKV_API_KEYS"}   # open, loopback
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline()
     if not line.startswith("agentkv serving on "):
         proc.kill()

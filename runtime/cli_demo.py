@@ -42,7 +42,8 @@ def run(args) -> int:
         logging.getLogger().setLevel(logging.ERROR)
     tmp = None if args.data_dir else tempfile.mkdtemp(prefix="agentkv-demo-")
     config = ServerConfig(engine=EngineConfig(model=args.model, device=args.device), port=0,
-                          data_dir=args.data_dir or tmp, grace_s=5.0)
+                          data_dir=args.data_dir or tmp, grace_s=5.0,
+                          api_keys_from_env=False)     # a private loopback server, open
     print(f"agentkv demo: starting the server on {args.model} (building the tiny model on "
           f"first use) ...", flush=True)
     server = ServerThread(config).start()

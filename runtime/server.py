@@ -64,7 +64,8 @@ class AgentKVServer:
         self.config = config
         self.policy_hook_factory = policy_hook_factory
         self.estimator = estimator
-        self.auth = Authenticator.from_sources(config.api_key_file)
+        self.auth = Authenticator.from_sources(
+            config.api_key_file, environ=None if config.api_keys_from_env else {})
         self.metrics = Metrics()
         self.port: int | None = None
         self.metrics_port: int | None = None

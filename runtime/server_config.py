@@ -25,7 +25,8 @@ class ServerConfig:
     data_dir: the LMDB environment holding the sessions (and the disk KV tier, when
     engine.disk_cache_path is unset and engine.disk_cache_gb > 0). policy: the KV cache policy
     (recompute | lru | lru_cpu | ttl | agent) the policy hook factory is built with.
-    api_key_file: JSON or TOML key -> tenant file; AGENTKV_API_KEYS adds to it; none: open.
+    api_key_file: JSON or TOML key -> tenant file; AGENTKV_API_KEYS adds to it (unless
+    api_keys_from_env is False); no keys at all: open, one tenant "default".
     port: 0 picks a free port (the bound one is `AgentKVServer.port`). metrics_port: None: no
     metrics endpoint, 0: a free port. grace_s: how long running turns may finish at shutdown
     before they are cancelled (their sessions persisted as WAITING).
@@ -35,6 +36,7 @@ class ServerConfig:
     port: int = 50051
     data_dir: str | None = None
     api_key_file: str | None = None
+    api_keys_from_env: bool = True
     policy: str = "agent"
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None

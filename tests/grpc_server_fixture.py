@@ -27,6 +27,7 @@ KEYS = {"key-acme": "acme", "key-globex": "globex"}
 def server_config(data_dir: Path, model: str = "tiny", **kw) -> ServerConfig:
     engine = EngineConfig(model=model, device="cpu", num_gpu_blocks=kw.pop("num_gpu_blocks", 256),
                           max_num_batched_tokens=512)
+    kw.setdefault("api_keys_from_env", False)      # keys only from the test's own key file
     return ServerConfig(engine=engine, port=0, data_dir=str(data_dir), grace_s=2.0, **kw)
 
 

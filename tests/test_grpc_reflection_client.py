@@ -27,7 +27,8 @@ def target(tmp_path_factory):
     proc = subprocess.Popen(
         [sys.executable, "-m", "runtime.cli", "--log-level", "WARNING", "serve", "--model", "tiny",
          "--device", "cpu", "--num-gpu-blocks", "128", "--port", "0", "--data-dir", str(data)],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True, env=dict(os.environ))
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "AGENTKV_API_KEYS"})
     try:
         line = proc.stdout.readline()
         assert line.startswith("agentkv serving on "), line

@@ -77,7 +77,7 @@ def test_another_tenants_session_is_not_found_on_every_rpc(server):
 
 def test_open_server_serves_everyone_as_tenant_default(tmp_path, monkeypatch):
     monkeypatch.delenv("AGENTKV_API_KEYS", raising=False)
-    with running_server(server_config(tmp_path / "data")) as st:
+    with running_server(server_config(tmp_path / "data", api_keys_from_env=True)) as st:
         assert st.server.auth.is_open
         a, b = Client(st.target), Client(st.target, "any-key-at-all")
         s = a.create()
@@ -100,3 +100,15 @@ def test_key_sources_file_and_environment(tmp_path):
     bad.write_text('{"keys": [1, 2]}')
     with pytest.raises(AuthConfigError, match="entry 0"):
         Authenticator.from_sources(str(bad), environ={})
+
+
+def test_keys_from_the_environment_protect_the_server(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTKV_API_KEYS", "env-key:envco")
+    with running_server(server_config(tmp_path / "data", api_keys_from_env=True)) as st:
+        with pytest.raises(grpc.RpcError) as e:
+            Client(st.target).create()
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        c = Client(st.target, "env-key")
+        s = c.create()
+        assert st.server.manager.get("envco", s.session_id).tenant == "envco"
+        c.close()
