@@ -51,6 +51,9 @@ class KVController:
         self.decisions: dict[str, int] = {}
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use)
+        if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
+            engine.pool.enable_prefix_caching = False
+            engine.pool.reset_prefix_cache()
 
     # -- views -------------------------------------------------------------------------------
     def _block_next_use(self, block_id: int) -> float:

@@ -36,10 +36,13 @@ from runtime.engine import Engine
 from runtime.engine_thread import EngineThread
 from runtime.metrics import Metrics, engine_snapshot
 from runtime.server_config import ServerConfig
+from runtime.policy_wiring import kv_policy_hook_factory
 from runtime.server_hooks import HookChain, SessionEventLog
 from runtime.service import ServiceDeps, SessionService
 from sessions.hooks import KVPolicyHook, PauseEstimatorLike
 from sessions.manager import SessionManager
+from sessions.estimator import PauseEstimator
+from sessions.estimator_store import load_estimator, save_estimator
 from sessions.store import SessionStore
 
 log = logging.getLogger("agentkv.server")
@@ -55,9 +58,10 @@ def model_name(model: str) -> str:
 
 
 class AgentKVServer:
-    """The server. policy_hook_factory: builds the KV policy's hook at start (None: no policy
-    hook; KV stays in the engine's GPU prefix cache, LRU). estimator: the pause-duration model
-    the session manager forecasts pauses with (sessions.estimator.PauseEstimator), or None."""
+    """The server. policy_hook_factory: builds the KV policy's hook at start (None: the
+    `config.policy` cache policy on the engine's tiers, runtime/policy_wiring.py). estimator:
+    the pause-duration model shared by the session manager and the policy (None: the one saved
+    in the data directory, or a fresh one; saved again at shutdown)."""
 
     def __init__(self, config: ServerConfig, policy_hook_factory: PolicyHookFactory | None = None,
                  estimator: PauseEstimatorLike | None = None):
@@ -76,6 +80,7 @@ class AgentKVServer:
         self._health: health.aio.HealthServicer | None = None
         self._deps: ServiceDeps | None = None
         self._expirer: asyncio.Task | None = None
+        self.kv_hook = None
 
     # -- start -------------------------------------------------------------------------------
     async def start(self) -> int:
@@ -97,10 +102,15 @@ class AgentKVServer:
         data_dir = cfg.resolved_data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SessionStore(str(data_dir))
+        if self.estimator is None:           # what earlier runs learned of pause lengths
+            self.estimator = load_estimator(self.store.env)
+        if self.policy_hook_factory is None:
+            self.policy_hook_factory = kv_policy_hook_factory(self.estimator)
         events = SessionEventLog(self.metrics)
         hooks = [events]
         if self.policy_hook_factory is not None:
-            hooks.append(self.policy_hook_factory(self.engine_thread, cfg))
+            self.kv_hook = self.policy_hook_factory(self.engine_thread, cfg)
+            hooks.append(self.kv_hook)
         self.manager = SessionManager(self.store, policy_hook=HookChain(hooks),
                                       default_ttl_s=cfg.session_ttl_s,
                                       max_sessions_per_tenant=cfg.limits.max_sessions_per_tenant,
@@ -155,6 +165,8 @@ class AgentKVServer:
         if self.engine_thread is not None:
             await loop.run_in_executor(None, self.engine_thread.shutdown)
         if self.store is not None:
+            if isinstance(self.estimator, PauseEstimator):
+                save_estimator(self.store.env, self.estimator)
             self.store.close()
         log.info("agentkv stopped")
 
