@@ -3,6 +3,8 @@ and attention against torch's scaled_dot_product_attention on the same work.
 
     python bench/kernels.py                 # GPU: writes bench/results/kernels-<hw>-<date>.json
     python bench/kernels.py --smoke         # CPU (Triton interpreter), tiny sizes, sanity only
+    python bench/kernels.py --only decode,prefill --jobs 12   # attention sweep only, compiled
+                                            # ahead in 12 processes
 
 Every kernel is checked against its torch reference at the benchmarked size before it is timed.
 Times are medians of triton.testing.do_bench (CUDA events, L2 flushed between runs). Bandwidth
@@ -30,10 +32,11 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels._triton import use_interpreter_without_cuda  # noqa: E402
+from kernels._triton import next_power_of_2, use_interpreter_without_cuda  # noqa: E402
 
 use_interpreter_without_cuda()
 
+import kernels.attention_decode as dec  # noqa: E402
 from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
                                       paged_decode_attention, paged_decode_attention_ref)
 from kernels.attention_prefill import (PrefillConfig, default_prefill_config,  # noqa: E402
@@ -44,6 +47,8 @@ from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
 from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 from kernels.rotary import (apply_rotary, apply_rotary_ref, build_cos_sin_cache,  # noqa: E402
                             llama3_inv_freq)
+
+SECTIONS = ("decode", "prefill", "block_copy", "small_ops")
 
 GOALS = {
     "decode_attn_b64_ctx4k_bw_frac": ">= 0.8",
@@ -68,6 +73,25 @@ class Sizes:
     copy_blocks: int = 256
     pool_blocks: int = 1024
     copy_ceiling_bytes: int = 4 << 30
+
+
+# Variants timed beside the defaults (--no-variants skips them). Decode at batch 1: (config,
+# splits) pairs; at batch 64 every config with 1 and 2 splits.
+DECODE_CONFIGS = [DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 4),
+                  DecodeConfig(32, 4, 5), DecodeConfig(16, 4, 6), DecodeConfig(64, 8, 3)]
+DECODE_B1_SPLITS = {DecodeConfig(64, 4, 3): (32, 48, 64, 96), DecodeConfig(64, 4, 4): (32, 48, 64),
+                    DecodeConfig(32, 4, 4): (48, 64, 96, 128), DecodeConfig(32, 4, 5): (48, 64, 96),
+                    DecodeConfig(16, 4, 6): (64, 128), DecodeConfig(64, 8, 3): (48, 64)}
+PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 64, 8, 4),
+                   PrefillConfig(128, 128, 8, 2), PrefillConfig(128, 128, 8, 3),
+                   PrefillConfig(64, 64, 4, 2), PrefillConfig(64, 64, 4, 3),
+                   PrefillConfig(128, 32, 8, 4), PrefillConfig(256, 64, 8, 3)]
+
+
+def decode_variants(batch: int) -> list[tuple[DecodeConfig, int]]:
+    if batch == 1:
+        return [(c, n) for c in DECODE_CONFIGS for n in DECODE_B1_SPLITS.get(c, (32, 64))]
+    return [(c, n) for c in DECODE_CONFIGS for n in (1, 2)]
 
 
 SMOKE = Sizes(num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, num_layers=2,
@@ -197,12 +221,14 @@ class Bench:
         ref = paged_decode_attention_ref(q, kv_layer, lens, table, scale)
         nbytes = (batch * ctx * s.num_kv_heads * s.head_dim * 2 + 2 * q.numel()) * self.elem
 
-        def run(cfg=None, splits=None):
+        def run(cfg=None, splits=None, timed=True):
             out = torch.full_like(q, float("nan"))
             paged_decode_attention(q, kv_layer, lens, table, scale, num_splits=splits, out=out,
                                    config=cfg)
             err = rel_err(out, ref)
             assert err < 2e-2, f"decode {name} cfg={cfg} splits={splits}: rel err {err:.2e}"
+            if not timed:
+                return None, err
             ms = time_ms(lambda: paged_decode_attention(q, kv_layer, lens, table, scale,
                                                         num_splits=splits, out=out, config=cfg),
                          self.cuda)
@@ -218,19 +244,32 @@ class Bench:
                                                               out=out))
             main = self.row(op="decode", case=name, variant="default", timing="cuda_graph",
                             config=str(cfg), bytes=nbytes, ms=round(ms, 4))
+        if self.cuda and batch == 1:
+            # the split-merge kernel alone, on the default's partials: its share of the decode
+            num_splits = dec.choose_num_splits(batch, s.num_kv_heads, table.shape[1] * s.block_size,
+                                               cfg, dec._num_sms(q.device), s.head_dim)
+            if num_splits > 1:
+                mid_o = torch.randn((batch, s.num_q_heads, num_splits, s.head_dim),
+                                    device=self.device)
+                mid_lse = torch.randn((batch, s.num_q_heads, num_splits), device=self.device)
+                out = torch.empty_like(q)
+
+                def reduce_only():
+                    dec._decode_reduce_kernel[(batch, s.num_q_heads)](
+                        mid_o, mid_lse, out, num_splits, out.stride(0), out.stride(1),
+                        NUM_Q_HEADS=s.num_q_heads, HEAD_DIM=s.head_dim,
+                        BLOCK_S=next_power_of_2(num_splits), num_warps=4)
+
+                self.row(op="decode", case=name, variant=f"reduce_kernel_only splits={num_splits}",
+                         timing="cuda_graph", ms=round(time_graph_ms(reduce_only), 4))
         if self.variants and self.cuda:
-            configs = [DecodeConfig(64, 4, 4), DecodeConfig(64, 4, 5), DecodeConfig(32, 4, 6),
-                       DecodeConfig(64, 2, 4), DecodeConfig(128, 4, 3), DecodeConfig(64, 8, 4)]
-            for c in [cfg] + configs:
-                for splits in ([1, 2] if batch > 1 else [32, 64, 128]):
-                    if c == cfg and batch > 1 and splits == 1:
-                        continue  # the default row above
-                    run(c, splits)                              # checks the result
-                    out = torch.empty_like(q)
-                    ms = time_graph_ms(lambda: paged_decode_attention(
-                        q, kv_layer, lens, table, scale, num_splits=splits, out=out, config=c))
-                    self.row(op="decode", case=name, variant=f"splits={splits}",
-                             timing="cuda_graph", config=str(c), bytes=nbytes, ms=round(ms, 4))
+            for c, splits in decode_variants(batch):
+                run(c, splits, timed=False)                     # checks the result
+                out = torch.empty_like(q)
+                ms = time_graph_ms(lambda: paged_decode_attention(
+                    q, kv_layer, lens, table, scale, num_splits=splits, out=out, config=c))
+                self.row(op="decode", case=name, variant=f"splits={splits}",
+                         timing="cuda_graph", config=str(c), bytes=nbytes, ms=round(ms, 4))
         if self.cuda:
             k, v = self.dense_kv(kv_layer, table, [ctx] * batch)
             q4 = q[:, :, None, :]                               # [B, Hq, 1, D]
@@ -281,9 +320,9 @@ class Bench:
                  rel_err=f"{err:.1e}", ms=round(ours, 4), TFLOPs=round(flops / ours / 1e9, 1),
                  speedup_vs_sdpa=round(sdpa / ours, 3) if sdpa else None)
         if self.variants:
-            for c in [PrefillConfig(128, 64, 4, 4), PrefillConfig(128, 32, 4, 4),
-                      PrefillConfig(128, 128, 8, 3), PrefillConfig(256, 64, 8, 3),
-                      PrefillConfig(256, 64, 8, 4), PrefillConfig(256, 32, 8, 4)]:
+            for c in PREFILL_CONFIGS:
+                if c == cfg:
+                    continue  # the default row above
                 ms, _ = run(c)
                 self.row(op="prefill", case=name, variant="config", config=str(c),
                          ms=round(ms, 4), TFLOPs=round(flops / ms / 1e9, 1),
@@ -359,6 +398,65 @@ class Bench:
         self.row(op="write_kv", tokens=tokens, bytes=4 * k.numel() * self.elem, ms=round(ms, 4))
 
 
+# ---- compile ahead in worker processes --------------------------------------------------------
+_WARM_INPUTS: dict = {}
+
+
+def _warm_task(task: tuple) -> str:
+    """Compile one attention variant by launching it once at the benchmark's own shapes (so every
+    argument specialises as in the timed run); the kernels land in Triton's on-disk cache, where
+    the timing process finds them."""
+    sizes, device, kind, name, a, b_, cfg, splits = task
+    key = (kind, name)
+    if key not in _WARM_INPUTS:
+        torch.manual_seed(0)
+        bench = Bench(sizes, device, torch.bfloat16, variants=False)
+        if kind == "decode":
+            kv_layer, table, lens = bench.paged([b_] * a)
+            q = bench.rand(a, bench.s.num_q_heads, bench.s.head_dim)
+            _WARM_INPUTS[key] = (q, kv_layer, table, lens)
+        else:
+            kv_layer, table, lens = bench.paged([b_] * a)
+            q = bench.rand(a * b_, bench.s.num_q_heads, bench.s.head_dim)
+            qsl = torch.arange(0, a * b_ + 1, b_, dtype=torch.int32, device=device)
+            _WARM_INPUTS[key] = (q, kv_layer, table, lens, qsl)
+    t = time.perf_counter()
+    scale = sizes.head_dim ** -0.5
+    if kind == "decode":
+        q, kv_layer, table, lens = _WARM_INPUTS[key]
+        paged_decode_attention(q, kv_layer, lens, table, scale, num_splits=splits, config=cfg)
+    else:
+        q, kv_layer, table, lens, qsl = _WARM_INPUTS[key]
+        paged_prefill_attention(q, kv_layer, qsl, lens, table, scale, b_, config=cfg)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return f"{kind} {name} {cfg} splits={splits}: {time.perf_counter() - t:.1f} s"
+
+
+def precompile(sizes: Sizes, device: str, sections: set, variants: bool, jobs: int) -> None:
+    """Compile the attention variants the run will time in `jobs` processes at once."""
+    import concurrent.futures
+    import multiprocessing
+    tasks = []
+    if "decode" in sections:
+        for name, (batch, ctx) in sizes.decode.items():
+            tasks.append(("decode", name, batch, ctx, None, None))
+            if variants:
+                tasks += [("decode", name, batch, ctx, c, n) for c, n in decode_variants(batch)]
+    if "prefill" in sections:
+        for name, (batch, length) in sizes.prefill.items():
+            tasks.append(("prefill", name, batch, length, None, None))
+            if variants:
+                tasks += [("prefill", name, batch, length, c, None) for c in PREFILL_CONFIGS]
+    tasks = [(sizes, device) + t for t in tasks]
+    t = time.perf_counter()
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(jobs, mp_context=ctx) as pool:
+        for line in pool.map(_warm_task, tasks):
+            print("  compiled " + line, flush=True)
+    print(f"precompiled {len(tasks)} variants in {time.perf_counter() - t:.1f} s", flush=True)
+
+
 def kernel_resources() -> list[dict]:
     """Registers, spills and shared memory of every compiled attention/copy kernel (read from
     Triton's in-process cache; an error row where this Triton version keeps it elsewhere)."""
@@ -396,7 +494,14 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed")
     ap.add_argument("--no-variants", action="store_true", help="time the default configs only")
     ap.add_argument("--commit", default=None, help="git sha to record (default: git rev-parse)")
+    ap.add_argument("--only", default=",".join(SECTIONS),
+                    help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+    ap.add_argument("--jobs", type=int, default=0,
+                    help="compile the attention variants ahead in this many processes (GPU)")
     args = ap.parse_args()
+    sections = set(args.only.split(","))
+    if not sections <= set(SECTIONS):
+        sys.exit(f"--only takes sections of {SECTIONS}; got {args.only}")
     cuda = torch.cuda.is_available()
     if not cuda and not args.smoke:
         sys.exit("no CUDA device: run with --smoke for a CPU sanity check")
@@ -406,6 +511,8 @@ def main() -> None:
     b = Bench(sizes, device, torch.bfloat16, variants=not args.no_variants and not args.smoke)
     hardware = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"kernels bench on {hardware} (torch {torch.__version__})", flush=True)
+    if cuda and args.jobs > 1:
+        precompile(sizes, device, sections, b.variants, args.jobs)
 
     b.copy_ceiling()
     nan = float("nan")
@@ -420,18 +527,22 @@ def main() -> None:
             b.row(op=label, error=f"{type(e).__name__}: {e}")
             return None
 
-    for name, (batch, ctx) in sizes.decode.items():
-        frac = section(f"decode_{name}", b.decode, name, batch, ctx)
-        metrics[f"decode_attn_{name}_bw_frac"] = nan if frac is None else frac
-    speedups = [section(f"prefill_{name}", b.prefill, name, batch, length)
-                for name, (batch, length) in sizes.prefill.items()]
-    # the worse of the two sizes
-    ok = [x for x in speedups if x is not None and x == x]
-    metrics["prefill_attn_speedup_vs_sdpa"] = min(ok) if len(ok) == len(speedups) else nan
-    fracs = section("block_copy", b.block_copy)
-    if fracs is not None:
-        metrics["block_pack_bw_frac"], metrics["block_unpack_bw_frac"] = fracs
-    section("small_ops", b.small_ops, 2048 if cuda else 20)
+    if "decode" in sections:
+        for name, (batch, ctx) in sizes.decode.items():
+            frac = section(f"decode_{name}", b.decode, name, batch, ctx)
+            metrics[f"decode_attn_{name}_bw_frac"] = nan if frac is None else frac
+    if "prefill" in sections:
+        speedups = [section(f"prefill_{name}", b.prefill, name, batch, length)
+                    for name, (batch, length) in sizes.prefill.items()]
+        # the worse of the two sizes
+        ok = [x for x in speedups if x is not None and x == x]
+        metrics["prefill_attn_speedup_vs_sdpa"] = min(ok) if len(ok) == len(speedups) else nan
+    if "block_copy" in sections:
+        fracs = section("block_copy", b.block_copy)
+        if fracs is not None:
+            metrics["block_pack_bw_frac"], metrics["block_unpack_bw_frac"] = fracs
+    if "small_ops" in sections:
+        section("small_ops", b.small_ops, 2048 if cuda else 20)
     if cuda:
         b.rows.extend(kernel_resources())
 

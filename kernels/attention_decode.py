@@ -79,15 +79,22 @@ def _decode_split_kernel(
     acc = tl.zeros([BLOCK_H, HEAD_DIM], tl.float32)
     n_cols = tl.arange(0, BLOCK_N)
     bt_row = bt_ptr + seq64 * stride_bt
-    kv_head_off = kvh * HEAD_DIM
+    kv_head_ptr = kv_ptr + kvh * HEAD_DIM
+    # Page ids run one step ahead (loop-carried): a step's K/V addresses never wait on a load of
+    # the same step, so the pipeliner keeps num_stages - 1 K/V tiles in flight (cp.async into
+    # multi-buffered shared memory) while the current tile is being used.
+    first = start + n_cols
+    page = tl.load(bt_row + first // BLOCK_SIZE, mask=first < end, other=0)
     for n0 in range(start, end, BLOCK_N):
         k_pos = n0 + n_cols                                              # [BLOCK_N]
         k_ok = k_pos < end
-        page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
-        base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
-        kv_off = base[:, None] + kv_head_off + d[None, :]               # [BLOCK_N, HEAD_DIM]
-        k = tl.load(kv_ptr + kv_off, mask=k_ok[:, None], other=0.0)
-        v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
+        nxt = k_pos + BLOCK_N
+        page_next = tl.load(bt_row + nxt // BLOCK_SIZE, mask=nxt < end, other=0)
+        base = (page.to(tl.int64) * stride_kv_block
+                + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM))
+        kv_off = base[:, None] + d[None, :]                             # [BLOCK_N, HEAD_DIM]
+        k = tl.load(kv_head_ptr + kv_off, mask=k_ok[:, None], other=0.0)
+        v = tl.load(kv_head_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
         if F32_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
@@ -100,6 +107,7 @@ def _decode_split_kernel(
         p = p.to(kv_ptr.dtype.element_ty).to(v.dtype)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
         m_i = m_new
+        page = page_next
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     o = acc / l_safe[:, None]                                # [BLOCK_H, HEAD_DIM]
@@ -155,17 +163,29 @@ def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.devic
     return DecodeConfig(64, 4, 3)
 
 
-def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, block_n: int,
-                      num_sms: int = NUM_SMS_DEFAULT, min_tokens_per_split: int = 256,
-                      max_splits: int = 64) -> int:
-    """One split when the (sequence, kv head) programs already give every SM two of them (the
-    resident limit at 96 KB of shared memory each); otherwise enough splits for four per SM,
-    never shorter than `min_tokens_per_split` cached tokens."""
+SMEM_PER_SM = 227 * 1024  # usable shared memory per SM (H100/H200)
+
+
+def resident_programs_per_sm(cfg: DecodeConfig, head_dim: int, elem_bytes: int = 2) -> int:
+    """Split-kernel programs one SM holds at once, bounded by shared memory: the pipeliner keeps
+    num_stages - 1 buffers of one K and one V tile each (plus a few KB of q/p staging)."""
+    tile_pair = 2 * cfg.block_n * head_dim * elem_bytes
+    smem = max(1, cfg.num_stages - 1) * tile_pair + 4096
+    return max(1, min(SMEM_PER_SM // smem, 8))
+
+
+def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, cfg: DecodeConfig,
+                      num_sms: int = NUM_SMS_DEFAULT, head_dim: int = 128, elem_bytes: int = 2,
+                      min_tiles_per_split: int = 4, max_splits: int = 128) -> int:
+    """One split when the (sequence, kv head) programs already fill every SM's resident slots;
+    otherwise enough splits for one full wave of resident programs, never fewer than
+    `min_tiles_per_split` K/V tiles per split (the pipeline's prologue must stay short)."""
     programs = max(1, num_seqs * num_kv_heads)
-    if programs >= 2 * num_sms:
+    slots = resident_programs_per_sm(cfg, head_dim, elem_bytes) * num_sms
+    if programs >= slots:
         return 1
-    want = -(-4 * num_sms // programs)
-    by_length = max(1, max_context // max(min_tokens_per_split, block_n))
+    want = -(-slots // programs)
+    by_length = max(1, max_context // (min_tiles_per_split * cfg.block_n))
     return max(1, min(want, by_length, max_splits))
 
 
@@ -206,7 +226,7 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
     cfg = config or default_decode_config(head_dim, q.dtype, q.device)
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size,
-                                       cfg.block_n, _num_sms(q.device))
+                                       cfg, _num_sms(q.device), head_dim, q.element_size())
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1; got {num_splits}")
     group = num_q_heads // num_kv_heads

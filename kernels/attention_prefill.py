@@ -109,43 +109,59 @@ def _attend_range(
     stride_kv_block, stride_kv_kv, kv_head_off,
     NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr,
-    PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
+    POS_SCALE: tl.constexpr, PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     # Online softmax over cached keys [lo, hi) of one sequence and kv head. MASKED: apply the
     # causal mask (q_pos) and the end of the context (kv_end); else every key is visible.
     n_cols = tl.arange(0, BLOCK_N)
     d = tl.arange(0, HEAD_DIM)
+    kv_head_ptr = kv_ptr + kv_head_off
+    # Page ids run one step ahead (loop-carried): a step's K/V addresses never wait on a load of
+    # the same step, so the pipeliner keeps the next tiles' K/V copies (cp.async into
+    # multi-buffered shared memory) in flight while the tensor cores work on this one.
+    first = lo + n_cols
+    page = tl.load(bt_row + first // BLOCK_SIZE, mask=first < hi, other=0)
     for n0 in range(lo, hi, BLOCK_N):
         k_pos = n0 + n_cols                                              # [BLOCK_N]
-        k_ok = k_pos < kv_end
+        nxt = k_pos + BLOCK_N
+        page_next = tl.load(bt_row + nxt // BLOCK_SIZE, mask=nxt < hi, other=0)
+        base = (page.to(tl.int64) * stride_kv_block
+                + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM))
+        kv_off = base[:, None] + d[None, :]                              # [BLOCK_N, HEAD_DIM]
         if MASKED:
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_ok, other=0).to(tl.int64)
+            k_ok = k_pos < kv_end
+            k = tl.load(kv_head_ptr + kv_off, mask=k_ok[:, None], other=0.0)
+            v = tl.load(kv_head_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
         else:
-            page = tl.load(bt_row + k_pos // BLOCK_SIZE).to(tl.int64)
-        base = page * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
-        kv_off = base[:, None] + kv_head_off + d[None, :]                # [BLOCK_N, HEAD_DIM]
-        if MASKED:
-            k = tl.load(kv_ptr + kv_off, mask=k_ok[:, None], other=0.0)
-            v = tl.load(kv_ptr + stride_kv_kv + kv_off, mask=k_ok[:, None], other=0.0)
-        else:
-            k = tl.load(kv_ptr + kv_off)
-            v = tl.load(kv_ptr + stride_kv_kv + kv_off)
+            k = tl.load(kv_head_ptr + kv_off)
+            v = tl.load(kv_head_ptr + stride_kv_kv + kv_off)
         if F32_DOT:
             k = k.to(tl.float32)
             v = v.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # [BLOCK_M, BLOCK_N]
+        s = tl.dot(q, tl.trans(k), input_precision=PRECISION)          # [BLOCK_M, BLOCK_N]
+        if not POS_SCALE:
+            s = s * qk_scale
         if MASKED:
             causal = (k_pos[None, :] <= q_pos[:, None]) & k_ok[None, :]
             s = tl.where(causal, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if POS_SCALE:
+            # max(s) * scale == max(s * scale) for scale > 0: the scaling folds into one FMA
+            # per score inside exp2 (scale already carries log2(e))
+            m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(s, 1))
         if MASKED:
             m_new = tl.where(m_new == float("-inf"), 0.0, m_new)         # rows with no key yet
-        p = tl.exp2(s - m_new[:, None])
+        if POS_SCALE:
+            p = tl.exp2(s * qk_scale - m_new[:, None])
+        else:
+            p = tl.exp2(s - m_new[:, None])
         alpha = tl.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         p = p.to(kv_ptr.dtype.element_ty).to(v.dtype)
         acc = acc * alpha[:, None] + tl.dot(p, v, input_precision=PRECISION)
         m_i = m_new
+        page = page_next
     return acc, l_i, m_i
 
 
@@ -157,7 +173,7 @@ def _prefill_kernel(
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     # Rows of a tile: TOKENS query tokens x GROUP_PAD query heads of one kv head, so every
@@ -195,11 +211,11 @@ def _prefill_kernel(
         acc, l_i, m_i = _attend_range(
             acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, 0, full_end, kv_end, qk_scale,
             stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
-            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, PRECISION, F32_DOT)
+            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, POS_SCALE, PRECISION, F32_DOT)
         acc, l_i, m_i = _attend_range(
             acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, full_end, kv_end, kv_end, qk_scale,
             stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
-            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, PRECISION, F32_DOT)
+            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, POS_SCALE, PRECISION, F32_DOT)
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         o = acc / l_safe[:, None]
         tl.store(out_ptr + tok64[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
@@ -260,7 +276,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, POS_SCALE=scale > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         F32_DOT=interpreter_needs_f32_dot(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
