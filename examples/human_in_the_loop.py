@@ -17,9 +17,10 @@ directory (the sessions' LMDB environment) and a disk KV tier in a temporary fol
    context's KV came from: loaded from the disk tier when the tier holds the session's blocks,
    recomputed from the token log otherwise (KV is a cache of the log; the log is the truth).
 
-Which of the two you see depends on whether the KV policy moved the blocks to disk before the
-restart; the output says which happened, and in either case that the session and its token log
-survived.
+Which of the two you see depends on what the cache policy (``--policy agent`` here) decided
+for a one-hour human pause: on a CPU it spills the session's KV to disk, and the example waits
+for that copy to land before restarting; where recomputing is cheaper it may drop the KV instead.
+The output says which happened, and in either case that the session and its token log survived.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +90,13 @@ def main(argv=None) -> int:
             info = s.pause("human", expected_s=3600, human=True)
             print(f"paused for a human: state {info.state}, tool {info.paused_tool}, expected "
                   f"{info.pause_expected_s:.0f} s")
-            where = client.get_session(s.id).kv_residency
+            # the policy's copy to disk runs in the background: give it a moment to land
+            deadline = time.monotonic() + 10.0
+            while True:
+                where = client.get_session(s.id).kv_residency
+                if where["disk"] > 0 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
             print(f"the session's KV before the restart: gpu {where['gpu']}, cpu {where['cpu']},"
                   f" disk {where['disk']} tokens")
             log_tokens = r.context_tokens
