@@ -49,6 +49,11 @@ def add_parser(sub) -> None:
                    help="idle sessions expire after this long (0: never)")
     p.add_argument("--grace-s", type=float, default=10.0,
                    help="at shutdown, how long running turns may finish")
+    p.add_argument("--tls-cert", default=None, metavar="PEM",
+                   help="serve with TLS: the server's certificate (chain), with --tls-key")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-client-ca", default=None, metavar="PEM",
+                   help="mutual TLS: require client certificates signed by these CAs")
 
 
 def config_from_args(args):
@@ -69,7 +74,9 @@ def config_from_args(args):
                         api_key_file=args.api_keys, policy=args.policy, limits=limits,
                         metrics_port=args.metrics_port, grace_s=args.grace_s,
                         session_ttl_s=args.session_ttl_s or None,
-                        default_max_tokens=args.default_max_tokens)
+                        default_max_tokens=args.default_max_tokens,
+                        tls_cert=args.tls_cert, tls_key=args.tls_key,
+                        tls_client_ca=args.tls_client_ca)
 
 
 async def serve(config) -> None:

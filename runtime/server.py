@@ -36,6 +36,7 @@ from runtime.engine import Engine
 from runtime.engine_thread import EngineThread
 from runtime.metrics import Metrics, engine_snapshot
 from runtime.server_config import ServerConfig
+from runtime.server_tls import server_credentials
 from runtime.policy_wiring import kv_policy_hook_factory
 from runtime.server_hooks import HookChain, SessionEventLog
 from runtime.service import ServiceDeps, SessionService
@@ -133,7 +134,11 @@ class AgentKVServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self._server)
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        self.port = self._server.add_insecure_port(f"{host}:{cfg.port}")
+        if cfg.tls_cert:
+            creds = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
+            self.port = self._server.add_secure_port(f"{host}:{cfg.port}", creds)
+        else:
+            self.port = self._server.add_insecure_port(f"{host}:{cfg.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use?)")
         await self._server.start()

@@ -45,8 +45,14 @@ class ServerConfig:
     session_ttl_s: float | None = 24 * 3600.0
     expire_interval_s: float = 30.0
     default_max_tokens: int = 256
+    # TLS (runtime/server_tls.py): PEM certificate and key; client_ca: require client certs
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
 
     def __post_init__(self) -> None:
+        from runtime.server_tls import check_tls_flags
+        check_tls_flags(self.tls_cert, self.tls_key, self.tls_client_ca)
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; valid policies: "
                              f"{', '.join(POLICIES)}")
