@@ -137,6 +137,10 @@ def gpu_host_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: 
     return rows
 
 
+def disk_reps(n: int) -> int:
+    return 5 if n == 1 else (2 if n <= 64 else 3)
+
+
 def disk_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list[int],
               bb: int, tag: str) -> list[dict]:
     rows = []
@@ -145,7 +149,7 @@ def disk_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list
         slots = host.allocate(n)
         ids = random.Random(n).sample(range(kv.shape[0]), n)
         eng.gpu_to_host(ids, slots).wait()
-        reps = 5 if n == 1 else (2 if n <= 64 else 1)
+        reps = disk_reps(n)
         w, r, ok = [], [], True
         for rep in range(reps):
             hs = [hashlib.blake2b(f"{tag}-{n}-{rep}-{i}".encode(), digest_size=16).digest()
@@ -164,48 +168,71 @@ def disk_rows(eng: TransferEngine, kv: torch.Tensor, host: HostPool, sizes: list
         for kind, dts in (("disk_write", w), ("disk_read", r)):
             dt = statistics.median(dts)
             rows.append({"kind": kind, "blocks": n, "seconds": dt, "GBps": n * bb / dt / 1e9,
+                         "reps": len(dts), "GBps_each": [n * bb / x / 1e9 for x in dts],
                          "read_threads": disk._readers._max_workers, "byte_exact": ok})
         st = disk.stats
         rows[-2].update({"writer_encode_s_total": st.encode_s, "writer_put_s_total": st.put_s,
-                         "writer_commit_s_total": st.commit_s, "commits_total": st.commits})
+                         "writer_commit_s_total": st.commit_s, "commits_total": st.commits,
+                         "write_chunk_bytes": disk.write_chunk_bytes,
+                         "writeback_kicks_total": disk.writeback_kicks})
     return rows
 
 
-def write_variant_rows(host: HostPool, spec: KVCacheSpec, folder: str, n: int) -> list[dict]:
-    """The same n-block write under LMDB/allocator variants, each into a fresh environment, with
-    the writer's time split (encode / put / commit), to show where a write's time goes."""
-    import ctypes
+# name -> DiskStore arguments (and the environment's writemap flag); "default" is what the
+# store does unless told otherwise, "previous" what it did before allocation ahead and early
+# write-out (commits of 128 MiB, each copied into the map and then msync'd)
+WRITE_VARIANTS: dict[str, dict] = {
+    "default": {},
+    "previous": {"early_writeback": False, "allocate_ahead": False,
+                 "write_chunk_bytes": 128 << 20},
+    "allocate_ahead_only": {"early_writeback": False, "allocate_ahead": True},
+    "early_writeback_only": {"early_writeback": True, "allocate_ahead": False},
+    "chunk_32MiB": {"write_chunk_bytes": 32 << 20},
+    "chunk_64MiB": {"write_chunk_bytes": 64 << 20},
+    "chunk_512MiB": {"write_chunk_bytes": 512 << 20},
+    "writemap_off": {"writemap": False},
+    "default_again": {},
+}
 
-    from kvstore import disk as disk_mod
+
+def write_variant_rows(host: HostPool, spec: KVCacheSpec, folder: str, n: int,
+                       variants: list[str]) -> list[dict]:
+    """The same n-block write under the WRITE_VARIANTS named, each into a fresh environment
+    (the same source slots, page cache of the source warm), with the writer's time split
+    (encode / put / commit), to show where a write's time goes and what each change buys."""
+    from kvstore import lmdb_env
     rows = []
     slots = host.allocate(n)
-    for variant in ("default", "writemap", "chunk_512MiB", "malloc_keep_freed"):
-        saved = disk_mod.LMDB_WRITEMAP, disk_mod.WRITE_CHUNK_BYTES
-        if variant == "writemap":
-            disk_mod.LMDB_WRITEMAP = True
-        elif variant == "chunk_512MiB":
-            disk_mod.WRITE_CHUNK_BYTES = 512 << 20
-        elif variant == "malloc_keep_freed":  # process-wide glibc tunables; last on purpose
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-1, 1 << 30)         # M_TRIM_THRESHOLD
-            libc.mallopt(-3, 32 << 20)        # M_MMAP_THRESHOLD
+    for variant in variants:
+        kw = dict(WRITE_VARIANTS[variant])
+        saved = lmdb_env.LMDB_WRITEMAP
+        lmdb_env.LMDB_WRITEMAP = kw.pop("writemap", saved)
+        path = os.path.join(folder, f"var-{variant}")
         try:
-            store = DiskStore(os.path.join(folder, f"var-{variant}"), spec, b"bench-model",
-                              capacity_bytes=int(1.2 * n * spec.block_bytes))
+            store = DiskStore(path, spec, b"bench-model",
+                              capacity_bytes=int(1.2 * n * spec.block_bytes), **kw)
             hs = [hashlib.blake2b(f"{variant}-{i}".encode(), digest_size=16).digest()
                   for i in range(n)]
             t = time.perf_counter()
             res = store.put_many([(h, host.slot_view(s)) for h, s in zip(hs, slots)]).result()
             dt = time.perf_counter() - t
             st = store.stats
+            df = store._datafile
             rows.append({"kind": "disk_write_variant", "variant": variant, "blocks": n,
                          "seconds": dt, "GBps": n * spec.block_bytes / dt / 1e9,
                          "written": len(res.written), "commits": st.commits,
-                         "encode_s": st.encode_s, "put_s": st.put_s, "commit_s": st.commit_s})
+                         "write_chunk_bytes": store.write_chunk_bytes,
+                         "writemap": lmdb_env.LMDB_WRITEMAP,
+                         "encode_s": st.encode_s, "put_s": st.put_s, "commit_s": st.commit_s,
+                         "writeback_kicks": df.kicks if df else 0,
+                         "writeback_kick_s": df.kick_s if df else 0.0,
+                         "allocated_bytes": df.allocated if df else 0,
+                         "allocate_s": df.allocate_s if df else 0.0})
+            log(f"variant {variant}: {rows[-1]['GBps']:.3f} GB/s")
             store.close()
-            shutil.rmtree(os.path.join(folder, f"var-{variant}"), ignore_errors=True)
         finally:
-            disk_mod.LMDB_WRITEMAP, disk_mod.WRITE_CHUNK_BYTES = saved
+            lmdb_env.LMDB_WRITEMAP = saved
+            shutil.rmtree(path, ignore_errors=True)
     host.free(slots)
     return rows
 
@@ -310,6 +337,10 @@ def main(argv=None) -> int:
     ap.add_argument("--disk-dir", default=None, help="folder on the disk to measure")
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     ap.add_argument("--commit", default=None, help="the commit measured (when no git is there)")
+    ap.add_argument("--variant-blocks", type=int, default=1024,
+                    help="blocks per disk write variant (0: no variants)")
+    ap.add_argument("--variants", default=",".join(WRITE_VARIANTS),
+                    help="disk write variants to run, comma-separated")
     args = ap.parse_args(argv)
     gpu = args.device != "cpu" and torch.cuda.is_available()
     dev = torch.device("cuda" if gpu else "cpu")
@@ -333,16 +364,17 @@ def main(argv=None) -> int:
         ceil = pinned_ceilings(host.buffer, dev, min(big * bb, 2 << 30))
         ceil.update(disk_ceilings(host.buffer, folder, min(big * bb, 2 << 30)))
         disk = DiskStore(os.path.join(folder, "kv"), spec, b"bench-model",
-                         capacity_bytes=int(1.2 * bb * sum(n * (5 if n == 1 else 2 if n <= 64
-                                                                 else 1) for n in sizes)))
+                         capacity_bytes=int(1.2 * bb * sum(n * disk_reps(n) for n in sizes)))
         eng = TransferEngine(kv, host, disk)
         log("GPU <-> CPU")
         rows = gpu_host_rows(eng, kv, host, sizes, modes, bb)
         rows += gather_rows(kv, 64)
         log("CPU <-> disk")
         rows += disk_rows(eng, kv, host, sizes, bb, "a")
-        log("disk write variants")
-        rows += write_variant_rows(host, spec, folder, min(big, 512))
+        if args.variant_blocks > 0:
+            log("disk write variants")
+            rows += write_variant_rows(host, spec, folder, min(big, args.variant_blocks),
+                                       args.variants.split(","))
         log("decode beside a 2048-block offload")
         rows += decode_rows(eng, kv, host, big, args.decode_gb or (16.0 if gpu else 0.25), modes)
         eng.close()
@@ -369,7 +401,9 @@ def main(argv=None) -> int:
               "rows": rows + [{"kind": "setup", "block_bytes": bb, "block_shape":
                                list(spec.block_shape), "dtype": "bfloat16", "metric_blocks": big,
                                "page_cache_drop": "posix_fadvise(POSIX_FADV_DONTNEED) after fsync",
-                               "disk_dir": folder, "disk_fs": disk_fs}]}
+                               "disk_dir": folder, "disk_fs": disk_fs,
+                               "cpus": os.cpu_count(), "kernel": os.uname().release,
+                               "python": sys.version.split()[0]}]}
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tag = "cpu" if not gpu else hw.lower().replace("nvidia", "").strip().replace(" ", "")

@@ -1,17 +1,24 @@
 """The disk tier: KV blocks in LMDB, one writer thread, checksummed values.
 
-One LMDB environment per data directory and process (`open_environment`); the block store uses the
-named databases `kv_blocks` (key -> header + raw block bytes) and `kv_meta` (key -> small record for
-rebuilding the index on open), and other modules add theirs through `DiskStore.open_db(name)`.
+One LMDB environment per data directory and process (`kvstore.lmdb_env.open_environment`); the
+block store uses the named databases `kv_blocks` (key -> header + raw block bytes, laid out by
+`kvstore.block_codec`) and `kv_meta` (key -> small record for rebuilding the index on open), and
+other modules add theirs through `DiskStore.open_db(name)`.
 
-    key   = len(fingerprint) (1 byte) || model fingerprint || chained block hash
-    value = msgpack header {v, fp, layers, dtype, shape, ck, sum, n} || raw block bytes
-            (the block is [num_layers, 2, block_size, num_kv_heads, head_dim] in `dtype`)
+Writes. A batch is committed a chunk (`WRITE_CHUNK_BYTES`) at a time, each chunk one fsync'd
+transaction (durable when it returns; see `kvstore.lmdb_env`). The encoder thread checksums and
+frames the next chunk while the writer copies the current one into the map. Before a chunk the
+writer allocates the file range its pages will take, and while it copies it starts the kernel's
+write-out of what it has copied so far every `WRITEBACK_KICK_BYTES` (`kvstore.lmdb_env.DataFile`),
+so the disk writes during the copy and the commit's msync waits only for the tail. Measured in
+bench/results/transfer-*.json, rows "disk_write_variant".
 
-The checksum is xxh3-64 when the `xxhash` package is present (tens of GB/s, far above any disk),
-else CRC-32 from zlib (about 3 GB/s on one core, still above the disk, and zlib releases the GIL
-on large buffers); blake2b/md5 run under 1 GB/s and would slow the tier. The header names the
-algorithm, so each value is verified with the one that wrote it. A mismatch is a miss.
+Room for sessions. Sessions and token logs share the environment. The map holds the block
+budget (`capacity_bytes`, x 1.1 for LMDB's pages and free lists), two chunks in flight, some
+headroom, and `session_reserve_bytes` that blocks never use: before a block transaction commits,
+the pages the block databases hold are checked against the map less the reserve, and blocks are
+evicted (or refused) rather than growing into it. A full KV tier therefore never makes a
+session commit fail for lack of map space.
 """
 from __future__ import annotations
 
@@ -19,7 +26,6 @@ import logging
 import os
 import threading
 import time
-import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -29,109 +35,34 @@ import msgpack
 import numpy as np
 import torch
 
+from kvstore import block_codec as codec
+from kvstore.block_codec import (  # noqa: F401 - re-exported
+    CHECKSUM, FORMAT_VERSION, checksum, xxhash)
+from kvstore.block_codec import tensor_bytes as _tensor_bytes
 from kvstore.eviction import EvictionPolicy, LRUPolicy, pick_victims
-from kvstore.spec import KVCacheSpec, dtype_name
-
-try:
-    import xxhash
-except ImportError:  # pragma: no cover - depends on the machine
-    xxhash = None
+from kvstore.lmdb_env import (  # noqa: F401 - re-exported
+    _ENVS, _INHERITED, DATA_FILE, LMDB_WRITEMAP, MAX_DBS, DiskStoreError,
+    DataFile, ForkedEnvironmentError, _forget_after_fork, forget_after_fork, live_pages,
+    open_environment, release_environment)
+from kvstore.lmdb_env import REG_LOCK as _REG_LOCK
+from kvstore.spec import KVCacheSpec
 
 log = logging.getLogger("agentkv.kvstore.disk")
 
-FORMAT_VERSION = 1
 BLOCKS_DB = "kv_blocks"
 META_DB = "kv_meta"
-MAX_DBS = 16
-# Values go straight into the file's mapping and commit msyncs them. On the H200 machine this
-# wrote 1 GiB of 2 MiB blocks at 0.84 GB/s against 0.60 GB/s with writemap off (values copied
-# into malloc'd pages whose fresh-page faults dominate, then pwrite + fsync); see
-# bench/results/transfer-h200-20261121.json, rows "disk_write_variant". Every process opens the
-# environment through `open_environment`, so all agree on this flag (LMDB asks for that).
-LMDB_WRITEMAP = True
 WRITE_CHUNK_BYTES = 128 << 20        # one fsync'd commit per this many bytes of a batch
-MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' databases
-CHECKSUM = "xxh3_64" if xxhash is not None else "crc32"
+WRITEBACK_KICK_BYTES = 16 << 20      # start the write-out of the map after this many bytes
+MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' small databases
+SESSION_RESERVE_BYTES = 1 << 30      # map space that blocks never take (sessions, token logs)
 _TICK = b"\x00tick"                   # a kv_meta key rewritten after deletes (see _delete)
 
-
-def checksum(alg: str, data) -> int | None:
-    """Checksum of a bytes-like object; None when `alg` is not available in this process."""
-    if alg == "xxh3_64" and xxhash is not None:
-        return xxhash.xxh3_64_intdigest(data)
-    if alg == "crc32":
-        return zlib.crc32(data)
-    return None
-
-
-# -- one environment per path and process ------------------------------------------------------
-@dataclass
-class _EnvEntry:
-    env: lmdb.Environment
-    users: int = 0
-
-
-_ENVS: dict[str, _EnvEntry] = {}
 _STORES: dict[str, "DiskStore"] = {}
-_INHERITED: set[str] = set()          # paths the parent process had open when it forked
-_REG_LOCK = threading.Lock()
+forget_after_fork(_STORES)
 
 
-class DiskStoreError(RuntimeError):
-    """The disk tier cannot do what was asked (unwritable path, store already open, ...)."""
-
-
-class ForkedEnvironmentError(DiskStoreError):
-    """The path is open in the parent of this forked process."""
-
-
-def _forget_after_fork() -> None:
-    """A child never touches its parent's environments: it forgets them without closing them
-    (closing would clear the parent's reader slots in the shared lock file)."""
-    _INHERITED.update(_ENVS)
-    _ENVS.clear()
-    _STORES.clear()
-
-
-os.register_at_fork(after_in_child=_forget_after_fork)
-
-
-def open_environment(path: str, map_size: int, max_dbs: int = MAX_DBS) -> lmdb.Environment:
-    """The process's LMDB environment for `path`, opened on first use and shared afterwards.
-
-    A later caller asking for a larger `map_size` grows the map. Release with
-    `release_environment(path)`; the last release closes it.
-    """
-    key = os.path.realpath(path)
-    with _REG_LOCK:
-        if key in _INHERITED:
-            raise ForkedEnvironmentError(
-                f"{key} was open in the parent of this forked process; an LMDB environment "
-                f"cannot be carried across fork: open it in a spawned process instead")
-        ent = _ENVS.get(key)
-        if ent is None:
-            os.makedirs(key, exist_ok=True)
-            env = lmdb.open(key, map_size=map_size, max_dbs=max_dbs, subdir=True,
-                            readahead=True, writemap=LMDB_WRITEMAP, sync=True, metasync=True,
-                            max_readers=256)
-            ent = _EnvEntry(env)
-            _ENVS[key] = ent
-        elif ent.env.info()["map_size"] < map_size:
-            ent.env.set_mapsize(map_size)
-        ent.users += 1
-        return ent.env
-
-
-def release_environment(path: str) -> None:
-    key = os.path.realpath(path)
-    with _REG_LOCK:
-        ent = _ENVS.get(key)
-        if ent is None:
-            return
-        ent.users -= 1
-        if ent.users <= 0:
-            del _ENVS[key]
-            ent.env.close()
+class _ReserveReached(Exception):
+    """A block transaction would take map space kept for sessions (handled like a full map)."""
 
 
 # -- messages ----------------------------------------------------------------------------------
@@ -151,6 +82,7 @@ class DiskStats:
     encode_s: float = 0.0        # writer-side time: checksum + header (encoder thread)
     put_s: float = 0.0           # copying values into the LMDB transaction
     commit_s: float = 0.0        # commit: write-out and fsync
+    reserve_hits: int = 0        # block transactions stopped short of the session reserve
 
 
 @dataclass
@@ -162,11 +94,6 @@ class PutResult:
     error: str | None = None
 
 
-def _tensor_bytes(t: torch.Tensor) -> np.ndarray:
-    """The raw bytes of a CPU tensor as a flat uint8 array (no copy when contiguous)."""
-    return t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
-
-
 # -- the store ---------------------------------------------------------------------------------
 class DiskStore:
     """KV blocks of one model in an LMDB directory, with an LRU (or plugged-in) eviction order."""
@@ -174,9 +101,21 @@ class DiskStore:
     def __init__(self, path: str, spec: KVCacheSpec, model_fingerprint: bytes,
                  capacity_bytes: int, policy: EvictionPolicy | None = None,
                  map_size: int | None = None, read_threads: int = 8,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 session_reserve_bytes: int | None = None,
+                 write_chunk_bytes: int | None = None, early_writeback: bool = True,
+                 allocate_ahead: bool = True) -> None:
+        """`capacity_bytes` is the block budget. The map is sized from it (see the module
+        docstring) plus `session_reserve_bytes` (default SESSION_RESERVE_BYTES), which blocks
+        never use. A `map_size` given here is the whole map; the reserve, 0 unless given, is
+        then kept inside it. `write_chunk_bytes` (default WRITE_CHUNK_BYTES) is the size of one
+        fsync'd commit; `early_writeback` starts the disk's write-out while a chunk is copied and
+        `allocate_ahead` allocates the file range a chunk will take before it is copied.
+        """
         if not 0 < len(model_fingerprint) < 256:
             raise ValueError("model_fingerprint must be 1..255 bytes")
+        if session_reserve_bytes is not None and session_reserve_bytes < 0:
+            raise ValueError("session_reserve_bytes must be >= 0")
         self.path = os.path.realpath(path)
         self.spec = spec
         self.fingerprint = bytes(model_fingerprint)
@@ -187,7 +126,16 @@ class DiskStore:
         self.healthy = False
         self.last_error: str | None = None
         self.env: lmdb.Environment | None = None
-        self._prefix = bytes([len(self.fingerprint)]) + self.fingerprint
+        self._prefix = codec.key_prefix(self.fingerprint)
+        self.write_chunk_bytes = int(write_chunk_bytes or WRITE_CHUNK_BYTES)
+        self.session_reserve_bytes = int(
+            session_reserve_bytes if session_reserve_bytes is not None
+            else (SESSION_RESERVE_BYTES if map_size is None else 0))
+        self._early_writeback = early_writeback
+        self._allocate_ahead = allocate_ahead
+        self._datafile: DataFile | None = None
+        self._psize = 4096
+        self._bufs: list[list[bytearray]] = [[], []]   # the encoder's value buffers, reused
         self._index: dict[bytes, int] = {}     # hash -> value length, blocks of this model
         self._pinned: set[bytes] = set()
         self._used = 0                          # bytes of this model's values
@@ -201,7 +149,8 @@ class DiskStore:
         self._readers = ThreadPoolExecutor(max(1, read_threads),
                                            thread_name_prefix="kv-disk-reader")
         self._open(map_size if map_size is not None else
-                   int(self.capacity_bytes * 1.1) + 2 * WRITE_CHUNK_BYTES + MAP_HEADROOM_BYTES)
+                   int(self.capacity_bytes * 1.1) + 2 * self.write_chunk_bytes
+                   + MAP_HEADROOM_BYTES + self.session_reserve_bytes)
 
     def _open(self, map_size: int) -> None:
         with _REG_LOCK:
@@ -215,6 +164,13 @@ class DiskStore:
             self._blocks = self.env.open_db(BLOCKS_DB.encode())
             self._meta = self.env.open_db(META_DB.encode())
             self._rebuild_index()
+            self._psize = self.env.stat()["psize"]
+            # both hints only help when values are copied into the file's mapping (writemap)
+            if (self._early_writeback or self._allocate_ahead) \
+                    and self.env.flags().get("writemap"):
+                self._datafile = DataFile(os.path.join(self.path, DATA_FILE),
+                                          allocate=self._allocate_ahead,
+                                          writeback=self._early_writeback)
             self.healthy = True
         except (OSError, lmdb.Error, ForkedEnvironmentError) as e:
             with _REG_LOCK:
@@ -294,8 +250,13 @@ class DiskStore:
     def num_pinned(self) -> int:
         return len(self._pinned)
 
+    @property
+    def writeback_kicks(self) -> int:
+        """Early write-outs of the data file started so far (0 when that is off)."""
+        return self._datafile.kicks if self._datafile is not None else 0
+
     def _key(self, h: bytes) -> bytes:
-        return self._prefix + h
+        return codec.block_key(self._prefix, h)
 
     # -- writes (one thread) -----------------------------------------------------------------
     def put_many(self, items: list[tuple[bytes, torch.Tensor]]) -> Future:
@@ -352,24 +313,6 @@ class DiskStore:
         """Wait until every write queued so far is committed."""
         self._writer.submit(lambda: None).result()
 
-    def _encode(self, h: bytes, t: torch.Tensor, buf: bytearray | None = None
-                ) -> bytes | memoryview:
-        """header + raw bytes, in `buf` when given (reused across chunks: no fresh pages)."""
-        if tuple(t.shape) != self.spec.block_shape or t.dtype != self.spec.dtype:
-            raise ValueError(f"block {h.hex()} has shape {tuple(t.shape)} {t.dtype}; the store "
-                             f"holds {self.spec.block_shape} {self.spec.dtype}")
-        data = _tensor_bytes(t)
-        hdr = msgpack.packb({"v": FORMAT_VERSION, "fp": self.fingerprint,
-                             "layers": self.spec.num_layers, "dtype": dtype_name(t.dtype),
-                             "shape": list(self.spec.block_shape), "ck": CHECKSUM,
-                             "sum": checksum(CHECKSUM, data), "n": data.nbytes})
-        if buf is None or len(buf) < len(hdr) + data.nbytes:
-            return b"".join((hdr, data))
-        mv = memoryview(buf)
-        mv[:len(hdr)] = hdr
-        mv[len(hdr):len(hdr) + data.nbytes] = data
-        return mv[:len(hdr) + data.nbytes]
-
     def _put(self, items: list[tuple[bytes, torch.Tensor]]) -> PutResult:
         """Writer thread: commit the batch a chunk at a time, encoding (checksum, header) the
         next chunk on the encoder thread while this one is written and fsync'd."""
@@ -381,14 +324,15 @@ class DiskStore:
                 res.written.append(h)
                 continue
             seen.add(h)
-            if len(chunks[-1]) * self.spec.block_bytes >= WRITE_CHUNK_BYTES:
+            if len(chunks[-1]) * self.spec.block_bytes >= self.write_chunk_bytes:
                 chunks.append([])
             chunks[-1].append((h, t))
         if not chunks[0]:
             return res
         # two sets of value buffers: the encoder fills one while the writer copies the other
-        # into LMDB (which copies at put time, so a set is free again once its chunk is put)
-        bufs: list[list[bytearray]] = [[], []]
+        # into LMDB (which copies at put time, so a set is free again once its chunk is put);
+        # kept across batches, so their pages are faulted in once, not per batch
+        bufs = self._bufs
         try:
             nxt = self._encoder.submit(self._encode_chunk, chunks[0], bufs[0])
             for i in range(len(chunks)):
@@ -408,21 +352,28 @@ class DiskStore:
                       ) -> list[tuple[bytes, memoryview]]:
         t0 = time.perf_counter()
         while len(bufs) < len(chunk):
-            bufs.append(bytearray(self.spec.block_bytes + 1024))
-        out = [(h, self._encode(h, t, b)) for (h, t), b in zip(chunk, bufs)]
+            bufs.append(bytearray(self.spec.block_bytes + codec.HEADER_MAX))
+        alg = CHECKSUM   # read here, not at import: tests choose the algorithm per store
+        out = [(h, codec.encode_block(self.spec, self.fingerprint, h, t, alg, b))
+               for (h, t), b in zip(chunk, bufs)]
         self.stats.encode_s += time.perf_counter() - t0
         return out
 
     def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult) -> None:
         need = sum(len(v) for _, v in chunk)
         self._make_room(need, {h for h, _ in chunk}, res)
+        if self._datafile is not None:
+            # new pages go after the last one in use, unless freed pages are reused (those
+            # are allocated already); a little more for the b-tree and other writers
+            start = (self.env.info()["last_pgno"] + 1) * self._psize
+            self._datafile.allocate(start, need + need // 64 + (1 << 20))
         pending = chunk
         while pending:
             try:
                 self._commit(pending)
                 res.written += [h for h, _ in pending]
                 return
-            except lmdb.MapFullError:
+            except (lmdb.MapFullError, _ReserveReached):
                 if self._make_room(self.capacity_bytes + 1, {h for h, _ in pending}, res,
                                    n_max=len(pending)):
                     continue
@@ -433,22 +384,31 @@ class DiskStore:
                 res.refused.append(pending[0][0])
                 self.stats.full_refusals += 1
                 res.error = (f"disk tier full: a {len(pending[0][1])}-byte block does not fit "
-                             f"in the LMDB map ({self.env.info()['map_size']} bytes) even after "
-                             f"eviction; raise disk_cache_gb")
+                             f"in the LMDB map ({self.env.info()['map_size']} bytes, "
+                             f"{self.session_reserve_bytes} of them kept for sessions) even "
+                             f"after eviction; raise disk_cache_gb")
                 log.warning(res.error)
                 return
 
     def _commit(self, chunk: list[tuple[bytes, bytes]]) -> None:
-        """One write transaction; LMDB's commit fsyncs (sync=True)."""
+        """One write transaction; LMDB's commit msyncs the data, then the meta page (sync=True,
+        metasync=True): the chunk is durable when this returns. While the values are copied
+        into the map, the write-out of the copied pages is started every WRITEBACK_KICK_BYTES."""
         with self._lock:
             seqs = list(range(self._seq + 1, self._seq + 1 + len(chunk)))
+        wb = self._datafile
         t0 = time.perf_counter()
         with self.env.begin(write=True) as txn:
+            copied = 0
             for (h, val), seq in zip(chunk, seqs):
                 key = self._key(h)
                 txn.put(key, val, db=self._blocks)
-                txn.put(key, msgpack.packb({"v": FORMAT_VERSION, "seq": seq, "n": len(val)}),
-                        db=self._meta)
+                txn.put(key, codec.meta_record(seq, len(val)), db=self._meta)
+                copied += len(val)
+                if wb is not None and copied >= WRITEBACK_KICK_BYTES:
+                    wb.kick()
+                    copied = 0
+            self._check_reserve(txn)      # raises (the transaction aborts) if over the limit
             t1 = time.perf_counter()
         t2 = time.perf_counter()
         self.stats.put_s += t1 - t0
@@ -463,6 +423,16 @@ class DiskStore:
         self.stats.puts += len(chunk)
         self.stats.bytes_written += sum(len(v) for _, v in chunk)
         self.stats.commits += 1
+
+    def _check_reserve(self, txn: lmdb.Transaction) -> None:
+        """Refuse a block transaction after which the block databases would hold more than the
+        map less the session reserve."""
+        if self.session_reserve_bytes <= 0:
+            return
+        limit = self.env.info()["map_size"] - self.session_reserve_bytes
+        if live_pages(txn, (self._blocks, self._meta)) * self._psize > limit:
+            self.stats.reserve_hits += 1
+            raise _ReserveReached()
 
     def _make_room(self, need: int, keep: set[bytes], res: PutResult,
                    n_max: int | None = None) -> bool:
@@ -563,13 +533,7 @@ class DiskStore:
             val = txn.get(self._key(h))
             if val is None:
                 return None, "absent", 0
-            try:
-                unpacker = msgpack.Unpacker()
-                unpacker.feed(val[:1024])
-                hdr = unpacker.unpack()
-                start = unpacker.tell()
-            except (ValueError, msgpack.UnpackException):  # the header itself is damaged
-                hdr, start = None, 0
+            hdr, start = codec.decode_header(val)    # (None, 0) if the header is damaged
             if not self._header_ok(h, hdr, len(val) - start, dst_bytes.nbytes):
                 return None, "header", 0
             dst_bytes[:] = np.frombuffer(val, dtype=np.uint8, count=hdr["n"], offset=start)
@@ -581,12 +545,7 @@ class DiskStore:
         return dst, "ok", nbytes
 
     def _header_ok(self, h: bytes, hdr: dict, payload: int, want: int) -> bool:
-        ok = (isinstance(hdr, dict) and "sum" in hdr and "ck" in hdr
-              and hdr.get("v") == FORMAT_VERSION
-              and hdr.get("fp") == self.fingerprint and hdr.get("n") == payload == want
-              and hdr.get("layers") == self.spec.num_layers
-              and hdr.get("dtype") == dtype_name(self.spec.dtype)
-              and tuple(hdr.get("shape", ())) == self.spec.block_shape)
+        ok = codec.header_matches(self.spec, self.fingerprint, hdr, payload, want)
         if not ok:
             log.warning("disk tier: block %s has a header that does not match this store "
                         "(%r); treated as a miss", h.hex(), hdr)
@@ -598,6 +557,10 @@ class DiskStore:
         self._writer.shutdown(wait=True)
         self._encoder.shutdown(wait=True)
         self._readers.shutdown(wait=True)
+        if self._datafile is not None:
+            self._datafile.close()
+            self._datafile = None
+        self._bufs = [[], []]
         with _REG_LOCK:
             if _STORES.get(self.path) is self:
                 del _STORES[self.path]

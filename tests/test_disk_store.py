@@ -1,10 +1,12 @@
-"""DiskStore: byte-exact round trips, checksums, full tiers, restarts, foreign blocks, bad paths."""
+"""DiskStore: byte-exact round trips, checksums, full tiers, restarts, foreign blocks, bad paths,
+the map space kept for sessions, and the write path's allocation ahead and early write-out."""
 import hashlib
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import msgpack
 import pytest
@@ -13,6 +15,11 @@ import torch
 from kvstore import disk as disk_mod
 from kvstore.disk import FORMAT_VERSION, DiskStore, DiskStoreError, open_environment
 from kvstore.spec import KVCacheSpec
+from sessions.errors import SessionStoreError
+from sessions.ids import new_session_id
+from sessions.model import Session
+from sessions.state import SessionState
+from sessions.store import SessionStore
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPEC = KVCacheSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4, dtype=torch.bfloat16)
@@ -105,7 +112,10 @@ def test_corruption_in_the_data_file_is_caught_after_reopen(tmp_path):
     with DiskStore(path, SPEC, FP, capacity_bytes=16 << 20) as s:
         s.put_many(list(zip(hs, blocks))).result()
     data_file = os.path.join(path, "data.mdb")
-    raw = open(data_file, "rb").read()
+    with open(data_file, "rb") as f:      # the pages in use (the file is as long as the map)
+        env = open_environment(path, 1 << 20)
+        raw = f.read((env.info()["last_pgno"] + 1) * env.stat()["psize"])
+        disk_mod.release_environment(path)
     where = raw.find(blocks[2].contiguous().view(torch.uint8).numpy().tobytes()[:256])
     assert where > 0
     fd = os.open(data_file, os.O_RDWR)
@@ -306,3 +316,93 @@ def test_a_damaged_header_is_a_miss_not_an_error(store):
         txn.put(raw_key(FP, hs[0]), bytes(val))
     got = store.get_many(hs)
     assert list(got) == [hs[1]] and store.stats.header_mismatches == 1
+
+
+def a_session(tokens):
+    return Session(new_session_id(), "acme", "tiny", 1000.0, 1000.0, SessionState.WAITING,
+                   token_log=list(tokens), turns=[], pause=None, system_prompt="",
+                   messages=[], tools=[], sampling_defaults={}, ttl_s=60.0,
+                   resume_expected_at=None)
+
+
+def fill_the_map(s, spec, n, tag):
+    """Write n blocks one batch at a time (more than the map holds): the tier evicts."""
+    blocks, hs = rand_blocks(n, 21, spec), hashes(n, tag)
+    for h, b in zip(hs, blocks):
+        res = s.put_many([(h, b)]).result()
+        assert res.written == [h] and not res.refused
+    return hs, blocks
+
+
+@pytest.mark.parametrize("reserve", [0, 1 << 20])
+def test_a_full_kv_tier_leaves_the_session_reserve_free(tmp_path, reserve):
+    """Blocks never take the map space kept for sessions, even when the block budget exceeds
+    the map; without a reserve a full KV tier makes the next session commit fail."""
+    big = KVCacheSpec(2, 2, 64, 16, torch.float32)            # 32 KiB blocks
+    with DiskStore(str(tmp_path / "kv"), big, FP, capacity_bytes=1 << 30, map_size=4 << 20,
+                   session_reserve_bytes=reserve) as s:
+        assert s.session_reserve_bytes == reserve
+        hs, blocks = fill_the_map(s, big, 160, "fill")           # 5 MiB into a 4 MiB map
+        assert s.stats.evictions > 0 and s.stats.full_refusals == 0 and s.healthy
+        assert s.contains(hs[-1]) and same_bytes(s.get_many([hs[-1]])[hs[-1]], blocks[-1])
+        sessions = SessionStore(s.env)                  # the same environment, its map as is
+        turn = a_session(range(96 << 10))                # 384 KiB of token log
+        if reserve:
+            assert s.stats.reserve_hits > 0
+            sessions.create(turn)
+            assert sessions.load(turn.session_id).token_log == turn.token_log
+            more = [7] * (64 << 10)
+            turn.token_log += more
+            sessions.save_turn(turn, more)
+            fill_the_map(s, big, 40, "again")            # blocks keep cycling beside it
+            assert sessions.load(turn.session_id).token_log == turn.token_log
+        else:
+            with pytest.raises(SessionStoreError, match="map of .* is full"):
+                sessions.create(turn)
+
+
+def test_the_default_map_adds_the_session_reserve_to_the_block_budget(tmp_path):
+    cap = 8 << 20
+    with DiskStore(str(tmp_path / "kv"), SPEC, FP, capacity_bytes=cap) as s:
+        assert s.capacity_bytes == cap                     # the reserve is not block space
+        assert s.session_reserve_bytes == disk_mod.SESSION_RESERVE_BYTES == 1 << 30
+        assert s.env.info()["map_size"] >= int(cap * 1.1) + disk_mod.SESSION_RESERVE_BYTES
+    with DiskStore(str(tmp_path / "kv2"), SPEC, FP, capacity_bytes=cap,
+                   session_reserve_bytes=16 << 20) as s:
+        assert s.env.info()["map_size"] == (int(cap * 1.1) + 2 * s.write_chunk_bytes
+                                            + disk_mod.MAP_HEADROOM_BYTES + (16 << 20))
+    with pytest.raises(ValueError, match="session_reserve_bytes"):
+        DiskStore(str(tmp_path / "kv3"), SPEC, FP, capacity_bytes=cap, session_reserve_bytes=-1)
+
+
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("writeback", [True, False])
+def test_small_commits_with_allocation_ahead_and_early_write_out_stay_exact(tmp_path, ahead,
+                                                                           writeback):
+    """Many commits per batch, with and without the write path's two hints: every block is
+    byte-exact after a reopen, and the hints ran where the system has them."""
+    path = str(tmp_path / "kv")
+    big = KVCacheSpec(2, 2, 64, 16, torch.float32)            # 32 KiB blocks
+    blocks, hs = rand_blocks(96, 22, big), hashes(96, "chunks")
+    with DiskStore(path, big, FP, capacity_bytes=64 << 20, write_chunk_bytes=256 << 10,
+                   early_writeback=writeback, allocate_ahead=ahead) as s:
+        kick, disk_mod.WRITEBACK_KICK_BYTES = disk_mod.WRITEBACK_KICK_BYTES, 64 << 10
+        try:
+            res = s.put_many(list(zip(hs, blocks))).result()
+        finally:
+            disk_mod.WRITEBACK_KICK_BYTES = kick
+        assert res.written == hs and s.stats.commits >= 12
+        df = s._datafile
+        if sys.platform.startswith("linux") and disk_mod.LMDB_WRITEMAP and (ahead or writeback):
+            assert df is not None      # a file system without fallocate turns allocation off
+            assert df.allocated > 0 if ahead and df._allocate else df.allocated == 0
+            deadline = time.monotonic() + 10
+            while writeback and df.kicks == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)                        # the write-out thread runs on its own
+            assert df.kicks > 0 if writeback and df.writeback else df.kicks == 0
+        elif not (ahead or writeback):
+            assert df is None
+    with DiskStore(path, big, FP, capacity_bytes=64 << 20) as s:
+        got = s.get_many(hs)
+        assert set(got) == set(hs)
+        assert all(same_bytes(got[h], b) for h, b in zip(hs, blocks))
