@@ -120,7 +120,7 @@ class AgentKVServer:
         log.info("%d sessions restored from %s", restored, data_dir)
         self._deps = ServiceDeps(self.engine_thread, self.manager, self.auth, cfg.limits,
                                  self.metrics, events, model_name(cfg.engine.model),
-                                 cfg.default_max_tokens)
+                                 cfg.default_max_tokens, self.kv_hook)
         self.metrics.attach(self._read_engine, self._read_sessions)
         self._server = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", cfg.limits.grpc_receive_bytes),

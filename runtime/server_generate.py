@@ -119,8 +119,13 @@ class GenerateMixin:
             yield self._result(pb.FINISH_REASON_CANCELLED, prep, [], "", None, {}, s)
             return
         try:
+            priority = None
+            hook = self.deps.kv_hook
+            if hook is not None:      # a session's later turns go ahead of first turns (aged)
+                priority = hook.admission_priority(handle.session_id, handle.turn_index > 0)
+                hook.turn_started(handle.session_id)
             stream = self.engine_thread.submit(prep.prompt, prep.params, prep.request_id,
-                                               loop=loop)
+                                               priority=priority, loop=loop)
         except Exception as exc:
             await self.db(self.manager.abort_turn, handle, f"engine refused it: {exc}")
             await self.abort_with(context, exc)

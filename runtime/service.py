@@ -54,6 +54,7 @@ class ServiceDeps:
     events: SessionEventLog
     model_name: str
     default_max_tokens: int = 256
+    kv_hook: object | None = None        # runtime.session_kv_hook.SessionKVHook, when wired
     db: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
         1, thread_name_prefix="agentkv-sessions"))
     aux: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(
