@@ -75,23 +75,30 @@ class Sizes:
     copy_ceiling_bytes: int = 4 << 30
 
 
-# Variants timed beside the defaults (--no-variants skips them). Decode at batch 1: (config,
-# splits) pairs; at batch 64 every config with 1 and 2 splits.
-DECODE_CONFIGS = [DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4), DecodeConfig(32, 4, 4),
-                  DecodeConfig(32, 4, 5), DecodeConfig(16, 4, 6), DecodeConfig(64, 8, 3)]
-DECODE_B1_SPLITS = {DecodeConfig(64, 4, 3): (32, 48, 64, 96), DecodeConfig(64, 4, 4): (32, 48, 64),
-                    DecodeConfig(32, 4, 4): (48, 64, 96, 128), DecodeConfig(32, 4, 5): (48, 64, 96),
-                    DecodeConfig(16, 4, 6): (64, 128), DecodeConfig(64, 8, 3): (48, 64)}
+# Variants timed beside the defaults (--no-variants skips them): each decode config with the
+# split counts below (batch 1: 32, 64 and the one choose_num_splits picks; batch 64: 1 and 2),
+# with and without the fused merge for three of them.
+DECODE_CONFIGS = [DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4),
+                  DecodeConfig(32, 4, 4), DecodeConfig(32, 4, 5)]
+DECODE_CONFIGS += [DecodeConfig(c.block_n, c.num_warps, c.num_stages, fused_merge=True)
+                   for c in DECODE_CONFIGS[1:4]]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 64, 8, 4),
                    PrefillConfig(128, 128, 8, 2), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(64, 64, 4, 2), PrefillConfig(64, 64, 4, 3),
-                   PrefillConfig(128, 32, 8, 4), PrefillConfig(256, 64, 8, 3)]
+                   PrefillConfig(64, 32, 4, 4), PrefillConfig(256, 64, 8, 3)]
 
 
-def decode_variants(batch: int) -> list[tuple[DecodeConfig, int]]:
-    if batch == 1:
-        return [(c, n) for c in DECODE_CONFIGS for n in DECODE_B1_SPLITS.get(c, (32, 64))]
-    return [(c, n) for c in DECODE_CONFIGS for n in (1, 2)]
+def decode_variants(sizes: "Sizes", batch: int, ctx: int) -> list[tuple[DecodeConfig, int]]:
+    out = []
+    for c in DECODE_CONFIGS:
+        if batch > 1:
+            splits = [1, 2] if not c.fused_merge else [2]
+        else:
+            picked = dec.choose_num_splits(batch, sizes.num_kv_heads, ctx, c,
+                                           dec.NUM_SMS_DEFAULT, sizes.head_dim)
+            splits = sorted({32, 64, picked})
+        out += [(c, n) for n in splits]
+    return out
 
 
 SMOKE = Sizes(num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, num_layers=2,
@@ -113,25 +120,41 @@ def time_ms(fn, cuda: bool) -> float:
     return statistics.median(runs)
 
 
-def time_graph_ms(fn, reps: int = 20) -> float:
+def time_graph_ms(fn, reps: int = 20, flush: str = "read") -> float:
     """Median time of one call replayed from a CUDA graph, with an L2 flush before each call
     (the flush's own time, measured in a second graph, is subtracted). This is the GPU time the
-    engine sees when it replays decode steps from graphs: no Python or launch gaps."""
-    flush = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+    engine sees when it replays decode steps from graphs: no Python or launch gaps.
+
+    flush="read" sums a 256 MiB buffer: L2 is left holding clean lines, as after the weight
+    reads that precede attention in a decode step. flush="write" zeroes it (what
+    triton.testing.do_bench does): L2 is left full of dirty lines, which the timed call then
+    has to write back to memory (up to L2's ~50 MB of extra traffic inside its window)."""
+    if flush == "read":
+        buf = torch.ones(64 << 20, dtype=torch.float32, device="cuda")
+
+        def do_flush():
+            buf.sum()
+    elif flush == "write":
+        buf = torch.empty(256 << 20, dtype=torch.int8, device="cuda")
+
+        def do_flush():
+            buf.zero_()
+    else:
+        raise ValueError(f"flush must be 'read' or 'write'; got {flush!r}")
 
     def graph_ms(with_fn: bool) -> float:
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(2):
-                flush.zero_()
+                do_flush()
                 if with_fn:
                     fn()
         torch.cuda.current_stream().wait_stream(stream)
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             for _ in range(reps):
-                flush.zero_()
+                do_flush()
                 if with_fn:
                     fn()
         times = []
@@ -145,6 +168,10 @@ def time_graph_ms(fn, reps: int = 20) -> float:
         return statistics.median(times)
 
     return (graph_ms(True) - graph_ms(False)) / reps
+
+
+def graph_timing(flush: str) -> str:
+    return "cuda_graph" if flush == "read" else "cuda_graph_write_flush"
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -182,9 +209,10 @@ class Bench:
         self.row(op="copy_ceiling", bytes=2 * n * self.elem, ms=round(ms, 4))
         if self.cuda:  # the same copy at the byte count of one 32K-token decode (K+V, 128 MiB)
             m = (64 << 20) // self.elem
-            ms = time_graph_ms(lambda: b[:m].copy_(a[:m]))
-            self.row(op="copy_128MiB_moved", timing="cuda_graph", bytes=2 * m * self.elem,
-                     ms=round(ms, 4))
+            for flush in ("read", "write"):
+                ms = time_graph_ms(lambda: b[:m].copy_(a[:m]), flush=flush)
+                self.row(op="copy_128MiB_moved", timing=graph_timing(flush),
+                         bytes=2 * m * self.elem, ms=round(ms, 4))
         return self.copy_gbps
 
     # ---- paged cache of one layer ------------------------------------------------------------
@@ -240,10 +268,12 @@ class Bench:
                         config=str(cfg), rel_err=f"{err:.1e}", bytes=nbytes, ms=round(ms, 4))
         if self.cuda:
             out = torch.empty_like(q)
-            ms = time_graph_ms(lambda: paged_decode_attention(q, kv_layer, lens, table, scale,
-                                                              out=out))
-            main = self.row(op="decode", case=name, variant="default", timing="cuda_graph",
-                            config=str(cfg), bytes=nbytes, ms=round(ms, 4))
+            for flush in ("write", "read"):  # the metric: the read flush (the last row)
+                ms = time_graph_ms(lambda: paged_decode_attention(q, kv_layer, lens, table,
+                                                                  scale, out=out), flush=flush)
+                main = self.row(op="decode", case=name, variant="default",
+                                timing=graph_timing(flush), config=str(cfg), bytes=nbytes,
+                                ms=round(ms, 4))
         if self.cuda and batch == 1:
             # the split-merge kernel alone, on the default's partials: its share of the decode
             num_splits = dec.choose_num_splits(batch, s.num_kv_heads, table.shape[1] * s.block_size,
@@ -263,7 +293,7 @@ class Bench:
                 self.row(op="decode", case=name, variant=f"reduce_kernel_only splits={num_splits}",
                          timing="cuda_graph", ms=round(time_graph_ms(reduce_only), 4))
         if self.variants and self.cuda:
-            for c, splits in decode_variants(batch):
+            for c, splits in decode_variants(s, batch, ctx):
                 run(c, splits, timed=False)                     # checks the result
                 out = torch.empty_like(q)
                 ms = time_graph_ms(lambda: paged_decode_attention(
@@ -279,8 +309,10 @@ class Bench:
 
             self.row(op="decode", case=name, variant="torch_sdpa_dense", timing="eager",
                      bytes=nbytes, ms=round(time_ms(sdpa, self.cuda), 4))
-            self.row(op="decode", case=name, variant="torch_sdpa_dense", timing="cuda_graph",
-                     bytes=nbytes, ms=round(time_graph_ms(sdpa), 4))
+            for flush in ("read", "write"):
+                self.row(op="decode", case=name, variant="torch_sdpa_dense",
+                         timing=graph_timing(flush), bytes=nbytes,
+                         ms=round(time_graph_ms(sdpa, flush=flush), 4))
             del k, v
         return main["bw_frac"]
 
@@ -442,7 +474,8 @@ def precompile(sizes: Sizes, device: str, sections: set, variants: bool, jobs: i
         for name, (batch, ctx) in sizes.decode.items():
             tasks.append(("decode", name, batch, ctx, None, None))
             if variants:
-                tasks += [("decode", name, batch, ctx, c, n) for c, n in decode_variants(batch)]
+                tasks += [("decode", name, batch, ctx, c, n)
+                          for c, n in decode_variants(sizes, batch, ctx)]
     if "prefill" in sections:
         for name, (batch, length) in sizes.prefill.items():
             tasks.append(("prefill", name, batch, length, None, None))

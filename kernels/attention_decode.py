@@ -46,14 +46,15 @@ def paged_decode_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens
 
 @kernel
 def _decode_split_kernel(
-    q_ptr, kv_ptr, seq_lens_ptr, bt_ptr, out_ptr, mid_o_ptr, mid_lse_ptr,
+    q_ptr, kv_ptr, seq_lens_ptr, bt_ptr, out_ptr, mid_o_ptr, mid_lse_ptr, counter_ptr,
     qk_scale, num_splits,                       # softmax scale * log2(e); splits per context
     stride_qs, stride_qh, stride_os, stride_oh,
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, PRECISION: tl.constexpr,
-    F32_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr, DIRECT: tl.constexpr, FUSED_MERGE: tl.constexpr,
+    GROUP_PAD: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
+    PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     # One program: one sequence, one kv head (all GROUP query heads), one range of the context.
     seq = tl.program_id(0)
@@ -121,6 +122,53 @@ def _decode_split_kernel(
         tl.store(mid_o_ptr + row[:, None] * HEAD_DIM + d[None, :], o, mask=o_mask)
         lse = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), float("-inf"))
         tl.store(mid_lse_ptr + row, lse, mask=h_ok)
+        if FUSED_MERGE:
+            # The last split program of this (sequence, kv head) to finish merges all splits,
+            # which saves the second launch. Every thread's partial stores precede the barrier;
+            # the counter's acq_rel atomic (one thread) then publishes them at gpu scope (the
+            # pattern of a cooperative grid sync), and the merging program reads them from L2.
+            tl.debug_barrier()
+            cnt = counter_ptr + seq64 * NUM_KV_HEADS + kvh
+            ticket = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+            if ticket == num_splits - 1:
+                tl.store(cnt, 0)            # all splits have counted: reset for the next launch
+                _merge_splits(mid_o_ptr, mid_lse_ptr, out_ptr, seq64, kvh, num_splits,
+                              stride_os, stride_oh, NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM,
+                              BLOCK_S, CHUNK_S)
+
+
+@kernel
+def _merge_splits(mid_o_ptr, mid_lse_ptr, out_ptr, seq64, kvh, num_splits, stride_os, stride_oh,
+                  NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+                  HEAD_DIM: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr):
+    # Log-sum-exp merge of the partials of the GROUP query heads of one kv head, CHUNK_S splits
+    # at a time (a [GROUP_PAD, CHUNK_S, HEAD_DIM] float32 tile).
+    g = tl.arange(0, GROUP_PAD)
+    g_ok = g < GROUP
+    head = kvh * GROUP + g                                          # [GROUP_PAD]
+    row0 = (seq64 * (NUM_KV_HEADS * GROUP) + head) * num_splits      # [GROUP_PAD]
+    sp = tl.arange(0, BLOCK_S)
+    lse = tl.load(mid_lse_ptr + row0[:, None] + sp[None, :],
+                  mask=g_ok[:, None] & (sp < num_splits)[None, :], other=float("-inf"),
+                  cache_modifier=".cg")                              # [GROUP_PAD, BLOCK_S]
+    mx = tl.max(lse, 1)
+    mx = tl.where(mx > float("-inf"), mx, 0.0)                       # seq_len 0: all empty
+    w_sum = tl.sum(tl.exp2(lse - mx[:, None]), 1)                   # empty splits weigh 0
+    c = tl.arange(0, CHUNK_S)
+    d = tl.arange(0, HEAD_DIM)
+    acc = tl.zeros([GROUP_PAD, HEAD_DIM], tl.float32)
+    for s0 in tl.static_range(0, BLOCK_S, CHUNK_S):
+        sc = s0 + c
+        ok = g_ok[:, None] & (sc < num_splits)[None, :]                # [GROUP_PAD, CHUNK_S]
+        rows = row0[:, None] + sc[None, :]
+        lse_c = tl.load(mid_lse_ptr + rows, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.exp2(lse_c - mx[:, None])
+        o = tl.load(mid_o_ptr + rows[:, :, None] * HEAD_DIM + d[None, None, :],
+                    mask=ok[:, :, None], other=0.0, cache_modifier=".cg")   # [G, CHUNK_S, D]
+        acc += tl.sum(w[:, :, None] * o, 1)
+    res = acc / tl.where(w_sum > 0.0, w_sum, 1.0)[:, None]          # seq_len 0 -> zeros
+    tl.store(out_ptr + seq64 * stride_os + head[:, None] * stride_oh + d[None, :],
+             res.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
 
 
 @kernel
@@ -152,6 +200,7 @@ class DecodeConfig:
     block_n: int      # cached tokens per inner step
     num_warps: int
     num_stages: int
+    fused_merge: bool = False   # the last split program merges (no second launch)
 
 
 def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.device
@@ -167,26 +216,54 @@ SMEM_PER_SM = 227 * 1024  # usable shared memory per SM (H100/H200)
 
 
 def resident_programs_per_sm(cfg: DecodeConfig, head_dim: int, elem_bytes: int = 2) -> int:
-    """Split-kernel programs one SM holds at once, bounded by shared memory: the pipeliner keeps
-    num_stages - 1 buffers of one K and one V tile each (plus a few KB of q/p staging)."""
+    """Split-kernel programs one SM holds at once, bounded by shared memory (the pipeliner keeps
+    num_stages - 1 buffers of one K and one V tile each, plus a few KB of q/p staging) and at
+    most four (the 64-token, 4-warp kernel's ~112 registers a thread allow four)."""
     tile_pair = 2 * cfg.block_n * head_dim * elem_bytes
     smem = max(1, cfg.num_stages - 1) * tile_pair + 4096
-    return max(1, min(SMEM_PER_SM // smem, 8))
+    return max(1, min(SMEM_PER_SM // smem, 4))
+
+
+def _wave_fill(programs: int, slots: int) -> float:
+    """Busy fraction of the SMs' resident slots over the waves `programs` programs take."""
+    waves = -(-programs // slots)
+    return programs / (waves * slots)
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, cfg: DecodeConfig,
                       num_sms: int = NUM_SMS_DEFAULT, head_dim: int = 128, elem_bytes: int = 2,
-                      min_tiles_per_split: int = 4, max_splits: int = 128) -> int:
-    """One split when the (sequence, kv head) programs already fill every SM's resident slots;
-    otherwise enough splits for one full wave of resident programs, never fewer than
+                      min_tiles_per_split: int = 4, max_splits: int = 128,
+                      min_fill: float = 0.85) -> int:
+    """Fewest splits whose programs keep at least `min_fill` of the resident slots busy over
+    their waves (one split when the (sequence, kv head) programs already do), never fewer than
     `min_tiles_per_split` K/V tiles per split (the pipeline's prologue must stay short)."""
     programs = max(1, num_seqs * num_kv_heads)
     slots = resident_programs_per_sm(cfg, head_dim, elem_bytes) * num_sms
-    if programs >= slots:
-        return 1
-    want = -(-slots // programs)
-    by_length = max(1, max_context // (min_tiles_per_split * cfg.block_n))
-    return max(1, min(want, by_length, max_splits))
+    by_length = max(1, min(max_splits, max_context // (min_tiles_per_split * cfg.block_n)))
+    for splits in range(1, by_length + 1):
+        if _wave_fill(programs * splits, slots) >= min_fill:
+            return splits
+    return by_length
+
+
+_COUNTERS: dict = {}
+
+
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per (sequence, kv head), for the fused merge. Every launch
+    leaves them zero again (the merging program resets its counter), so one buffer per device
+    is kept and reused, also by CUDA graphs captured after it exists. Inside a capture with no
+    buffer yet, a fresh one is made and not kept: its zeroing is part of that graph only."""
+    if device.type != "cuda":
+        return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _COUNTERS.get(index)
+    if buf is None or buf.numel() < n:
+        fresh = torch.zeros(max(n, 1024), dtype=torch.int32, device=device)
+        if torch.cuda.is_current_stream_capturing():
+            return fresh
+        _COUNTERS[index] = buf = fresh
+    return buf
 
 
 @functools.lru_cache(maxsize=None)
@@ -237,19 +314,25 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
                               device=q.device)
     else:
         mid_o = mid_lse = out  # unused
+    fused = cfg.fused_merge and num_splits > 1
+    counters = _split_counters(q.device, num_seqs * num_kv_heads) if fused else out
+    group_pad = next_power_of_2(group)
+    block_s = next_power_of_2(num_splits)
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
-        q, kv_layer, seq_lens, block_tables, out, mid_o, mid_lse,
+        q, kv_layer, seq_lens, block_tables, out, mid_o, mid_lse, counters,
         scale * LOG2E, num_splits,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, BLOCK_H=max(16, next_power_of_2(group)),
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_N=cfg.block_n, DIRECT=num_splits == 1,
+        BLOCK_N=cfg.block_n, DIRECT=num_splits == 1, FUSED_MERGE=fused,
+        GROUP_PAD=group_pad, BLOCK_S=block_s,
+        CHUNK_S=max(1, min(block_s, 8192 // (group_pad * head_dim))),
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         F32_DOT=interpreter_needs_f32_dot(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    if num_splits > 1:
+    if num_splits > 1 and not fused:
         _decode_reduce_kernel[(num_seqs, num_q_heads)](
             mid_o, mid_lse, out, num_splits, out.stride(0), out.stride(1),
             NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,

@@ -168,7 +168,7 @@ def _attend_range(
 @kernel
 def _prefill_kernel(
     q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
-    qk_scale, num_m_tiles,                      # softmax scale * log2(e); grid size along m
+    qk_scale, num_m_tiles, num_seqs,            # softmax scale * log2(e); query tiles per seq
     stride_qt, stride_qh, stride_ot, stride_oh,
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
@@ -179,14 +179,17 @@ def _prefill_kernel(
     # Rows of a tile: TOKENS query tokens x GROUP_PAD query heads of one kv head, so every
     # K/V tile loaded from the cache serves the whole GQA group.
     TOKENS: tl.constexpr = BLOCK_M // GROUP_PAD
-    pid_m = num_m_tiles - 1 - tl.program_id(0)   # heaviest (latest) tiles first
-    seq = tl.program_id(1)
-    kvh = tl.program_id(2)
+    # Launch order: the latest (heaviest) query tiles of every (sequence, kv head) first, so the
+    # causal triangle's short tiles fill the tail of the grid.
+    pid = tl.program_id(0)
+    pid_m = num_m_tiles - 1 - pid // (num_seqs * NUM_KV_HEADS)
+    seq = (pid // NUM_KV_HEADS) % num_seqs
+    kvh = pid % NUM_KV_HEADS
     q_start = tl.load(qsl_ptr + seq)
     q_len = tl.load(qsl_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)                 # issued with the two loads above
     tile0 = pid_m * TOKENS
     if tile0 < q_len:
-        seq_len = tl.load(seq_lens_ptr + seq)
         ctx_before = seq_len - q_len                      # cached tokens before this chunk
         rows = tl.arange(0, BLOCK_M)
         tok = tile0 + rows // GROUP_PAD                   # [BLOCK_M] token within the chunk
@@ -268,10 +271,11 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
     block_m = max(cfg.block_m, group_pad, 16)
     tokens_per_tile = block_m // group_pad
     num_m_tiles = (max_query_len + tokens_per_tile - 1) // tokens_per_tile
-    grid = (num_m_tiles, seq_lens.shape[0], num_kv_heads)
+    num_seqs = seq_lens.shape[0]
+    grid = (num_m_tiles * num_seqs * num_kv_heads,)
     _prefill_kernel[grid](
         q, kv_layer, out, query_start_loc, seq_lens, block_tables,
-        scale * LOG2E, num_m_tiles,
+        scale * LOG2E, num_m_tiles, num_seqs,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad,

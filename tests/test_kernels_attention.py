@@ -12,8 +12,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from kernels.attention_decode import (paged_decode_attention,  # noqa: E402
-                                      paged_decode_attention_ref)
+from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
+                                      paged_decode_attention, paged_decode_attention_ref)
 from kernels.attention_prefill import (paged_prefill_attention,  # noqa: E402
                                        paged_prefill_attention_ref)
 from kernels.kv_write import write_kv_ref  # noqa: E402
@@ -195,6 +195,59 @@ def test_decode_kernel_long_context(seqs, shape):
         out = torch.full_like(b.q, float("nan"))
         paged_decode_attention(b.q, b.kv_layer, b.seq_lens, b.block_tables, scale,
                                num_splits=num_splits, out=out)
+        assert_close(out, ref, dtype)
+
+
+def fused_merge_config(head_dim, dtype) -> DecodeConfig:
+    base = default_decode_config(head_dim, dtype, torch.device(DEVICE))
+    return DecodeConfig(base.block_n, base.num_warps, base.num_stages, fused_merge=True)
+
+
+@pytest.mark.parametrize("shape", SHAPES + (GPU_SHAPES if CUDA else []))
+@pytest.mark.parametrize("num_splits", [2, 3, 8])
+def test_decode_kernel_fused_merge(shape, num_splits):
+    """The last split program of each (sequence, kv head) merges; a padding slot gives zeros."""
+    hq, hkv, d, bs, dtype = shape
+    b = make_batch(DECODE_SEQS + [(1, 300)], hq, hkv, d, bs, dtype, seed=10)
+    seq_lens = b.seq_lens.clone()
+    seq_lens[2] = 0
+    scale = d ** -0.5
+    ref = paged_decode_attention_ref(b.q, b.kv_layer, seq_lens, b.block_tables, scale)
+    out = torch.full_like(b.q, float("nan"))
+    paged_decode_attention(b.q, b.kv_layer, seq_lens, b.block_tables, scale,
+                           num_splits=num_splits, out=out, config=fused_merge_config(d, dtype))
+    assert torch.equal(out[2], torch.zeros_like(out[2]))
+    assert_close(out, ref, dtype)
+
+
+def test_decode_fused_merge_repeated_launches():
+    """The merge counters return to zero after every launch: repeated launches (replays of one
+    CUDA graph on a GPU, eager launches on the CPU) on fresh queries stay exact."""
+    dtype = torch.bfloat16
+    seqs = [(1, 5000), (1, 17), (1, 1), (1, 700)] if CUDA else [(1, 300), (1, 17), (1, 1)]
+    hq, hkv, d = (32, 8, 128) if CUDA else (8, 2, 64)
+    b = make_batch(seqs, hq, hkv, d, 16, dtype, seed=11)
+    cfg = fused_merge_config(d, dtype)
+    scale = d ** -0.5
+    out = torch.full_like(b.q, float("nan"))
+
+    def launch():
+        paged_decode_attention(b.q, b.kv_layer, b.seq_lens, b.block_tables, scale,
+                               num_splits=6, out=out, config=cfg)
+
+    launch()  # compiles; on a GPU also makes the device's counter buffer before the capture
+    replay = launch
+    if CUDA:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            launch()
+        replay = graph.replay
+    g = torch.Generator().manual_seed(12)
+    for _ in range(3):
+        b.q.copy_(torch.randn(b.q.shape, generator=g).to(b.q.device, dtype))
+        out.fill_(float("nan"))
+        replay()
+        ref = paged_decode_attention_ref(b.q, b.kv_layer, b.seq_lens, b.block_tables, scale)
         assert_close(out, ref, dtype)
 
 
