@@ -70,6 +70,13 @@ def encode_block(spec: KVCacheSpec, fingerprint: bytes, h: bytes, t: torch.Tenso
     return mv[:len(hdr) + data.nbytes]
 
 
+def max_header(spec: KVCacheSpec, fingerprint: bytes) -> bytes:
+    """A header as long as any this module writes for `spec` (the widest checksum value)."""
+    return msgpack.packb({"v": FORMAT_VERSION, "fp": fingerprint, "layers": spec.num_layers,
+                          "dtype": dtype_name(spec.dtype), "shape": list(spec.block_shape),
+                          "ck": "xxh3_64", "sum": (1 << 64) - 1, "n": spec.block_bytes})
+
+
 def decode_header(val) -> tuple[dict | None, int]:
     """(header, offset of the raw bytes) of a stored value; (None, 0) if the header is damaged."""
     try:

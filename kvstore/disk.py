@@ -5,12 +5,12 @@ block store uses the named databases `kv_blocks` (key -> header + raw block byte
 `kvstore.block_codec`) and `kv_meta` (key -> small record for rebuilding the index on open), and
 other modules add theirs through `DiskStore.open_db(name)`.
 
-Writes. A batch is committed a chunk (`WRITE_CHUNK_BYTES`) at a time, each chunk one fsync'd
-transaction (durable when it returns; see `kvstore.lmdb_env`). The encoder thread checksums and
-frames the next chunk while the writer copies the current one into the map. Before a chunk the
-writer allocates the file range its pages will take, and while it copies it starts the kernel's
-write-out of what it has copied so far every `WRITEBACK_KICK_BYTES` (`kvstore.lmdb_env.DataFile`),
-so the disk writes during the copy and the commit's msync waits only for the tail. Measured in
+Writes. A batch is committed `WRITE_CHUNK_BYTES` at a time, each one fsync'd transaction
+(durable when it returns; see `kvstore.lmdb_env`). The encoder thread checksums and frames the
+values `ENCODE_CHUNK_BYTES` ahead of the writer, which copies them into the map as they come, so
+the encoder also works while a commit flushes. Before a transaction the writer allocates the
+file range its pages will take (`kvstore.lmdb_env.DataFile`). Optionally (`early_writeback`) it
+starts the kernel's write-out every `WRITEBACK_KICK_BYTES` while it copies. Measured in
 bench/results/transfer-*.json, rows "disk_write_variant".
 
 Room for sessions. Sessions and token logs share the environment. The map holds the block
@@ -51,8 +51,18 @@ log = logging.getLogger("agentkv.kvstore.disk")
 
 BLOCKS_DB = "kv_blocks"
 META_DB = "kv_meta"
-WRITE_CHUNK_BYTES = 128 << 20        # one fsync'd commit per this many bytes of a batch
-WRITEBACK_KICK_BYTES = 16 << 20      # start the write-out of the map after this many bytes
+# One fsync'd commit per this many bytes of a batch. On the H200 machine each commit cost about
+# 30 ms beyond its bytes (the data msync and the meta page's msync, each a journal commit and a
+# device cache flush): 2 GiB in commits of 32/64/128/512 MiB took 3.75/2.61/2.32/2.29 s (early
+# write-out on, at 937090a). A commit holds LMDB's write lock, so a session's commit may wait
+# for one: about 0.4 s for 512 MiB at the H200 machine's rates.
+WRITE_CHUNK_BYTES = 512 << 20
+ENCODE_CHUNK_BYTES = 32 << 20        # the encoder's step (its two buffer sets: 2 x this)
+# Early write-out (sync_file_range every WRITEBACK_KICK_BYTES) is off by default: on the H200
+# machine it made 2 GiB writes slower, not faster (0.96 against 1.07 GB/s without it, commits
+# of 128 MiB, at 937090a): a commit there waits mostly for its two flushes, not for bytes.
+EARLY_WRITEBACK = False
+WRITEBACK_KICK_BYTES = 16 << 20
 MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' small databases
 SESSION_RESERVE_BYTES = 1 << 30      # map space that blocks never take (sessions, token logs)
 _TICK = b"\x00tick"                   # a kv_meta key rewritten after deletes (see _delete)
@@ -80,6 +90,7 @@ class DiskStats:
     bytes_read: int = 0
     commits: int = 0
     encode_s: float = 0.0        # writer-side time: checksum + header (encoder thread)
+    encode_wait_s: float = 0.0   # writer time spent waiting for the encoder (in put_s)
     put_s: float = 0.0           # copying values into the LMDB transaction
     commit_s: float = 0.0        # commit: write-out and fsync
     reserve_hits: int = 0        # block transactions stopped short of the session reserve
@@ -94,6 +105,48 @@ class PutResult:
     error: str | None = None
 
 
+class _EncodePipeline:
+    """Sub-chunks of a batch encoded in order on the store's encoder thread, one ahead of the
+    writer, into two sets of reused value buffers: the encoder fills one set while the writer
+    copies the other into LMDB (which copies at put time, so a set is free again once its
+    values are put). The sets live on the store, so their pages are faulted in once."""
+
+    def __init__(self, store: "DiskStore", subs: list[list[tuple[bytes, torch.Tensor]]]):
+        self.store, self.subs = store, subs
+        self.next_index = 0
+        self._fut: Future | None = None
+        self._start(0)
+
+    def _start(self, i: int) -> None:
+        self._fut = (self.store._encoder.submit(self.store._encode_chunk, self.subs[i],
+                                                self.store._bufs[i % 2])
+                     if i < len(self.subs) else None)
+
+    def take(self, n: int):
+        """Yield the next `n` encoded sub-chunks; each is valid until the next is asked for."""
+        for _ in range(n):
+            t0 = time.perf_counter()
+            out = self._fut.result()
+            self.store.stats.encode_wait_s += time.perf_counter() - t0
+            self.next_index += 1
+            self._start(self.next_index)
+            yield out
+
+    def skip_to(self, i: int) -> None:
+        """Go on at sub-chunk `i` (those before it are written another way)."""
+        if i == self.next_index:
+            return                         # already there (its encoding is under way)
+        if self._fut is not None:
+            self._fut.exception()          # its buffer set must be free before the next fill
+        self.next_index = i
+        self._start(i)
+
+    def close(self) -> None:
+        if self._fut is not None:
+            self._fut.exception()
+            self._fut = None
+
+
 # -- the store ---------------------------------------------------------------------------------
 class DiskStore:
     """KV blocks of one model in an LMDB directory, with an LRU (or plugged-in) eviction order."""
@@ -103,14 +156,15 @@ class DiskStore:
                  map_size: int | None = None, read_threads: int = 8,
                  clock: Callable[[], float] = time.monotonic,
                  session_reserve_bytes: int | None = None,
-                 write_chunk_bytes: int | None = None, early_writeback: bool = True,
-                 allocate_ahead: bool = True) -> None:
+                 write_chunk_bytes: int | None = None, early_writeback: bool | None = None,
+                 allocate_ahead: bool = True, encode_chunk_bytes: int | None = None) -> None:
         """`capacity_bytes` is the block budget. The map is sized from it (see the module
         docstring) plus `session_reserve_bytes` (default SESSION_RESERVE_BYTES), which blocks
         never use. A `map_size` given here is the whole map; the reserve, 0 unless given, is
         then kept inside it. `write_chunk_bytes` (default WRITE_CHUNK_BYTES) is the size of one
-        fsync'd commit; `early_writeback` starts the disk's write-out while a chunk is copied and
-        `allocate_ahead` allocates the file range a chunk will take before it is copied.
+        fsync'd commit, `encode_chunk_bytes` (default ENCODE_CHUNK_BYTES) the encoder's step;
+        `early_writeback` (default EARLY_WRITEBACK) starts the disk's write-out while a commit's
+        values are copied and `allocate_ahead` allocates the file range they will take first.
         """
         if not 0 < len(model_fingerprint) < 256:
             raise ValueError("model_fingerprint must be 1..255 bytes")
@@ -131,7 +185,9 @@ class DiskStore:
         self.session_reserve_bytes = int(
             session_reserve_bytes if session_reserve_bytes is not None
             else (SESSION_RESERVE_BYTES if map_size is None else 0))
-        self._early_writeback = early_writeback
+        self.encode_chunk_bytes = int(encode_chunk_bytes or ENCODE_CHUNK_BYTES)
+        self._early_writeback = EARLY_WRITEBACK if early_writeback is None else early_writeback
+        self._header_bytes = len(codec.max_header(spec, self.fingerprint))
         self._allocate_ahead = allocate_ahead
         self._datafile: DataFile | None = None
         self._psize = 4096
@@ -314,39 +370,50 @@ class DiskStore:
         self._writer.submit(lambda: None).result()
 
     def _put(self, items: list[tuple[bytes, torch.Tensor]]) -> PutResult:
-        """Writer thread: commit the batch a chunk at a time, encoding (checksum, header) the
-        next chunk on the encoder thread while this one is written and fsync'd."""
+        """Writer thread: one transaction per WRITE_CHUNK_BYTES of the batch, its values put as
+        the encoder thread delivers them, ENCODE_CHUNK_BYTES at a time."""
         res = PutResult()
-        chunks: list[list[tuple[bytes, torch.Tensor]]] = [[]]
+        todo: list[tuple[bytes, torch.Tensor]] = []
         seen: set[bytes] = set()
         for h, t in items:
             if h in self._index or h in seen:
                 res.written.append(h)
                 continue
             seen.add(h)
-            if len(chunks[-1]) * self.spec.block_bytes >= self.write_chunk_bytes:
-                chunks.append([])
-            chunks[-1].append((h, t))
-        if not chunks[0]:
+            todo.append((h, t))
+        if not todo:
             return res
-        # two sets of value buffers: the encoder fills one while the writer copies the other
-        # into LMDB (which copies at put time, so a set is free again once its chunk is put);
-        # kept across batches, so their pages are faulted in once, not per batch
-        bufs = self._bufs
+        per = self.spec.block_bytes
+        group_n = max(1, self.write_chunk_bytes // per)           # blocks per commit
+        sub_n = max(1, min(group_n, self.encode_chunk_bytes // per))
+        groups = [todo[i:i + group_n] for i in range(0, len(todo), group_n)]
+        pipe = _EncodePipeline(self, [g[j:j + sub_n] for g in groups
+                                      for j in range(0, len(g), sub_n)])
         try:
-            nxt = self._encoder.submit(self._encode_chunk, chunks[0], bufs[0])
-            for i in range(len(chunks)):
-                encoded = nxt.result()
-                if i + 1 < len(chunks):
-                    nxt = self._encoder.submit(self._encode_chunk, chunks[i + 1],
-                                               bufs[(i + 1) % 2])
-                self._write_chunk(encoded, res)
+            for g in groups:
+                first, n_subs = pipe.next_index, -(-len(g) // sub_n)
+                need = len(g) * (per + self._header_bytes)
+                self._make_room(need, {h for h, _ in g}, res)
+                self._allocate_ahead_of(need)
+                try:
+                    self._commit(pipe.take(n_subs))
+                    res.written += [h for h, _ in g]
+                except (lmdb.MapFullError, _ReserveReached):
+                    # the encoder's buffers have moved on: this group is encoded again, alone
+                    pipe.skip_to(first + n_subs)
+                    self._write_chunk([(h, self._encode_one(h, t)) for h, t in g], res,
+                                      full=True)
         except (OSError, lmdb.Error) as e:
             self._degrade(f"disk tier write failed ({type(e).__name__}: {e}); tier is off")
             done = set(res.written) | set(res.refused)
             res.refused += [h for h, _ in items if h not in done]
             res.error = self.last_error
+        finally:
+            pipe.close()
         return res
+
+    def _encode_one(self, h: bytes, t: torch.Tensor) -> bytes:
+        return codec.encode_block(self.spec, self.fingerprint, h, t, CHECKSUM)
 
     def _encode_chunk(self, chunk: list[tuple[bytes, torch.Tensor]], bufs: list[bytearray]
                       ) -> list[tuple[bytes, memoryview]]:
@@ -359,55 +426,69 @@ class DiskStore:
         self.stats.encode_s += time.perf_counter() - t0
         return out
 
-    def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult) -> None:
-        need = sum(len(v) for _, v in chunk)
-        self._make_room(need, {h for h, _ in chunk}, res)
+    def _allocate_ahead_of(self, need: int) -> None:
+        """Allocate the file range where `need` more bytes of pages will go: after the last
+        page in use, unless freed pages are reused (those are allocated already); a little
+        more for the b-tree and other writers."""
         if self._datafile is not None:
-            # new pages go after the last one in use, unless freed pages are reused (those
-            # are allocated already); a little more for the b-tree and other writers
             start = (self.env.info()["last_pgno"] + 1) * self._psize
             self._datafile.allocate(start, need + need // 64 + (1 << 20))
-        pending = chunk
-        while pending:
-            try:
-                self._commit(pending)
-                res.written += [h for h, _ in pending]
-                return
-            except (lmdb.MapFullError, _ReserveReached):
-                if self._make_room(self.capacity_bytes + 1, {h for h, _ in pending}, res,
-                                   n_max=len(pending)):
-                    continue
-                if len(pending) > 1:  # nothing left to evict: write what fits, one by one
-                    for item in pending:
-                        self._write_chunk([item], res)
-                    return
-                res.refused.append(pending[0][0])
-                self.stats.full_refusals += 1
-                res.error = (f"disk tier full: a {len(pending[0][1])}-byte block does not fit "
-                             f"in the LMDB map ({self.env.info()['map_size']} bytes, "
-                             f"{self.session_reserve_bytes} of them kept for sessions) even "
-                             f"after eviction; raise disk_cache_gb")
-                log.warning(res.error)
-                return
 
-    def _commit(self, chunk: list[tuple[bytes, bytes]]) -> None:
-        """One write transaction; LMDB's commit msyncs the data, then the meta page (sync=True,
-        metasync=True): the chunk is durable when this returns. While the values are copied
-        into the map, the write-out of the copied pages is started every WRITEBACK_KICK_BYTES."""
-        with self._lock:
-            seqs = list(range(self._seq + 1, self._seq + 1 + len(chunk)))
-        wb = self._datafile
+    def _write_chunk(self, chunk: list[tuple[bytes, bytes]], res: PutResult,
+                     full: bool = False) -> None:
+        """Commit encoded values, evicting more when the map (or the block share of it) is
+        `full`; what does not fit even then is refused."""
+        need = sum(len(v) for _, v in chunk)
+        if not full:
+            self._make_room(need, {h for h, _ in chunk}, res)
+            self._allocate_ahead_of(need)
+        while True:
+            if not full:
+                try:
+                    self._commit([chunk])
+                    res.written += [h for h, _ in chunk]
+                    return
+                except (lmdb.MapFullError, _ReserveReached):
+                    pass
+            full = False
+            if self._make_room(self.capacity_bytes + 1, {h for h, _ in chunk}, res,
+                               n_max=len(chunk)):
+                continue
+            if len(chunk) > 1:  # nothing left to evict: write what fits, one by one
+                for item in chunk:
+                    self._write_chunk([item], res)
+                return
+            res.refused.append(chunk[0][0])
+            self.stats.full_refusals += 1
+            res.error = (f"disk tier full: a {len(chunk[0][1])}-byte block does not fit in "
+                         f"the LMDB map ({self.env.info()['map_size']} bytes, "
+                         f"{self.session_reserve_bytes} of them kept for sessions) even after "
+                         f"eviction; raise disk_cache_gb")
+            log.warning(res.error)
+            return
+
+    def _commit(self, chunks: Iterable[list[tuple[bytes, bytes]]]) -> None:
+        """One write transaction of the values `chunks` yields (it may wait for the encoder).
+        LMDB's commit msyncs the data, then the meta page (sync=True, metasync=True): the values
+        are durable when this returns. With early write-out on, the write-out of the copied
+        pages is started every WRITEBACK_KICK_BYTES."""
+        wb = self._datafile if self._early_writeback else None
+        base = self._seq                  # only this (writer) thread moves it after open
+        done: list[tuple[bytes, int]] = []
         t0 = time.perf_counter()
         with self.env.begin(write=True) as txn:
             copied = 0
-            for (h, val), seq in zip(chunk, seqs):
-                key = self._key(h)
-                txn.put(key, val, db=self._blocks)
-                txn.put(key, codec.meta_record(seq, len(val)), db=self._meta)
-                copied += len(val)
-                if wb is not None and copied >= WRITEBACK_KICK_BYTES:
-                    wb.kick()
-                    copied = 0
+            for chunk in chunks:
+                for h, val in chunk:
+                    key = self._key(h)
+                    txn.put(key, val, db=self._blocks)
+                    txn.put(key, codec.meta_record(base + len(done) + 1, len(val)),
+                            db=self._meta)
+                    done.append((h, len(val)))
+                    copied += len(val)
+                    if wb is not None and copied >= WRITEBACK_KICK_BYTES:
+                        wb.kick()
+                        copied = 0
             self._check_reserve(txn)      # raises (the transaction aborts) if over the limit
             t1 = time.perf_counter()
         t2 = time.perf_counter()
@@ -415,13 +496,13 @@ class DiskStore:
         self.stats.commit_s += t2 - t1
         now = self.clock()
         with self._lock:
-            self._seq = seqs[-1]
-            for h, val in chunk:
-                self._used += len(val) - self._index.get(h, 0)
-                self._index[h] = len(val)
+            self._seq = base + len(done)
+            for h, n in done:
+                self._used += n - self._index.get(h, 0)
+                self._index[h] = n
                 self.policy.touch(h, now)
-        self.stats.puts += len(chunk)
-        self.stats.bytes_written += sum(len(v) for _, v in chunk)
+        self.stats.puts += len(done)
+        self.stats.bytes_written += sum(n for _, n in done)
         self.stats.commits += 1
 
     def _check_reserve(self, txn: lmdb.Transaction) -> None:

@@ -19,11 +19,11 @@ Two flags that would look cheaper are not used:
   * map_async=True turns both msyncs into MS_ASYNC, which on Linux does nothing: no commit
     would be durable.
 
-`DataFile.kick` starts the kernel's write-out of the data file's dirty pages while a transaction is
-still being filled, so that the commit's msync finds most of the bytes already on disk instead
-of writing them all after the copying is done. Writing pages of a transaction that has not
-committed yet is safe: with writemap the kernel may do that at any time anyway, those pages are
-unreachable from either meta page until the commit writes the meta, and the commit still
+`DataFile.kick` (used when the disk store is asked for early write-out) starts the kernel's
+write-out of the data file's dirty pages while a transaction is still being filled, so that the
+commit's msync finds more of the bytes already on disk. Writing pages of a transaction that has
+not committed yet is safe: with writemap the kernel may do that at any time anyway, those pages
+are unreachable from either meta page until the commit writes the meta, and the commit still
 msyncs everything before the meta page.
 """
 from __future__ import annotations

@@ -406,3 +406,21 @@ def test_small_commits_with_allocation_ahead_and_early_write_out_stay_exact(tmp_
         got = s.get_many(hs)
         assert set(got) == set(hs)
         assert all(same_bytes(got[h], b) for h, b in zip(hs, blocks))
+
+
+def test_a_batch_that_fills_the_map_part_way_through_a_commit_evicts_and_goes_on(tmp_path):
+    """Several encoder steps per commit and a map that fills in the middle of the batch: the
+    commit that hit the full map is encoded again and written after eviction; the batch's
+    later commits go on through the encoder as before."""
+    big = KVCacheSpec(2, 2, 64, 16, torch.float32)            # 32 KiB blocks
+    blocks, hs = rand_blocks(40, 23, big), hashes(40, "midway")
+    with DiskStore(str(tmp_path / "kv"), big, FP, capacity_bytes=1 << 30, map_size=768 << 10,
+                   write_chunk_bytes=256 << 10, encode_chunk_bytes=64 << 10) as s:
+        res = s.put_many(list(zip(hs, blocks))).result()
+        assert res.written == hs and not res.refused and s.healthy
+        assert res.evicted and s.stats.evictions == len(res.evicted)
+        assert set(res.evicted) <= set(hs[:-8]) and s.stats.encode_wait_s >= 0
+        assert all(s.contains(h) for h in hs[-8:])
+        got = s.get_many(hs)
+        assert set(got) == set(hs) - set(res.evicted)
+        assert all(same_bytes(got[h], b) for h, b in zip(hs, blocks) if h in got)
