@@ -51,16 +51,19 @@ log = logging.getLogger("agentkv.kvstore.disk")
 
 BLOCKS_DB = "kv_blocks"
 META_DB = "kv_meta"
-# One fsync'd commit per this many bytes of a batch. On the H200 machine each commit cost about
+# One fsync'd commit per this many bytes of a batch. On the H200 machine each commit costs about
 # 30 ms beyond its bytes (the data msync and the meta page's msync, each a journal commit and a
-# device cache flush): 2 GiB in commits of 32/64/128/512 MiB took 3.75/2.61/2.32/2.29 s (early
-# write-out on, at 937090a). A commit holds LMDB's write lock, so a session's commit may wait
-# for one: about 0.4 s for 512 MiB at the H200 machine's rates.
+# device cache flush). 2 GiB in commits of 128/256/512/1024 MiB: 1.14/1.26/1.31 and 1.42/1.38
+# GB/s, and 0.99 GB/s as before this pipeline (128 MiB, encoded in one step each); see
+# bench/results/transfer-h200-20261122.json, rows "disk_write_variant". 1 GiB gains nothing
+# measurable and doubles how long a commit holds LMDB's write lock, which a session's commit may
+# wait for: about 0.4 s for 512 MiB at that machine's rates.
 WRITE_CHUNK_BYTES = 512 << 20
 ENCODE_CHUNK_BYTES = 32 << 20        # the encoder's step (its two buffer sets: 2 x this)
 # Early write-out (sync_file_range every WRITEBACK_KICK_BYTES) is off by default: on the H200
-# machine it made 2 GiB writes slower, not faster (0.96 against 1.07 GB/s without it, commits
-# of 128 MiB, at 937090a): a commit there waits mostly for its two flushes, not for bytes.
+# machine it made 2 GiB writes in 128 MiB commits slower (0.96 against 1.07 GB/s; run at
+# 937090a, numbers in the message of commit 4462cb8) and 512 MiB commits no faster (1.40
+# against 1.31 and 1.42 GB/s): a commit there waits mostly for its two flushes, not for bytes.
 EARLY_WRITEBACK = False
 WRITEBACK_KICK_BYTES = 16 << 20
 MAP_HEADROOM_BYTES = 128 << 20       # LMDB b-tree, free pages, other modules' small databases

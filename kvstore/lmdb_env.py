@@ -43,9 +43,10 @@ log = logging.getLogger("agentkv.kvstore.lmdb_env")
 MAX_DBS = 16
 # Values go straight into the file's mapping and commit msyncs them. On the H200 machine this
 # wrote 1 GiB of 2 MiB blocks at 0.84 GB/s against 0.60 GB/s with writemap off (values copied
-# into malloc'd pages whose fresh-page faults dominate, then pwrite + fsync); see
-# bench/results/transfer-h200-20261121.json, rows "disk_write_variant". Every process opens the
-# environment through `open_environment`, so all agree on this flag (LMDB asks for that).
+# into malloc'd pages whose fresh-page faults dominate, then pwrite + fsync; 20261121), and 2 GiB
+# at 1.31-1.42 against 0.89 GB/s with today's writer (transfer-h200-20261122.json); see the
+# rows "disk_write_variant" in bench/results. Every process opens the environment through
+# `open_environment`, so all agree on this flag (LMDB asks for that).
 LMDB_WRITEMAP = True
 DATA_FILE = "data.mdb"
 
@@ -163,10 +164,11 @@ class DataFile:
 
     `allocate(start, length)`: fallocate(2) (mode 0: allocate, keep the size) where the next
     transaction's pages will go. With writemap LMDB sizes the file to the map, sparse; the first
-    write to a page of a hole then also reserves its disk block (ext4's delayed allocation),
-    and a page of an allocated range is cheaper to fault in (H200 and CPU measurements in
-    bench/results/transfer-*.json, rows "disk_write_variant"). Reads of an allocated, never
-    written range return zeros, as a hole's do, so LMDB cannot tell.
+    write to a page of a hole then also reserves its disk block (ext4's delayed allocation). On
+    a 2-core CPU machine, copying into a mapped allocated range ran 20-30% faster than into a
+    hole; on the H200 machine the store's writes were the same within noise with and without it
+    (bench/results/transfer-h200-20261122.json, "no_allocate_ahead"). Reads of an allocated,
+    never written range return zeros, as a hole's do, so LMDB cannot tell.
 
     `kick()`: sync_file_range(SYNC_FILE_RANGE_WRITE) on a thread of its own: queue the write of
     every dirty page and return without waiting, so the disk writes while the writer keeps
