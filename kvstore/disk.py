@@ -41,7 +41,7 @@ from kvstore.block_codec import (  # noqa: F401 - re-exported
 from kvstore.block_codec import tensor_bytes as _tensor_bytes
 from kvstore.eviction import EvictionPolicy, LRUPolicy, pick_victims
 from kvstore.lmdb_env import (  # noqa: F401 - re-exported
-    _ENVS, _INHERITED, DATA_FILE, LMDB_WRITEMAP, MAX_DBS, DiskStoreError,
+    _ENVS, _INHERITED, DATA_FILE, LMDB_WRITEMAP, MAX_DBS, DiskStoreError, _EnvEntry,
     DataFile, ForkedEnvironmentError, _forget_after_fork, forget_after_fork, live_pages,
     open_environment, release_environment)
 from kvstore.lmdb_env import REG_LOCK as _REG_LOCK
