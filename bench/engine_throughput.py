@@ -123,9 +123,10 @@ def prefill(eng: Engine, length: int) -> dict:
 def git_commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent).strip()
+                                       cwd=Path(__file__).parent,
+                                       stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return "unknown"
+        return os.environ.get("AGENTKV_COMMIT", "unknown")
 
 
 def main(argv=None) -> int:
