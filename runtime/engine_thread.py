@@ -174,6 +174,10 @@ class EngineThread:
             for hook in self.on_step:
                 hook(self.engine)
             if not self.engine.has_unfinished():
+                if getattr(self.engine, "tiers", None) is not None:
+                    # idle: finish tier copies anyway, so the blocks and slots they hold are
+                    # released without waiting for the next request
+                    self.engine.tiers.poll()
                 continue
             for out in self.engine.step():
                 stream = self._streams.get(out.request_id)

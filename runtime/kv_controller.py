@@ -48,6 +48,9 @@ class KVController:
         self.sessions: dict[str, SessionKV] = {}
         self._owners: dict[BlockHash, set[str]] = {}     # hash -> live sessions holding it
         self._pin_count: dict[BlockHash, int] = {}
+        # private blocks of closed sessions whose copies to CPU/disk were still in flight at
+        # close: evicted again once they land (tick), so no tier keeps a closed session's KV
+        self._closed_blocks: list[BlockHash] = []
         self.decisions: dict[str, int] = {}
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use)
@@ -141,10 +144,20 @@ class KVController:
         private = [h for h in s.hashes if self._owners.get(h) == {session_id}]
         self._set_hashes(s, [])
         self._evict_everywhere(private)
+        if self.engine.tiers is not None:
+            self._closed_blocks += private
 
     def tick(self) -> None:
         """Expire TTL pins and start due prefetches (called between engine steps)."""
         now = self.clock()
+        if self._closed_blocks:
+            tiers = self.engine.tiers
+            tiers.poll()
+            gone = [h for h in self._closed_blocks if not self._owners.get(h)]
+            tiers.evict(gone, "cpu")
+            tiers.evict(gone, "disk")
+            if tiers.transfer is None or not tiers.transfer.in_flight_bytes:
+                self._closed_blocks = []
         for s in self.sessions.values():
             if s.pinned and s.pinned_until and now >= s.pinned_until:
                 self._unpin(s)

@@ -1,0 +1,281 @@
+"""Load: many concurrent sessions over loopback on the CPU `tiny` model.
+
+Each of N sessions (one client thread each) runs a bounded number of short turns and closes; a
+probe thread calls GetSession on random open sessions the whole time and records its latency.
+After every session closed, the engine's GPU block pool must be all free (never used, or cached
+with no reference), the pinned host pool's slots all free, and the process RSS no more than a
+stated bound above what it was after a warm-up round.
+
+    python bench/load.py --sessions 200 --turns 4 --max-tokens 8 --time-limit 300
+
+writes bench/results/load-cpu-YYYYMMDD.json (bench/README.md): metrics `errors` (<= 0),
+`getsession_p99_ms` (<= 50), `leaked_gpu_blocks` (<= 0), `leaked_host_slots` (<= 0),
+`rss_growth_mib` (<= the bound), `turns`, `tokens_per_s`.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from agentkv_proto.agentkv.v1 import session_pb2 as pb  # noqa: E402
+from agentkv_proto.agentkv.v1 import session_service_pb2 as api  # noqa: E402
+from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc  # noqa: E402
+from runtime.config import EngineConfig  # noqa: E402
+from runtime.limits import Limits  # noqa: E402
+from runtime.server import ServerThread  # noqa: E402
+from runtime.server_config import ServerConfig  # noqa: E402
+
+PROMPTS = ["Summarise the build log.", "Which test failed first?", "Plan the next refactor step.",
+           "Read config.toml and list the keys.", "What does the error message mean?"]
+RSS_BOUND_MIB = 200.0
+
+
+def load_config(data_dir: str, sessions: int, num_gpu_blocks: int = 2048,
+                cpu_cache_gb: float = 0.02) -> ServerConfig:
+    engine = EngineConfig(model="tiny", device="cpu", num_gpu_blocks=num_gpu_blocks,
+                          max_num_batched_tokens=256, cpu_cache_gb=cpu_cache_gb)
+    limits = Limits(max_sessions_per_tenant=sessions * 2, max_concurrent_turns=sessions * 2)
+    return ServerConfig(engine=engine, port=0, data_dir=data_dir, grace_s=2.0, policy="agent",
+                        api_keys_from_env=False, limits=limits, default_max_tokens=8)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@dataclass
+class LoadResult:
+    turns: int = 0
+    tokens: int = 0
+    requests: int = 0
+    errors: list[str] = field(default_factory=list)
+    get_latencies_s: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def p99_ms(self) -> float:
+        xs = sorted(self.get_latencies_s)
+        return 1000 * xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
+
+
+def run_load(target: str, sessions: int, turns: int, max_tokens: int, time_limit_s: float,
+             seed: int = 0) -> LoadResult:
+    """N sessions, each `turns` turns of at most `max_tokens` (bounded by count and time), then
+    closed; GetSession probed throughout. Every error is recorded, none is retried."""
+    res = LoadResult()
+    lock = threading.Lock()
+    deadline = time.monotonic() + time_limit_s
+    open_ids: list[str] = []
+    generating = threading.Event()
+    done = threading.Event()
+    channel = grpc.insecure_channel(target, options=[("grpc.max_concurrent_streams", 1000)])
+    stub = api_grpc.SessionServiceStub(channel)
+    start = threading.Barrier(sessions + 1)
+
+    def fail(what: str, e: Exception) -> None:
+        with lock:
+            res.errors.append(f"{what}: {getattr(e, 'code', lambda: '')()} "
+                              f"{getattr(e, 'details', lambda: str(e))()}")
+
+    def worker(i: int) -> None:
+        rnd = random.Random(seed * 100_003 + i)
+        try:
+            start.wait(60)
+        except threading.BrokenBarrierError:
+            return
+        try:
+            s = stub.CreateSession(api.CreateSessionRequest(
+                system_prompt=f"You are agent {i}.",
+                sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0)),
+                timeout=60).session
+        except grpc.RpcError as e:
+            fail("CreateSession", e)
+            return
+        with lock:
+            res.requests += 1
+            open_ids.append(s.session_id)
+        for t in range(turns):
+            if time.monotonic() > deadline:
+                break
+            req = api.GenerateRequest(session_id=s.session_id,
+                                      sampling=pb.SamplingParams(max_tokens=max_tokens,
+                                                                 ignore_eos=True))
+            req.messages.messages.append(pb.ChatMessage(role="user",
+                                                        content=rnd.choice(PROMPTS)))
+            try:
+                generating.set()
+                events = list(stub.Generate(req, timeout=max(10.0, deadline - time.monotonic()
+                                                             + 30)))
+                r = events[-1].result
+                with lock:
+                    res.requests += 1
+                    res.turns += 1
+                    res.tokens += r.usage.completion_tokens
+                if r.session.turns != t + 1:
+                    with lock:
+                        res.errors.append(f"session {s.session_id}: {r.session.turns} turns "
+                                          f"after turn {t + 1}")
+            except grpc.RpcError as e:
+                fail("Generate", e)
+                break
+        with lock:
+            open_ids.remove(s.session_id)
+        try:
+            stub.CloseSession(api.CloseSessionRequest(session_id=s.session_id), timeout=60)
+            with lock:
+                res.requests += 1
+        except grpc.RpcError as e:
+            fail("CloseSession", e)
+
+    def probe() -> None:
+        rnd = random.Random(seed)
+        generating.wait(60)
+        n = 0
+        while not done.is_set() and n < 100_000 and time.monotonic() < deadline + 30:
+            with lock:
+                sid = rnd.choice(open_ids) if open_ids else None
+            if sid is None:
+                time.sleep(0.005)
+                continue
+            t0 = time.perf_counter()
+            try:
+                stub.GetSession(api.GetSessionRequest(session_id=sid), timeout=10)
+                dt = time.perf_counter() - t0
+                with lock:
+                    res.get_latencies_s.append(dt)
+                    res.requests += 1
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.NOT_FOUND,):   # closed meanwhile: fine
+                    fail("GetSession", e)
+            n += 1
+            time.sleep(0.005)
+
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sessions)]
+    prober = threading.Thread(target=probe, daemon=True)
+    for t in threads:
+        t.start()
+    prober.start()
+    t0 = time.monotonic()
+    start.wait(60)
+    for t in threads:
+        t.join(max(1.0, deadline - time.monotonic() + 120))
+    done.set()
+    prober.join(30)
+    res.wall_s = time.monotonic() - t0
+    if any(t.is_alive() for t in threads):
+        res.errors.append("some sessions did not finish in time")
+    channel.close()
+    return res
+
+
+def pool_state(st: ServerThread) -> dict:
+    """Blocks and slots still held, read on the engine thread."""
+    def read(e):
+        pool = e.pool
+        host = e.tiers.host if e.tiers is not None else None
+        return {"gpu_blocks": pool.num_blocks, "gpu_free": pool.num_free_blocks,
+                "gpu_cached": pool.num_cached_blocks,
+                "host_slots": host.capacity if host is not None else 0,
+                "host_free": host.num_free if host is not None else 0,
+                "requests": len(e.requests)}
+    return st.server.engine_thread.call(read, timeout=30)
+
+
+def settled(st: ServerThread, timeout: float = 30.0) -> dict:
+    """The pool state once every closed session's blocks were released (or at timeout)."""
+    end = time.monotonic() + timeout
+    while True:
+        s = pool_state(st)
+        if (s["gpu_free"] == s["gpu_blocks"] and s["host_free"] == s["host_slots"]
+                and s["requests"] == 0) or time.monotonic() > end:
+            return s
+        time.sleep(0.1)
+
+
+def measure(sessions: int, turns: int, max_tokens: int, time_limit_s: float,
+            data_dir: str) -> dict:
+    """Warm-up round, then the measured round; everything the metrics need."""
+    st = ServerThread(load_config(data_dir, sessions)).start()
+    try:
+        warm = run_load(st.target, min(sessions, 50), 1, max_tokens, time_limit_s, seed=1)
+        settled(st)
+        rss0 = rss_mib()
+        res = run_load(st.target, sessions, turns, max_tokens, time_limit_s, seed=2)
+        after = settled(st)
+        rss1 = rss_mib()
+        open_sessions = sum(n for k, n in st.server.manager.count_by_state().items()
+                            if k in ("waiting", "active", "paused"))
+    finally:
+        st.stop()
+    return {"result": res, "warmup_errors": warm.errors, "pools": after, "rss_before_mib": rss0,
+            "rss_after_mib": rss1, "open_sessions": open_sessions}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=200)
+    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=8)
+    ap.add_argument("--time-limit", type=float, default=300.0)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="agentkv-load-") as d:
+        m = measure(a.sessions, a.turns, a.max_tokens, a.time_limit, d)
+    r, p = m["result"], m["pools"]
+    growth = m["rss_after_mib"] - m["rss_before_mib"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    today = datetime.date.today()
+    out = {
+        "bench": "load", "hardware": "cpu", "commit": commit, "date": today.isoformat(),
+        "command": "python bench/load.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "ceilings": {"cpu_cores": os.cpu_count()},
+        "metrics": {
+            "errors": {"value": len(r.errors) + len(m["warmup_errors"]), "goal": "<= 0"},
+            "getsession_p99_ms": {"value": round(r.p99_ms(), 2), "goal": "<= 50"},
+            "leaked_gpu_blocks": {"value": p["gpu_blocks"] - p["gpu_free"], "goal": "<= 0"},
+            "leaked_host_slots": {"value": p["host_slots"] - p["host_free"], "goal": "<= 0"},
+            "open_sessions_after": {"value": m["open_sessions"], "goal": "<= 0"},
+            "rss_growth_mib": {"value": round(growth, 1), "goal": f"<= {RSS_BOUND_MIB}"},
+            "turns": {"value": r.turns, "goal": f">= {a.sessions * a.turns}"},
+            "tokens_per_s": {"value": round(r.tokens / r.wall_s, 1) if r.wall_s else 0.0,
+                             "goal": ">= 0"},
+        },
+        "rows": [{"sessions": a.sessions, "turns_per_session": a.turns,
+                  "max_tokens": a.max_tokens, "wall_s": round(r.wall_s, 2),
+                  "requests": r.requests, "getsession_calls": len(r.get_latencies_s),
+                  "getsession_p50_ms": round(1000 * sorted(r.get_latencies_s)[
+                      len(r.get_latencies_s) // 2], 2) if r.get_latencies_s else None,
+                  "pools_after": p, "rss_before_mib": round(m["rss_before_mib"], 1),
+                  "rss_after_mib": round(m["rss_after_mib"], 1),
+                  "errors_sample": (r.errors + m["warmup_errors"])[:20]}],
+    }
+    path = Path(a.out) if a.out else REPO / "bench" / "results" / \
+        f"load-cpu-{today.strftime('%Y%m%d')}.json"
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out["metrics"], indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
