@@ -75,30 +75,24 @@ class Sizes:
     copy_ceiling_bytes: int = 4 << 30
 
 
-# Variants timed beside the defaults (--no-variants skips them): each decode config with the
-# split counts below (batch 1: 32, 64 and the one choose_num_splits picks; batch 64: 1 and 2),
-# with and without the fused merge for three of them.
-DECODE_CONFIGS = [DecodeConfig(64, 4, 2), DecodeConfig(64, 4, 3), DecodeConfig(64, 4, 4),
-                  DecodeConfig(32, 4, 4), DecodeConfig(32, 4, 5)]
-DECODE_CONFIGS += [DecodeConfig(c.block_n, c.num_warps, c.num_stages, fused_merge=True)
-                   for c in DECODE_CONFIGS[1:4]]
-PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 64, 8, 4),
-                   PrefillConfig(128, 128, 8, 2), PrefillConfig(128, 128, 8, 3),
-                   PrefillConfig(64, 64, 4, 2), PrefillConfig(64, 64, 4, 3),
-                   PrefillConfig(64, 32, 4, 4), PrefillConfig(256, 64, 8, 3)]
+# Variants timed beside the defaults (--no-variants skips them): (config, splits) for decode,
+# by batch size; configs for prefill. The defaults' neighbours from the H200 sweeps
+# (bench/kernels_notes.md), so that each run shows the choice still holds.
+DECODE_VARIANTS = {
+    1: [(DecodeConfig(64, 4, 3, fused_merge=True), 64), (DecodeConfig(64, 4, 3), 32),
+        (DecodeConfig(64, 4, 4, fused_merge=True), 32), (DecodeConfig(32, 4, 4, fused_merge=True), 32),
+        (DecodeConfig(64, 4, 2), 64)],
+    64: [(DecodeConfig(64, 4, 2), 1), (DecodeConfig(64, 4, 4), 1), (DecodeConfig(32, 4, 4), 2),
+         (DecodeConfig(64, 4, 3, fused_merge=True), 2)],
+}
+PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
+                   PrefillConfig(128, 128, 8, 3, 64),
+                   PrefillConfig(128, 128, 8, 2, 64), PrefillConfig(128, 64, 8, 3, 32),
+                   PrefillConfig(128, 64, 8, 4), PrefillConfig(64, 64, 4, 3)]
 
 
-def decode_variants(sizes: "Sizes", batch: int, ctx: int) -> list[tuple[DecodeConfig, int]]:
-    out = []
-    for c in DECODE_CONFIGS:
-        if batch > 1:
-            splits = [1, 2] if not c.fused_merge else [2]
-        else:
-            picked = dec.choose_num_splits(batch, sizes.num_kv_heads, ctx, c,
-                                           dec.NUM_SMS_DEFAULT, sizes.head_dim)
-            splits = sorted({32, 64, picked})
-        out += [(c, n) for n in splits]
-    return out
+def decode_variants(sizes: Sizes, batch: int, ctx: int) -> list[tuple[DecodeConfig, int]]:
+    return DECODE_VARIANTS.get(batch, [])
 
 
 SMOKE = Sizes(num_q_heads=4, num_kv_heads=2, head_dim=64, block_size=16, num_layers=2,
@@ -262,7 +256,7 @@ class Bench:
                          self.cuda)
             return ms, err
 
-        cfg = default_decode_config(s.head_dim, self.dtype, q.device)
+        cfg = default_decode_config(s.head_dim, self.dtype, q.device, batch * s.num_kv_heads)
         ms, err = run()
         main = self.row(op="decode", case=name, variant="default", timing="eager",
                         config=str(cfg), rel_err=f"{err:.1e}", bytes=nbytes, ms=round(ms, 4))
@@ -275,9 +269,10 @@ class Bench:
                                 timing=graph_timing(flush), config=str(cfg), bytes=nbytes,
                                 ms=round(ms, 4))
         if self.cuda and batch == 1:
-            # the split-merge kernel alone, on the default's partials: its share of the decode
+            # the separate merge kernel alone at the default's split count: what the fused merge
+            # (the default at batch 1) saves, less the merging program's own time
             num_splits = dec.choose_num_splits(batch, s.num_kv_heads, table.shape[1] * s.block_size,
-                                               cfg, dec._num_sms(q.device), s.head_dim)
+                                               cfg, dec._num_sms(q.device))
             if num_splits > 1:
                 mid_o = torch.randn((batch, s.num_q_heads, num_splits, s.head_dim),
                                     device=self.device)
@@ -290,7 +285,8 @@ class Bench:
                         NUM_Q_HEADS=s.num_q_heads, HEAD_DIM=s.head_dim,
                         BLOCK_S=next_power_of_2(num_splits), num_warps=4)
 
-                self.row(op="decode", case=name, variant=f"reduce_kernel_only splits={num_splits}",
+                self.row(op="decode", case=name,
+                         variant=f"merge_kernel_only splits={num_splits}",
                          timing="cuda_graph", ms=round(time_graph_ms(reduce_only), 4))
         if self.variants and self.cuda:
             for c, splits in decode_variants(s, batch, ctx):
@@ -337,7 +333,7 @@ class Bench:
                          self.cuda)
             return ms, err
 
-        cfg = default_prefill_config(s.head_dim, self.dtype, q.device)
+        cfg = default_prefill_config(s.head_dim, self.dtype, q.device, length)
         ours, err = run()
         sdpa = None
         if self.cuda:

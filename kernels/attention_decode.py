@@ -203,47 +203,41 @@ class DecodeConfig:
     fused_merge: bool = False   # the last split program merges (no second launch)
 
 
-def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.device
-                          ) -> DecodeConfig:
+# Split programs per SM that the few-sequence regime aims at: two 64-token programs an SM, each
+# with a K/V tile pair in flight while it works on another (H200 sweep, bench/kernels_notes.md).
+PROGRAMS_PER_SM = 2
+
+
+def default_decode_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                          num_programs: int | None = None) -> DecodeConfig:
+    """`num_programs`: sequences x kv heads of the launch, when known. Enough of them to give
+    every SM PROGRAMS_PER_SM run one split each with 32-token tiles, three buffers deep (four
+    programs fit an SM); fewer are split (choose_num_splits) with 64-token tiles, two buffers,
+    and the last split program of each (sequence, kv head) merging the splits."""
     if device.type != "cuda":
         return DecodeConfig(32, 4, 1)
     if dtype == torch.float32:
         return DecodeConfig(32, 4, 2)
-    return DecodeConfig(64, 4, 3)
-
-
-SMEM_PER_SM = 227 * 1024  # usable shared memory per SM (H100/H200)
-
-
-def resident_programs_per_sm(cfg: DecodeConfig, head_dim: int, elem_bytes: int = 2) -> int:
-    """Split-kernel programs one SM holds at once, bounded by shared memory (the pipeliner keeps
-    num_stages - 1 buffers of one K and one V tile each, plus a few KB of q/p staging) and at
-    most four (the 64-token, 4-warp kernel's ~112 registers a thread allow four)."""
-    tile_pair = 2 * cfg.block_n * head_dim * elem_bytes
-    smem = max(1, cfg.num_stages - 1) * tile_pair + 4096
-    return max(1, min(SMEM_PER_SM // smem, 4))
-
-
-def _wave_fill(programs: int, slots: int) -> float:
-    """Busy fraction of the SMs' resident slots over the waves `programs` programs take."""
-    waves = -(-programs // slots)
-    return programs / (waves * slots)
+    if num_programs is not None and num_programs >= PROGRAMS_PER_SM * _num_sms(device):
+        return DecodeConfig(32, 4, 4)
+    return DecodeConfig(64, 4, 3, fused_merge=True)
 
 
 def choose_num_splits(num_seqs: int, num_kv_heads: int, max_context: int, cfg: DecodeConfig,
-                      num_sms: int = NUM_SMS_DEFAULT, head_dim: int = 128, elem_bytes: int = 2,
-                      min_tiles_per_split: int = 4, max_splits: int = 128,
-                      min_fill: float = 0.85) -> int:
-    """Fewest splits whose programs keep at least `min_fill` of the resident slots busy over
-    their waves (one split when the (sequence, kv head) programs already do), never fewer than
-    `min_tiles_per_split` K/V tiles per split (the pipeline's prologue must stay short)."""
+                      num_sms: int = NUM_SMS_DEFAULT, min_tiles_per_split: int = 16,
+                      max_splits: int = 128) -> int:
+    """Splits per context so that the (sequence, kv head, split) programs give every SM about
+    PROGRAMS_PER_SM of them (rounded down: SMs evenly loaded beat a part-filled extra round),
+    each split at least `min_tiles_per_split` K/V tiles long so that the pipeline's prologue
+    and the merge stay small against the streaming (at batch 1 x 32K, 32 splits of 16 tiles
+    beat 43 of 12 and 64 of 8). Contexts too short to give every SM a program that way are
+    cut into splits of down to 4 tiles instead: there, latency matters more than balance."""
     programs = max(1, num_seqs * num_kv_heads)
-    slots = resident_programs_per_sm(cfg, head_dim, elem_bytes) * num_sms
-    by_length = max(1, min(max_splits, max_context // (min_tiles_per_split * cfg.block_n)))
-    for splits in range(1, by_length + 1):
-        if _wave_fill(programs * splits, slots) >= min_fill:
-            return splits
-    return by_length
+    want = (PROGRAMS_PER_SM * num_sms) // programs
+    by_length = max_context // (min_tiles_per_split * cfg.block_n)
+    if by_length * programs < num_sms:
+        by_length = max_context // (4 * cfg.block_n)
+    return max(1, min(want, by_length, max_splits))
 
 
 _COUNTERS: dict = {}
@@ -300,10 +294,10 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
     if out.stride(2) != 1:
         raise ValueError("out's last dim must be contiguous")
     check_kv_layer_strides(kv_layer)
-    cfg = config or default_decode_config(head_dim, q.dtype, q.device)
+    cfg = config or default_decode_config(head_dim, q.dtype, q.device, num_seqs * num_kv_heads)
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size,
-                                       cfg, _num_sms(q.device), head_dim, q.element_size())
+                                       cfg, _num_sms(q.device))
     if num_splits < 1:
         raise ValueError(f"num_splits must be >= 1; got {num_splits}")
     group = num_q_heads // num_kv_heads

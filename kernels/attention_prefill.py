@@ -173,7 +173,8 @@ def _prefill_kernel(
     stride_kv_block, stride_kv_kv, stride_bt,
     NUM_KV_HEADS: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POS_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_DIAG: tl.constexpr,
+    POS_SCALE: tl.constexpr,
     PRECISION: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     # Rows of a tile: TOKENS query tokens x GROUP_PAD query heads of one kv head, so every
@@ -207,7 +208,9 @@ def _prefill_kernel(
         l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-        # keys [0, full_end) are visible to every row of the tile; the rest need the mask
+        # keys [0, diag_start) are visible to every row of the tile; the rest need the mask.
+        # Whole BLOCK_N tiles of them go unmasked, then (with a smaller BLOCK_N_DIAG) whole
+        # BLOCK_N_DIAG tiles, and the rest up to the diagonal's end in masked BLOCK_N_DIAG tiles.
         diag_start = ctx_before + tile0
         kv_end = tl.minimum(seq_len, diag_start + TOKENS)
         full_end = (diag_start // BLOCK_N) * BLOCK_N
@@ -215,10 +218,20 @@ def _prefill_kernel(
             acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, 0, full_end, kv_end, qk_scale,
             stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
             NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, POS_SCALE, PRECISION, F32_DOT)
+        if BLOCK_N_DIAG < BLOCK_N:
+            mid_end = (diag_start // BLOCK_N_DIAG) * BLOCK_N_DIAG
+            acc, l_i, m_i = _attend_range(
+                acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, full_end, mid_end, kv_end, qk_scale,
+                stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
+                NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N_DIAG, False, POS_SCALE, PRECISION,
+                F32_DOT)
+        else:
+            mid_end = full_end
         acc, l_i, m_i = _attend_range(
-            acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, full_end, kv_end, kv_end, qk_scale,
+            acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, mid_end, kv_end, kv_end, qk_scale,
             stride_kv_block, stride_kv_kv, kvh * HEAD_DIM,
-            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, POS_SCALE, PRECISION, F32_DOT)
+            NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, BLOCK_N_DIAG, True, POS_SCALE, PRECISION,
+            F32_DOT)
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         o = acc / l_safe[:, None]
         tl.store(out_ptr + tok64[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :],
@@ -231,18 +244,24 @@ class PrefillConfig:
     block_n: int      # cached tokens per inner step
     num_warps: int
     num_stages: int
+    block_n_diag: int | None = None   # tokens per step near the diagonal (None: block_n)
 
 
-def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device
-                           ) -> PrefillConfig:
+def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                           max_query_len: int | None = None) -> PrefillConfig:
     if device.type != "cuda":
         return PrefillConfig(32, 32, 4, 1)
     if dtype == torch.float32:
         return PrefillConfig(64, 32, 4, 2)
+    if head_dim >= 256:
+        return PrefillConfig(64, 32, 4, 2)          # K/V/Q tiles within shared memory
     if head_dim >= 128:
-        # best of the H200 sweep for head_dim 128 (bench/kernels_notes.md): 256 rows on two
-        # warpgroups beat 128 rows on one, which spills 52 registers
-        return PrefillConfig(256, 64, 8, 4)
+        # best of the H200 sweeps for head_dim 128 (bench/kernels_notes.md): 128 rows on two
+        # warpgroups, three K/V buffers, no spills; 128-token steps pay off on long chunks
+        # (1 x 8K: 3-4% faster), 64-token steps on shorter ones (4 x 2K: 5-6% faster)
+        if max_query_len is not None and max_query_len >= 4096:
+            return PrefillConfig(128, 128, 8, 3)
+        return PrefillConfig(128, 64, 8, 3)
     return PrefillConfig(128, 64, 4, 3)
 
 
@@ -267,8 +286,12 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
     check_kv_layer_strides(kv_layer)
     group = num_q_heads // num_kv_heads
     group_pad = next_power_of_2(group)
-    cfg = config or default_prefill_config(head_dim, q.dtype, q.device)
+    cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len)
     block_m = max(cfg.block_m, group_pad, 16)
+    block_n_diag = cfg.block_n_diag or cfg.block_n
+    if cfg.block_n % block_n_diag or block_n_diag < 16:
+        raise ValueError(f"block_n_diag ({block_n_diag}) must divide block_n ({cfg.block_n}) "
+                         "and be at least 16")
     tokens_per_tile = block_m // group_pad
     num_m_tiles = (max_query_len + tokens_per_tile - 1) // tokens_per_tile
     num_seqs = seq_lens.shape[0]
@@ -280,7 +303,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad,
         HEAD_DIM=head_dim, BLOCK_SIZE=block_size,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, POS_SCALE=scale > 0,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_N_DIAG=block_n_diag, POS_SCALE=scale > 0,
         PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         F32_DOT=interpreter_needs_f32_dot(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

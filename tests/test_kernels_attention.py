@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
                                       paged_decode_attention, paged_decode_attention_ref)
-from kernels.attention_prefill import (paged_prefill_attention,  # noqa: E402
+from kernels.attention_prefill import (PrefillConfig, paged_prefill_attention,  # noqa: E402
                                        paged_prefill_attention_ref)
 from kernels.kv_write import write_kv_ref  # noqa: E402
 
@@ -149,8 +149,9 @@ GPU_LONG_PREFILL = [(2048, 2048), (2048, 4096), (1, 4000), (512, 8192), (1, 1), 
 
 
 @pytest.mark.parametrize("seqs,shape", [(LONG_PREFILL, (4, 1, 64, 16, torch.float32))]
-                         + ([(GPU_LONG_PREFILL, (32, 8, 128, 16, torch.bfloat16))] if CUDA
-                            else []))
+                         + ([(GPU_LONG_PREFILL, (32, 8, 128, 16, torch.bfloat16)),
+                             ([(4096, 6000), (100, 300)], (32, 8, 128, 16, torch.bfloat16))]
+                            if CUDA else []))
 def test_prefill_kernel_long_context(seqs, shape):
     hq, hkv, d, bs, dtype = shape
     b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=4)
@@ -161,6 +162,33 @@ def test_prefill_kernel_long_context(seqs, shape):
     ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
                                       b.block_tables, scale, max(b.q_lens))
     assert_close(out, ref, dtype)
+
+
+DIAG_CONFIGS = ([PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32)] if CUDA
+                else [PrefillConfig(32, 64, 4, 1, 16), PrefillConfig(64, 32, 4, 1, 16)])
+
+
+@pytest.mark.parametrize("cfg", DIAG_CONFIGS)
+def test_prefill_kernel_smaller_steps_near_the_diagonal(cfg):
+    """block_n_diag < block_n: unmasked block_n steps, unmasked and masked block_n_diag steps."""
+    seqs = MIXED + [(130, 260), (64, 64)] + ([(1000, 3000)] if CUDA else [])
+    shape = (32, 8, 128, 16, torch.bfloat16) if CUDA else (8, 2, 64, 16, torch.bfloat16)
+    hq, hkv, d, bs, dtype = shape
+    b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=13)
+    scale = d ** -0.5
+    out = torch.full_like(b.q, float("nan"))
+    paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
+                            scale, max(b.q_lens), out=out, config=cfg)
+    ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
+                                      b.block_tables, scale, max(b.q_lens))
+    assert_close(out, ref, dtype)
+
+
+def test_prefill_rejects_diag_steps_that_do_not_divide():
+    b = make_batch([(4, 4)], 4, 2, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="block_n_diag"):
+        paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
+                                0.1, 4, config=PrefillConfig(32, 64, 4, 1, 48))
 
 
 DECODE_SEQS = [(1, 1), (1, 16), (1, 17), (1, 100), (1, 64)]
