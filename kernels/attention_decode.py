@@ -247,7 +247,9 @@ def _split_counters(device: torch.device, n: int) -> torch.Tensor:
     """Zeroed int32 counters, one per (sequence, kv head), for the fused merge. Every launch
     leaves them zero again (the merging program resets its counter), so one buffer per device
     is kept and reused, also by CUDA graphs captured after it exists. Inside a capture with no
-    buffer yet, a fresh one is made and not kept: its zeroing is part of that graph only."""
+    buffer yet, a fresh one is made and not kept: its zeroing is part of that graph only.
+    Fused launches that could run at the same time on two streams of one device would share the
+    buffer; decode is issued from one stream (pass a config without fused_merge otherwise)."""
     if device.type != "cuda":
         return torch.zeros(max(n, 1), dtype=torch.int32, device=device)
     index = device.index if device.index is not None else torch.cuda.current_device()
