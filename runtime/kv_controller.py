@@ -65,7 +65,8 @@ class KVController:
         if not owners:
             return math.inf
         now = self.clock()
-        return min(now + self._remaining(self.sessions[s], now) for s in owners)
+        live = [self.sessions[s] for s in owners if s in self.sessions]
+        return min((now + self._remaining(x, now) for x in live), default=math.inf)
 
     def _remaining(self, s: SessionKV, now: float) -> float:
         if s.paused_at is None or s.forecast is None:
@@ -140,9 +141,9 @@ class KVController:
         if s is None:
             return
         self.policy.on_close(session_id)
-        self._unpin(s)
         private = [h for h in s.hashes if self._owners.get(h) == {session_id}]
-        self._set_hashes(s, [])
+        self._set_hashes(s, [])          # first: blocks unpinned below rank as nobody's
+        self._unpin(s)
         self._evict_everywhere(private)
         if self.engine.tiers is not None:
             self._closed_blocks += private

@@ -131,3 +131,18 @@ def test_close_frees_private_blocks_on_every_tier_but_not_shared_ones(folder, tm
     assert all(eng.pool.lookup_hash(h) is None for h in hx[2:])
     assert not any(eng.tiers.disk.contains(h) for h in hx[2:])
     eng.tiers.close()
+
+
+def test_close_while_pinned_releases_every_block(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    logs = [turn(eng, ctl, s, 20 + i) for i, s in enumerate("pq")]
+    for sid in "pq":
+        plan = ctl.pause(sid, "read", 0.05, False, PauseForecast(0.04, 0.2, "hint"))
+        assert plan.placement.value == "keep_gpu"
+    ctl.close("p")                       # its pinned blocks are unpinned as nobody's
+    ctl.close("q")
+    settle(eng)
+    assert all(eng.pool.ref_count(b) == 0 for b in range(eng.pool.num_blocks))
+    assert not any(any(on_gpu(eng, log)) for log in logs)
+    eng.pool.check_invariants()
+    eng.tiers.close()
