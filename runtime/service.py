@@ -89,12 +89,17 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         return tenant
 
     async def residency(self, sessions: list[Session]) -> list[dict[str, int]]:
-        """Tokens of each session's log whose KV each tier holds now (a prefix of the log)."""
+        """Tokens of each session's log whose KV each tier holds now (a prefix of the log).
+
+        Read without waiting for the engine thread (a step can take long under load): the
+        lookups are single dictionary reads, safe beside the engine's writes, so the answer is
+        a consistent-enough snapshot of a state that changes every step anyway."""
         engine = self.engine_thread.engine
         bs, fp = engine.config.block_size, engine.fingerprint
-        hashes = [chain_hashes(s.token_log, bs, fp) for s in sessions]
+        logs = [list(s.token_log) for s in sessions]
 
         def look(e) -> list[dict[str, int]]:
+            hashes = [chain_hashes(log, bs, fp) for log in logs]
             out = []
             for hs in hashes:
                 counts = {"gpu": 0, "cpu": 0, "disk": 0}
@@ -109,7 +114,7 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
                         counts[tier] += bs
                 out.append(counts)
             return out
-        return await self.aux(self.engine_thread.call, look, True, 10.0)
+        return await self.aux(look, engine)
 
     def served_model(self, asked: str) -> str:
         name = self.deps.model_name
