@@ -70,7 +70,19 @@ def engine_snapshot(engine) -> dict:
         "preemptions": st.preemptions,
         "running": len(sched.running),
         "waiting": len(sched.waiting),
+        "disk": _disk_health(engine),
     }
+
+
+def _disk_health(engine) -> dict | None:
+    """The disk tier's state: degraded (unusable path, failed open), checksum failures, refusals."""
+    tiers = getattr(engine, "tiers", None)
+    disk = tiers.disk if tiers is not None else None
+    if disk is None:
+        return None
+    st = disk.stats
+    return {"degraded": 0.0 if disk.healthy else 1.0, "checksum_failures": st.checksum_failures,
+            "full_refusals": st.full_refusals, "evictions": st.evictions}
 
 
 class _ScrapeCollector:
@@ -114,6 +126,20 @@ class _ScrapeCollector:
                     ("generation_tokens", "generation_tokens", "Generated tokens"),
                     ("preemptions", "num_preemptions", "Requests preempted for KV space")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])
+            disk = snap.get("disk")
+            if disk is not None:
+                g = GaugeMetricFamily("agentkv:kv_tier_degraded", "1 while a KV tier is out of "
+                                      "service (the engine serves without it)", labels=["tier"])
+                g.add_metric(["disk"], disk["degraded"])
+                yield g
+                yield CounterMetricFamily("agentkv:kv_checksum_failures", "Disk KV blocks whose "
+                                          "checksum failed (treated as misses, recomputed)",
+                                          value=disk["checksum_failures"])
+                yield CounterMetricFamily("agentkv:kv_disk_full_refusals", "Disk KV blocks "
+                                          "refused because the tier was full",
+                                          value=disk["full_refusals"])
+                yield CounterMetricFamily("agentkv:kv_disk_evictions", "Disk KV blocks evicted "
+                                          "to make room", value=disk["evictions"])
             yield GaugeMetricFamily("agentkv:num_requests_running", "Requests in the running "
                                     "batch", value=snap["running"])
             yield GaugeMetricFamily("agentkv:num_requests_waiting", "Requests waiting for "

@@ -169,6 +169,9 @@ class AgentKVServer:
         self.metrics.stop()
         if self.engine_thread is not None:
             await loop.run_in_executor(None, self.engine_thread.shutdown)
+            tiers = self.engine_thread.engine.tiers
+            if tiers is not None:              # finish copies in flight, flush disk writes
+                await loop.run_in_executor(None, tiers.close)
         if self.store is not None:
             if isinstance(self.estimator, PauseEstimator):
                 save_estimator(self.store.env, self.estimator)
