@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvstore.block_pool import BlockHash, chain_hashes
+from kvstore.residency import prefix_residency
 from sessions.costs import CostModel
 from sessions.estimator import PauseEstimator, PauseForecast
 from sessions.policy import CachePolicy, Placement, PlacementPlan, SessionKVView, TierUsage
@@ -74,19 +75,9 @@ class KVController:
         return s.forecast.remaining_s(max(0.0, now - s.paused_at), 0.5)
 
     def view(self, s: SessionKV) -> SessionKVView:
-        tiers, bs = self.engine.tiers, self.engine.config.block_size
+        bs = self.engine.config.block_size
         shared = sum(1 for h in s.hashes if len(self._owners.get(h, ())) > 1)
-        counts = {"gpu": 0, "cpu": 0, "disk": 0}
-        for tier in counts:
-            for h in s.hashes[shared:]:
-                if tier == "gpu":
-                    here = self.engine.pool.lookup_hash(h) is not None
-                else:
-                    loc = tiers.locate(h) if tiers is not None else None
-                    here = loc is not None and tier in loc.tiers
-                if not here:
-                    break
-                counts[tier] += bs
+        counts = prefix_residency(s.hashes[shared:], bs, self.engine.pool, self.engine.tiers)
         return SessionKVView(s.session_id, s.tokens, counts["gpu"], counts["cpu"], counts["disk"],
                              shared * bs, s.paused_at, s.forecast, s.human, s.tool,
                              s.last_used_at, s.pinned_until)

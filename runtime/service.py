@@ -17,6 +17,7 @@ from pathlib import Path
 from agentkv_proto.agentkv.v1 import session_service_pb2 as api
 from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc
 from kvstore.block_pool import chain_hashes
+from kvstore.residency import prefix_residency
 from runtime.auth import Authenticator
 from runtime.engine_thread import EngineThread
 from runtime.limits import (Limits, check_concurrent_turns, check_message_size,
@@ -99,21 +100,8 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         logs = [list(s.token_log) for s in sessions]
 
         def look(e) -> list[dict[str, int]]:
-            hashes = [chain_hashes(log, bs, fp) for log in logs]
-            out = []
-            for hs in hashes:
-                counts = {"gpu": 0, "cpu": 0, "disk": 0}
-                for tier in counts:
-                    for h in hs:
-                        if tier == "gpu":
-                            here = e.pool.lookup_hash(h) is not None
-                        else:
-                            here = e.tiers is not None and tier in e.tiers.locate(h).tiers
-                        if not here:
-                            break
-                        counts[tier] += bs
-                out.append(counts)
-            return out
+            return [prefix_residency(chain_hashes(log, bs, fp), bs, e.pool, e.tiers)
+                    for log in logs]
         return await self.aux(look, engine)
 
     def served_model(self, asked: str) -> str:
