@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from datetime import date
@@ -21,6 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from runtime import Engine, EngineConfig, SamplingParams  # noqa: E402
+from bench_common import git_commit  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -118,15 +118,6 @@ def prefill(eng: Engine, length: int) -> dict:
     flops = 2 * params * length + attn
     return {"kind": "prefill", "tokens": length, "seconds": dt, "tok_s": length / dt,
             "tflops": flops / dt / 1e12}
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent,
-                                       stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return os.environ.get("AGENTKV_COMMIT", "unknown")
 
 
 def main(argv=None) -> int:

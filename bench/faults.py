@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.append(str(ROOT / "bench"))
 
+from bench_common import git_commit  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from sessions.store import SessionStore  # noqa: E402
 
@@ -160,12 +161,7 @@ def main(argv=None) -> int:
     r = measure(args.kills, args.sessions, args.turns, args.seed)
     goals = {"crashes_injected": f">= {args.kills}", "turns_checked": f">= {args.sessions * args.turns}",
              "turns_lost": "<= 0", "wrong_tokens": "<= 0", "requests": ">= 1", "errors": "<= 0"}
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True,
-                                         stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        commit = "unknown"
-    out = {"bench": "faults", "hardware": "cpu", "commit": commit,
+    out = {"bench": "faults", "hardware": "cpu", "commit": git_commit(),
            "date": date.today().isoformat(), "command": "python bench/faults.py " +
            " ".join(sys.argv[1:]), "ceilings": {},
            "metrics": {k: {"value": r[k], "goal": g} for k, g in goals.items()},

@@ -16,9 +16,7 @@ import argparse
 import datetime
 import json
 import math
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +45,8 @@ from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
 from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 from kernels.rotary import (apply_rotary, apply_rotary_ref, build_cos_sin_cache,  # noqa: E402
                             llama3_inv_freq)
+from bench_common import git_commit  # noqa: E402
+
 
 SECTIONS = ("decode", "prefill", "block_copy", "small_ops")
 
@@ -506,14 +506,6 @@ def kernel_resources() -> list[dict]:
         except Exception as e:  # noqa: BLE001 - diagnostics only
             found.append({"op": f"resources_{name}", "error": f"{type(e).__name__}: {e}"})
     return found
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("AGENTKV_COMMIT", "unknown")
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,8 +29,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))
 
 import grpc  # noqa: E402
+from bench_common import git_commit  # noqa: E402
 
 from agentkv_proto.agentkv.v1 import session_pb2 as pb  # noqa: E402
 from agentkv_proto.agentkv.v1 import session_service_pb2 as api  # noqa: E402
@@ -242,8 +243,7 @@ def main(argv=None) -> int:
         m = measure(a.sessions, a.turns, a.max_tokens, a.time_limit, d)
     r, p = m["result"], m["pools"]
     growth = m["rss_after_mib"] - m["rss_before_mib"]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = git_commit()
     today = datetime.date.today()
     out = {
         "bench": "load", "hardware": "cpu", "commit": commit, "date": today.isoformat(),

@@ -21,7 +21,6 @@ import datetime as dt
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -39,6 +38,8 @@ from sessions.sim.report import (PolicySummary, agent_beats, markdown_table,  # 
 from sessions.sim.simulator import run_simulation                      # noqa: E402
 from sessions.sim.workload import (GeneratorConfig, generate_agent_sessions,  # noqa: E402
                                    read_mooncake_jsonl, summarize)
+from bench_common import git_commit  # noqa: E402
+
 
 DEFAULT_MOONCAKE = REPO.parent / "shared" / "workloads" / "mooncake_conversation_trace.jsonl"
 METRICS = ("resume_ttft_mean_s", "resume_ttft_p99_s", "recomputed_tokens")
@@ -91,14 +92,6 @@ def run_one(a: argparse.Namespace, name: str, policy: str):
                          SimConfig(decode_s_per_token=a.decode_s_per_token))
     ttfts = sorted(t.ttft_s for t in res.turns if t.is_resume)
     return name, policy, summarize_result(res), res.counters, res.wall_s, ttfts
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
-                              text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def metrics_of(results: dict) -> dict:

@@ -35,6 +35,7 @@ from kvstore.disk import DiskStore  # noqa: E402
 from kvstore.host_pool import HostPool  # noqa: E402
 from kvstore.spec import KVCacheSpec  # noqa: E402
 from kvstore.transfer import TransferEngine  # noqa: E402
+from bench_common import git_commit  # noqa: E402
 
 LLAMA3_8B = KVCacheSpec(num_layers=32, num_kv_heads=8, head_dim=128, block_size=16,
                         dtype=torch.bfloat16)  # 2 MiB per block
@@ -339,14 +340,6 @@ def gather_rows(kv: torch.Tensor, n: int) -> list[dict]:
 def fs_info(folder: str) -> str:
     try:
         return subprocess.check_output(["df", "-hT", folder], text=True).strip().splitlines()[-1]
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent).strip()
     except Exception:  # noqa: BLE001
         return "unknown"
 
