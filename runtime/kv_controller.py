@@ -167,8 +167,13 @@ class KVController:
             self._drop(s)
             return
         if plan.placement is Placement.KEEP_GPU:
-            self._pin(s, private)
-            s.pinned_until = self.clock() + plan.ttl_s if plan.ttl_s > 0 else 0.0
+            if plan.ttl_s > 0:       # pinned for the TTL; 0: plain prefix cache, evictable
+                self._pin(s, private)
+                s.pinned_until = self.clock() + plan.ttl_s
+            if self.policy.name == "lru_cpu" and tiers is not None and tiers.host is not None:
+                # its GPU evictions go to CPU memory; the pool reuses an evicted block at
+                # once and cannot copy it then, so the copy is written through now
+                tiers.offload(private, "cpu")
             return
         if tiers is None:
             return        # no tier below the GPU: the blocks stay cached on the GPU
