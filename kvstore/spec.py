@@ -64,6 +64,14 @@ class KVCacheSpec:
 
     def allocate(self, num_blocks: int, device: str | torch.device, pin_memory: bool = False
                  ) -> torch.Tensor:
-        """One tensor holding `num_blocks` blocks: [num_blocks, *block_shape]."""
-        return torch.empty((num_blocks, *self.block_shape), dtype=self.dtype, device=device,
-                           pin_memory=pin_memory)
+        """One tensor holding `num_blocks` blocks: [num_blocks, *block_shape].
+
+        Pageable CPU memory is zero-filled here so that its pages are committed at start-up:
+        the process's resident size then shows the whole pool from the first moment (a later
+        growth means a leak, not a first touch), and no step pays page faults on a fresh block.
+        Device and pinned memory are committed by their allocators already."""
+        t = torch.empty((num_blocks, *self.block_shape), dtype=self.dtype, device=device,
+                        pin_memory=pin_memory)
+        if t.device.type == "cpu" and not pin_memory:
+            t.zero_()
+        return t

@@ -123,3 +123,25 @@ def test_copy_helpers_scatter_and_gather_random_blocks(mode):
     copy_blocks_in(dst, back, pool.buffer, slots, mode=mode, chunk_blocks=6)
     for g, s in zip(back, slots):
         assert same_bytes(dst[g], pool.buffer[s])
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def test_pageable_pool_is_committed_when_allocated():
+    # a 96 MiB pool shows in the resident size at once, not block by block as steps touch it,
+    # so a later RSS growth of the server means a leak, not the first use of a block
+    spec = KVCacheSpec(num_layers=4, num_kv_heads=4, head_dim=64, block_size=16,
+                       dtype=torch.float32)
+    n = (96 << 20) // spec.block_bytes
+    before = _rss_mib()
+    pool = spec.allocate(n, "cpu")
+    grown = _rss_mib() - before
+    assert pool.shape == (n, *spec.block_shape)
+    assert grown >= 0.9 * 96, grown
+    assert torch.count_nonzero(pool[:: max(1, n // 7)]) == 0
