@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from kvstore import disk as disk_mod
+from kvstore import disk_write
 from kvstore.disk import FORMAT_VERSION, DiskStore, DiskStoreError, open_environment
 from kvstore.spec import KVCacheSpec
 from sessions.errors import SessionStoreError
@@ -278,7 +279,7 @@ def test_fork_child_never_reuses_the_parent_environment(store):
 def test_each_checksum_algorithm_verifies_and_catches_a_flip(tmp_path, monkeypatch, alg):
     if alg == "xxh3_64" and disk_mod.xxhash is None:
         alg = "crc32"                                    # this machine has no xxhash: crc32
-    monkeypatch.setattr(disk_mod, "CHECKSUM", alg)
+    monkeypatch.setattr(disk_write, "CHECKSUM", alg)
     with DiskStore(str(tmp_path / "kv"), SPEC, FP, capacity_bytes=16 << 20) as s:
         blocks, hs = rand_blocks(2, 14), hashes(2, alg)
         s.put_many(list(zip(hs, blocks))).result()
@@ -386,11 +387,11 @@ def test_small_commits_with_allocation_ahead_and_early_write_out_stay_exact(tmp_
     blocks, hs = rand_blocks(96, 22, big), hashes(96, "chunks")
     with DiskStore(path, big, FP, capacity_bytes=64 << 20, write_chunk_bytes=256 << 10,
                    early_writeback=writeback, allocate_ahead=ahead) as s:
-        kick, disk_mod.WRITEBACK_KICK_BYTES = disk_mod.WRITEBACK_KICK_BYTES, 64 << 10
+        kick, disk_write.WRITEBACK_KICK_BYTES = disk_write.WRITEBACK_KICK_BYTES, 64 << 10
         try:
             res = s.put_many(list(zip(hs, blocks))).result()
         finally:
-            disk_mod.WRITEBACK_KICK_BYTES = kick
+            disk_write.WRITEBACK_KICK_BYTES = kick
         assert res.written == hs and s.stats.commits >= 12
         df = s._datafile
         if sys.platform.startswith("linux") and disk_mod.LMDB_WRITEMAP and (ahead or writeback):
