@@ -1,0 +1,113 @@
+"""The short markdown report of an agent replay (bench/results/agent-<hw>-<date>.md)."""
+from __future__ import annotations
+
+from agent_report import goal_met
+
+
+def _f(x, nd=3) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{nd}g}" if abs(x) < 1e4 else f"{x:,.0f}"
+    return f"{x:,}" if isinstance(x, int) else str(x)
+
+
+def _gib(b: int | None) -> str:
+    return "-" if not b else f"{b / 2**30:.2f}"
+
+
+def render_md(doc: dict) -> str:
+    w, b, m = doc["workload"], doc["kv_budget"], doc["metrics"]
+    cfg = w["config"]
+    servers = {**doc["policies"], **({"hf_cb": doc["peer"]} if doc.get("peer") else {})}
+    lines = [
+        f"# agent_replay, {doc['date']} (commit {doc['commit'][:12]})", "",
+        f"`{doc['command']}` on {doc['hardware']}, {doc.get('wall_s', '-')} s in all. Model "
+        f"`{doc['model']['name']}` ({doc['model']['dtype']}, random weights built on the "
+        "device). Every policy ran on a fresh `agentkv serve` process over gRPC; the peer is "
+        "Hugging Face transformers' continuous batching, served statelessly.", "",
+        "## Goals", "",
+        "| metric | value | goal | met |", "| --- | --- | --- | --- |"]
+    for k, v in m.items():
+        met = goal_met(v)
+        lines.append(f"| `{k}` | {_f(v['value'], 4)} | {v['goal'] or '-'} | "
+                     f"{'-' if met is None else ('yes' if met else '**no**')} |")
+    lines += [
+        "", "## Set-up", "",
+        f"- Workload `{w['source']}`: {w['sessions']} sessions, {w['turns']} turns "
+        f"({w['resumes']} after a pause, {w['human_pauses']} of them on a human), at most "
+        f"{w['concurrency']} sessions at once; final context p50 {_f(w['final_context_p50'])} "
+        f"tokens, max {_f(w['final_context_max'])}; {_f(w['input_tokens'])} input and "
+        f"{_f(w['output_tokens'])} output tokens in all.",
+        f"- Pauses: the workload's own divided by {cfg['time_compression']:g} and capped at "
+        f"{cfg['max_pause_s']:g} s: p50 {w['pause_p50_s']:.3f} s, p90 {w['pause_p90_s']:.2f} s, "
+        f"max {w['pause_max_s']:.1f} s (tool pauses mostly under a second, human waits seconds).",
+        f"- **GPU KV limit: {b['gpu_kv_blocks']:,} blocks = {b['gpu_kv_tokens']:,} tokens = "
+        f"{b['gpu_kv_gib']} GiB**, {b['fraction_of_concurrent_working_set']:.0%} of the KV of "
+        f"the sessions open at once ({_f(w['concurrent_working_set_tokens'])} tokens; all "
+        f"sessions together {_f(w['working_set_tokens'])}), so they do not all fit. CPU tier "
+        f"{b['cpu_cache_gib']} GiB pinned, disk tier {b['disk_cache_gib']} GiB (LMDB in a "
+        "temporary folder). The peer got the same GPU KV budget in tokens.", "",
+        "## Per server", "",
+        "| server | resume TTFT p50 / p99 (s) | JCT mean (s) | GPU hit | reused | recomputed "
+        "tok | cpu in / out GiB | disk in / out GiB | GPU util % | decode tok/s | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for n, s in servers.items():
+        tb = s.get("tier_bytes") or {}
+        lines.append(
+            f"| {n} | {_f(s['resume_ttft_p50_s'])} / {_f(s['resume_ttft_p99_s'])} | "
+            f"{_f(s['jct_mean_s'])} | {_f(s.get('gpu_hit_rate'))} | {_f(s.get('reused_rate'))} | "
+            f"{_f(s.get('recomputed_tokens'))} | {_gib(tb.get('cpu_in'))} / "
+            f"{_gib(tb.get('cpu_out'))} | {_gib(tb.get('disk_in'))} / {_gib(tb.get('disk_out'))}"
+            f" | {_f(s.get('gpu_util_mean_pct'))} | {_f(s.get('decode_tok_s_p50'))} | "
+            f"{s['errors']} |")
+    lines += ["", "Resume TTFT: client-side, from sending the first turn after a pause to its "
+              "first streamed token. JCT: a session's first request to its last token, pauses "
+              "included (the same for every server). GPU hit / reused: share of the context "
+              "resumed turns carried over (prompt less the new input) found on the GPU / on any "
+              "tier. Recomputed tok: context tokens run through the model again (new input not "
+              "counted). Tier bytes from "
+              "`agentkv:kv_bytes_moved` over the replay.", ""]
+    lines += _checks(doc.get("checks") or {})
+    if doc.get("peer"):
+        p = doc["peer"]["peer"]
+        lines += ["## The peer", "",
+                  f"transformers {p['transformers']}, `{p.get('attn_implementation')}` attention "
+                  f"through `init_continuous_batching()`, page size {p['page_size']}, "
+                  f"{p['kv_tokens']:,} KV tokens, {p['max_batch_tokens']} tokens a batch, CUDA "
+                  f"graphs {'on' if p['cuda_graphs'] else 'off'}; every turn re-sends the whole "
+                  "history; TTFT from `add_request` to the first streamed token.", ""]
+    if doc.get("notes"):
+        lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
+    return "\n".join(lines)
+
+
+def _checks(c: dict) -> list[str]:
+    if not c:
+        return ["## Wrong-token checks", "", "Not run (--no-checks).", ""]
+    out = ["## Wrong-token checks", ""]
+    for t in c.get("token_comparisons", []):
+        out.append(f"- {t['label']}: {t['identical_sessions']}/{t['sessions']} sessions "
+                   f"identical, {t['tokens_compared']:,} tokens compared, "
+                   f"{t['divergences']} places where the runs part, {t['non_tie_divergences']} "
+                   "of them not a top-2 tie within 2^-4.")
+        for d in t["places"]:
+            out.append(f"  - {d['session']} turn {d['turn']} token {d['position']}: "
+                       f"{d['token_a']} vs {d['token_b']}, top-2 gap {_f(d['gap'], 3)} "
+                       f"({'tie' if d['is_tie'] else 'NOT a tie'})")
+    f = c.get("fp32_run")
+    if f:
+        kv = f["agent_resume_kv_source_tokens"]
+        out.append(f"- fp32 run: `{f['model']}`, {f['sessions']} sessions with {f['pause_s']:g}"
+                   f"-s human pauses, GPU {f['gpu_blocks']} blocks, CPU {f['cpu_cache_gb']} "
+                   f"GiB; the agent's resumed turns took their KV from {kv}; "
+                   f"{f['checksum_failures']} checksum failures, {f['errors']} errors.")
+    r = c.get("kv_roundtrip")
+    if r:
+        out.append(f"- KV round trip ({r['checksum']}): {r['blocks']} blocks saved; "
+                   f"{r['cpu_loads_verified']} loaded back from CPU and "
+                   f"{r['disk_loads_verified']} from disk with checksums equal to the saved "
+                   f"bytes; {r['mismatches']} mismatches.")
+    out.append(f"- Wrong tokens in all: {c.get('wrong_tokens', '-')} (server checksum failures "
+               "included).")
+    return out + [""]

@@ -1,0 +1,183 @@
+"""The phases of one agent replay run: each policy on a fresh server, the token checks, the peer.
+
+Every phase takes a `RunSetup` (model, KV budgets, workload, where to work) and returns plain
+data the report is written from.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from agent_checks import (TokenComparison, check_ties, compare_outputs, free_engine,
+                          kv_roundtrip)
+from agent_driver import DriverConfig, GrpcBackend, ReplayResult, replay
+from agent_report import counter_delta, summarize, tier_bytes
+from agent_server import AgentServer, GpuMonitor, ServerSpec
+from agent_workload import ReplaySession, ReplayTurn, Workload
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    vocab_size: int
+    kv_bytes_per_token: int
+
+
+def model_info(model: str, dtype: str) -> ModelInfo:
+    """Vocabulary and KV bytes per token of a `shape:` model or a model folder."""
+    import torch
+
+    from runtime.models.arch import arch_from_config
+    if model.startswith("shape:"):
+        from runtime.models.shapes import shape_config
+        cfg = shape_config(model.removeprefix("shape:"))
+    else:
+        from transformers import AutoConfig
+
+        from runtime.models.loader import resolve_model_path
+        cfg = AutoConfig.from_pretrained(resolve_model_path(model))
+    a = arch_from_config(cfg)
+    size = {"fp32": 4, "float32": 4}.get(dtype, 2) if dtype != "auto" else (
+        2 if torch.cuda.is_available() else 4)
+    return ModelInfo(a.vocab_size, a.num_layers * 2 * a.num_kv_heads * a.head_dim * size)
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    spec: ServerSpec                     # the server of every policy (its policy replaced)
+    workload: Workload
+    driver: DriverConfig
+    work_dir: Path
+
+
+def _warm_up(backend: GrpcBackend, vocab: int, long_tokens: int) -> None:
+    """One session of a long and a short turn, so the kernels and allocations are ready."""
+    rng = np.random.default_rng(12345)
+    s = ReplaySession("warmup", (
+        ReplayTurn(0, tuple(int(x) for x in rng.integers(3, vocab, long_tokens)), 4, 0.0),
+        ReplayTurn(1, tuple(int(x) for x in rng.integers(3, vocab, 200)), 4)))
+    h = backend.open(s)
+    try:
+        for t in s.turns:
+            backend.turn(h, t)
+    finally:
+        backend.close(h)
+
+
+def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
+               ) -> tuple[ReplayResult, dict]:
+    """One policy on a fresh server process: warm up, replay, read its counters, stop it."""
+    srv = AgentServer(replace(setup.spec, policy=policy), setup.work_dir)
+    t0 = time.perf_counter()
+    srv.start()
+    log(f"[{policy}] server up in {srv.start_s:.1f} s ({srv.target})")
+    backend = GrpcBackend(srv.target, name=policy)
+    try:
+        vocab = model_info(setup.spec.model, setup.spec.dtype).vocab_size
+        _warm_up(backend, vocab, warm_tokens)
+        before = srv.scrape()
+        with GpuMonitor() as mon:
+            res = replay(backend, setup.workload.sessions, setup.driver, log, policy)
+        after = srv.scrape()
+    finally:
+        backend.shutdown()
+        srv.stop()
+        shutil.rmtree(srv.data_dir, ignore_errors=True)      # its disk tier: room for the next
+    failures = counter_delta(before, after, "agentkv:kv_checksum_failures")
+    info = {"server_start_s": round(srv.start_s, 2),
+            "phase_s": round(time.perf_counter() - t0, 2),
+            "tier_bytes": tier_bytes(before, after),
+            "checksum_failures": int(sum(v for k, v in failures.items()
+                                         if not k.endswith("_created"))),
+            "preemptions": int(_delta(before, after, "agentkv:num_preemptions_total")),
+            "prompt_tokens_computed": int(_delta(before, after,
+                                                 "agentkv:prompt_tokens_computed_total")),
+            **mon.samples.summary()}
+    summary = summarize(res, sum(len(s.turns) for s in setup.workload.sessions))
+    summary.update(info)
+    log(f"[{policy}] {summary['turns']}/{summary['turns_expected']} turns in {res.wall_s:.1f} s: "
+        f"resume TTFT p50 {summary['resume_ttft_p50_s']} s p99 {summary['resume_ttft_p99_s']} s, "
+        f"JCT mean {summary['jct_mean_s']} s, GPU hit rate {summary['gpu_hit_rate']}, "
+        f"{summary['errors']} errors")
+    return res, summary
+
+
+def _delta(before: dict, after: dict, name: str) -> float:
+    return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def fp32_sample(workload: Workload, sessions: int, turns: int, pause_s: float
+                ) -> list[ReplaySession]:
+    """The first sessions, at most `turns` turns each, every pause a human wait of `pause_s`,
+    so the agent policy writes their KV down and loads it back."""
+    out = []
+    for s in workload.sessions[:sessions]:
+        ts = [replace(t, pause_after_s=pause_s, pause_real_s=pause_s, tool_after="ask_user",
+                      human_after=True) for t in s.turns[:turns]]
+        ts[-1] = replace(ts[-1], pause_after_s=0.0, pause_real_s=0.0, tool_after=None,
+                         human_after=False)
+        out.append(replace(s, turns=tuple(ts)))
+    return out
+
+
+def fp32_check(setup: RunSetup, model: str, sample: list[ReplaySession], log: Log
+               ) -> tuple[TokenComparison, dict]:
+    """Replay `sample` greedily in fp32 under recompute and under agent on a GPU budget below
+    the sample's KV, with a CPU tier below it too (so the agent reloads from CPU and disk)."""
+    info = model_info(model, "fp32")
+    tokens = sum(s.context_tokens for s in sample)
+    longest = max(s.context_tokens for s in sample)
+    blocks = max(longest // 16 + 8, int(0.35 * tokens / 16))
+    cpu_gb = round(0.5 * tokens * info.kv_bytes_per_token / 2**30, 4)
+    disk_gb = round(max(0.05, 3 * tokens * info.kv_bytes_per_token / 2**30), 3)
+    spec = replace(setup.spec, model=model, dtype="fp32", num_gpu_blocks=blocks,
+                   cpu_cache_gb=cpu_gb, disk_cache_gb=disk_gb)
+    sub = replace(setup, spec=spec, workload=Workload(setup.workload.config, sample),
+                  driver=replace(setup.driver, concurrency=max(1, len(sample) // 2)),
+                  work_dir=setup.work_dir / "fp32")
+    sub.work_dir.mkdir(parents=True, exist_ok=True)
+    runs = {p: run_policy(sub, p, log, warm_tokens=min(1000, tokens // 4))
+            for p in ("recompute", "agent")}
+    cmp = compare_outputs("fp32: recompute vs agent", sample, runs["recompute"][0],
+                          runs["agent"][0])
+    agent = runs["agent"][1]
+    pause = max((t.pause_after_s for s in sample for t in s.turns), default=0.0)
+    detail = {"model": model, "sessions": len(sample), "pause_s": pause, "gpu_blocks": blocks,
+              "cpu_cache_gb": cpu_gb, "disk_cache_gb": disk_gb, "sample_tokens": tokens,
+              "agent_resume_kv_source_tokens": agent["resume_kv_source_tokens"],
+              "agent_tier_bytes": agent["tier_bytes"],
+              "checksum_failures": agent["checksum_failures"] + runs["recompute"][1][
+                  "checksum_failures"],
+              "errors": agent["errors"] + runs["recompute"][1]["errors"]}
+    log(f"[check] fp32: {cmp.identical_sessions}/{cmp.sessions} sessions identical over "
+        f"{cmp.tokens_compared} tokens; agent's resumed turns loaded "
+        f"{agent['resume_kv_source_tokens']}")
+    return cmp, detail
+
+
+def engine_checks(model: str, dtype: str, device: str, comparisons: list[TokenComparison],
+                  prompts: list[list[int]], kv_bytes_per_token: int, max_context: int,
+                  log: Log) -> dict:
+    """Tie check of every divergence and the KV round trip, on one in-process engine."""
+    from runtime import Engine, EngineConfig
+    t0 = time.perf_counter()
+    need = sum(len(p) for p in prompts) * kv_bytes_per_token
+    with tempfile.TemporaryDirectory(prefix="agentkv-kvcheck-") as tmp:
+        eng = Engine(EngineConfig(model=model, device=device, dtype=dtype,
+                                  num_gpu_blocks=max(512, (max_context + 64) // 16 + 64),
+                                  cpu_cache_gb=2 * need / 2**30 + 0.01, disk_cache_path=tmp,
+                                  disk_cache_gb=3 * need / 2**30 + 0.05))
+        build_s = time.perf_counter() - t0
+        check_ties(comparisons, eng, log)
+        rt = kv_roundtrip(eng, prompts, log)
+        free_engine(eng)
+    rt["engine_build_s"] = round(build_s, 2)
+    rt["phase_s"] = round(time.perf_counter() - t0, 2)
+    return rt

@@ -1,0 +1,251 @@
+"""The agent workload benchmark: five cache policies and a peer server on the same turns.
+
+One command replays a multi-session agent workload (bench/agent_workload.py: generated from the
+published pause distributions, a TraceLab session CSV, or the Mooncake JSONL) against a fresh
+`agentkv serve` process per policy (recompute, lru, lru_cpu, ttl, agent), each with the same
+model, GPU KV budget (below the working set of the sessions open at once) and CPU and disk tiers,
+at a bounded number of concurrent sessions with tool and human pauses compressed in time. Then
+Hugging Face transformers' continuous batching serves the same turns statelessly
+(bench/hf_session_peer.py), and the wrong-token checks run (bench/agent_checks.py): greedy tokens
+of recompute vs agent in this run (bf16: differences only at top-2 ties) and in an fp32 run of a
+sample, and KV bytes identical after a round trip through CPU and disk.
+
+    python bench/agent_replay.py                  # the H200 run (about 9 minutes)
+    python bench/agent_replay.py --smoke          # CPU, a tiny random model, seconds
+
+Writes bench/results/agent-<hardware>-<date>.{json,md,png} (format: bench/README.md).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.append(str(REPO / "bench"))
+
+from agent_driver import DriverConfig  # noqa: E402
+from agent_markdown import render_md  # noqa: E402
+from agent_phases import (RunSetup, engine_checks, fp32_check, fp32_sample,  # noqa: E402
+                          model_info, run_policy)
+from agent_report import headline, plot, summarize  # noqa: E402
+from agent_server import ServerSpec  # noqa: E402
+from agent_checks import compare_outputs  # noqa: E402
+from agent_workload import SOURCES, WorkloadConfig, build_workload  # noqa: E402
+from bench_common import git_commit  # noqa: E402
+
+POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
+SMOKE = dict(model="shape:tiny-random", device="cpu", dtype="fp32", sessions=4, concurrency=2,
+             token_scale=0.25, system_prompt_tokens=256, task_tokens_p50=800,
+             output_tokens_p50=32, max_output_tokens=8, max_context_tokens=1200, max_turns=3,
+             rounds_mean=3.0, human_turn_prob=0.3, time_compression=200.0,
+             max_pause_s=0.3, gpu_blocks=48, cpu_cache_gb=0.02, disk_cache_gb=0.1, fp32_model="shape:tiny-random",
+             fp32_sessions=2, fp32_turns=3, fp32_pause_s=0.2, deadline_s=120.0, warm_tokens=300,
+             peer_page_size=32)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny random model, seconds")
+    p.add_argument("--model", default="shape:llama3-8b")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="bf16")
+    p.add_argument("--policies", default=",".join(POLICIES))
+    p.add_argument("--gpu-kv-fraction", type=float, default=0.4,
+                   help="GPU KV budget as a fraction of the concurrent sessions' working set")
+    p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
+    p.add_argument("--cpu-cache-gb", type=float, default=12.0)
+    p.add_argument("--disk-cache-gb", type=float, default=24.0)
+    g = p.add_argument_group("workload")
+    g.add_argument("--workload", choices=SOURCES, default="generated")
+    g.add_argument("--workload-file", default=None, help="TraceLab CSV or Mooncake JSONL")
+    g.add_argument("--sessions", type=int, default=24)
+    g.add_argument("--concurrency", type=int, default=8)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--time-compression", type=float, default=30.0)
+    g.add_argument("--max-pause-s", type=float, default=8.0)
+    g.add_argument("--token-scale", type=float, default=1.0)
+    g.add_argument("--max-turns", type=int, default=8)
+    g.add_argument("--max-context-tokens", type=int, default=16_000)
+    g.add_argument("--max-output-tokens", type=int, default=48)
+    g.add_argument("--system-prompt-tokens", type=int, default=2048)
+    g.add_argument("--task-tokens-p50", type=int, default=5000)
+    g.add_argument("--output-tokens-p50", type=int, default=24)
+    g.add_argument("--rounds-mean", type=float, default=6.0)
+    g.add_argument("--human-turn-prob", type=float, default=0.1)
+    c = p.add_argument_group("checks and peer")
+    c.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
+    c.add_argument("--no-checks", action="store_true", help="skip the wrong-token checks")
+    c.add_argument("--fp32-model", default="shape:llama3-1b")
+    c.add_argument("--fp32-sessions", type=int, default=6, help="0 skips the fp32 server run")
+    c.add_argument("--fp32-turns", type=int, default=4)
+    c.add_argument("--fp32-pause-s", type=float, default=1.0)
+    c.add_argument("--peer-page-size", type=int, default=256)
+    p.add_argument("--deadline-s", type=float, default=240.0, help="per replay")
+    p.add_argument("--warm-tokens", type=int, default=3000)
+    p.add_argument("--out", default=str(REPO / "bench" / "results"))
+    p.add_argument("--date", default=dt.date.today().strftime("%Y%m%d"))
+    a = p.parse_args(argv)
+    if a.smoke:                                    # smoke values unless given explicitly
+        given = {x.split("=")[0].lstrip("-").replace("-", "_") for x in (argv or sys.argv[1:])}
+        for k, v in SMOKE.items():
+            if k not in given:
+                setattr(a, k, v)
+    a.policies = [x.strip() for x in a.policies.split(",") if x.strip()]
+    bad = [x for x in a.policies if x not in POLICIES]
+    if bad:
+        p.error(f"unknown policies {bad}; valid: {', '.join(POLICIES)}")
+    return a
+
+
+def hardware() -> tuple[str, str]:
+    import torch
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return name, "h200" if "H200" in name else name.lower().replace(" ", "")
+    return "cpu", "cpu"
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    t_start = time.perf_counter()
+    log = lambda m: print(f"{time.perf_counter() - t_start:6.1f}s {m}", flush=True)  # noqa: E731
+    hw_name, hw = hardware()
+    device = a.device if a.device != "auto" else ("cuda" if hw != "cpu" else "cpu")
+    info = model_info(a.model, a.dtype)
+    wcfg = WorkloadConfig(
+        source=a.workload, path=a.workload_file, sessions=a.sessions, seed=a.seed,
+        time_compression=a.time_compression, max_pause_s=a.max_pause_s,
+        token_scale=a.token_scale, max_turns=a.max_turns, max_context_tokens=a.max_context_tokens,
+        max_output_tokens=a.max_output_tokens, system_prompt_tokens=a.system_prompt_tokens,
+        task_tokens_p50=a.task_tokens_p50, output_tokens_p50=a.output_tokens_p50,
+        rounds_mean=a.rounds_mean, human_turn_prob=a.human_turn_prob)
+    wl = build_workload(wcfg, info.vocab_size)
+    wsum = wl.summary(a.concurrency)
+    floor = (wsum["final_context_max"] + a.max_output_tokens) // 16 + 16   # one session fits
+    blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
+                                            * wsum["concurrent_working_set_tokens"] / 16))
+    spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
+                      cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb)
+    budget = {"gpu_kv_blocks": blocks, "gpu_kv_tokens": blocks * 16,
+              "gpu_kv_gib": round(blocks * 16 * info.kv_bytes_per_token / 2**30, 3),
+              "kv_bytes_per_token": info.kv_bytes_per_token,
+              "fraction_of_concurrent_working_set":
+                  round(blocks * 16 / max(1, wsum["concurrent_working_set_tokens"]), 3),
+              "cpu_cache_gib": a.cpu_cache_gb, "disk_cache_gib": a.disk_cache_gb}
+    log(f"workload: {json.dumps(wsum)}")
+    log(f"KV budget: {json.dumps(budget)}")
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"agent-{hw}-{a.date}"
+    doc = {"bench": "agent_replay", "hardware": hw_name, "commit": git_commit(),
+           "date": dt.datetime.strptime(a.date, "%Y%m%d").date().isoformat(),
+           "command": "python bench/agent_replay.py " + " ".join(argv if argv is not None
+                                                                  else sys.argv[1:]),
+           "ceilings": {}, "metrics": {}, "rows": [], "complete": False,
+           "model": {"name": a.model, "dtype": a.dtype, "device": device}, "kv_budget": budget,
+           "workload": {**wsum, "config": wcfg.__dict__}, "policies": {}, "checks": {}}
+
+    def save() -> None:
+        stem.with_suffix(".json").write_text(json.dumps(doc, indent=1) + "\n")
+
+    results = {}
+    with tempfile.TemporaryDirectory(prefix="agentkv-replay-") as tmp:
+        setup = RunSetup(spec, wl, DriverConfig(a.concurrency, a.deadline_s), Path(tmp))
+        for pol in a.policies:
+            results[pol], doc["policies"][pol] = run_policy(setup, pol, log, a.warm_tokens)
+            save()
+        wrong = sum(s["checksum_failures"] for s in doc["policies"].values())
+        if not a.no_checks:
+            wrong += run_checks(a, setup, results, doc, info, device, log)
+            save()
+    peer = None
+    if not a.no_hf:
+        peer, results["hf_cb"] = run_peer(a, wl, blocks, device, log)
+        doc["peer"] = peer
+    doc["metrics"] = headline(doc["policies"], peer, wrong)
+    doc["rows"] = [{"server": k, **{x: y for x, y in v.items() if x != "ttft_by_pause"}}
+                   for k, v in {**doc["policies"], **({"hf_cb": peer} if peer else {})}.items()]
+    doc["turn_records"] = {k: [_turn_row(t) for t in r.turns] for k, r in results.items()}
+    doc["complete"], doc["wall_s"] = True, round(time.perf_counter() - t_start, 1)
+    save()
+    allp = {**doc["policies"], **({"hf_cb": peer} if peer else {})}
+    plot(stem.with_suffix(".png"), allp, results,
+         f"agent replay on {hw_name}: {a.model} {a.dtype}, {wsum['sessions']} sessions x "
+         f"{wsum['concurrency']} concurrent, GPU KV {budget['gpu_kv_tokens']:,} tokens "
+         f"({budget['fraction_of_concurrent_working_set']:.0%} of the open sessions' KV), pauses "
+         f"/{a.time_compression:g}")
+    stem.with_suffix(".md").write_text(render_md(doc))
+    for k, v in doc["metrics"].items():
+        log(f"{k:32s} {v['value']!s:>12}  goal {v['goal']}")
+    log(f"wrote {stem}.json/.md/.png")
+    return 0
+
+
+def run_checks(a, setup: RunSetup, results: dict, doc: dict, info, device: str, log) -> int:
+    """The wrong-token checks; returns the wrong tokens they found."""
+    checks = doc["checks"]
+    comparisons = []
+    if "recompute" in results and "agent" in results:
+        comparisons.append(compare_outputs(f"{a.dtype}: recompute vs agent (the run above)",
+                                           setup.workload.sessions, results["recompute"],
+                                           results["agent"]))
+    fp32_cmp = None
+    if a.fp32_sessions > 0:
+        sample = fp32_sample(setup.workload, a.fp32_sessions, a.fp32_turns, a.fp32_pause_s)
+        fp32_cmp, checks["fp32_run"] = fp32_check(setup, a.fp32_model, sample, log)
+    prompts = [list(s.turns[0].input_ids[:2048]) for s in setup.workload.sessions[:3]]
+    checks["kv_roundtrip"] = engine_checks(a.model, a.dtype, device, comparisons, prompts,
+                                           info.kv_bytes_per_token, a.max_context_tokens, log)
+    if fp32_cmp is not None and fp32_cmp.divergences:
+        engine_checks(a.fp32_model, "fp32", device, [fp32_cmp], [], 0, a.max_context_tokens, log)
+    checks["token_comparisons"] = [c.summary() for c in comparisons + [fp32_cmp] if c]
+    rt = checks["kv_roundtrip"]
+    wrong = (sum(c.non_ties for c in comparisons) + rt["mismatches"]
+             + (len(fp32_cmp.divergences) + checks["fp32_run"]["checksum_failures"]
+                if fp32_cmp else 0))
+    checks["wrong_tokens"] = wrong
+    return wrong
+
+
+def run_peer(a, wl, blocks: int, device: str, log):
+    from agent_driver import replay
+    from hf_session_peer import HFPeerBackend, PeerConfig
+    if not a.model.startswith("shape:"):
+        raise SystemExit("the transformers peer needs a shape: model (random weights)")
+    t0 = time.perf_counter()
+    cfg = PeerConfig(shape=a.model.removeprefix("shape:"), device=device,
+                     dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(
+                         a.dtype, a.dtype), kv_tokens=blocks * 16, page_size=a.peer_page_size)
+    backend = HFPeerBackend(cfg, log)
+    log(f"[hf_cb] up in {backend.info['build_s']} s: {backend.info}")
+    try:
+        res = replay(backend, wl.sessions, DriverConfig(a.concurrency, a.deadline_s), log, "hf_cb")
+    finally:
+        backend.shutdown()
+    s = summarize(res, sum(len(x.turns) for x in wl.sessions))
+    s.update({"peer": backend.info, "phase_s": round(time.perf_counter() - t0, 2)})
+    log(f"[hf_cb] {s['turns']}/{s['turns_expected']} turns in {res.wall_s:.1f} s: resume TTFT "
+        f"p50 {s['resume_ttft_p50_s']} s p99 {s['resume_ttft_p99_s']} s, JCT mean "
+        f"{s['jct_mean_s']} s, {s['errors']} errors")
+    return s, res
+
+
+def _turn_row(t) -> dict:
+    return {"session": t.session, "turn": t.turn, "resume": t.resume,
+            "pause_s": round(t.pause_before_s, 4), "pause_real_s": round(t.pause_before_real_s, 3),
+            "tool": t.tool_before, "human": t.human_before, "prompt_tokens": t.prompt_tokens,
+            "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
+            "start_s": round(t.start_s, 4), "ttft_s": round(t.ttft_s, 5),
+            "turn_s": round(t.turn_s, 4), "decode_tok_s": round(t.decode_tok_s, 1),
+            "kv_source": t.kv_source}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
