@@ -19,6 +19,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"          # "auto" (triton on cuda), "triton", "torch"
     seed: int = 0
+    # The step loop (see runtime/cuda_graphs.py and docs/design.md)
+    cuda_graphs: bool | None = None       # decode steps replayed from CUDA graphs; None = off
+    cuda_graph_batch_sizes: tuple[int, ...] | None = None   # capture buckets; None = default
+    async_scheduling: bool | None = None  # schedule step N+1 while step N runs; None = off
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0
     disk_cache_path: str | None = None
@@ -35,6 +39,12 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError("num_gpu_blocks must be positive")
+        if self.cuda_graph_batch_sizes is not None:
+            sizes = tuple(self.cuda_graph_batch_sizes)
+            if not sizes or any(not isinstance(b, int) or b <= 0 for b in sizes):
+                raise ValueError("cuda_graph_batch_sizes must be positive integers, got "
+                                 f"{self.cuda_graph_batch_sizes!r}")
+            self.cuda_graph_batch_sizes = tuple(sorted(set(sizes)))
 
 
 @dataclass

@@ -17,14 +17,18 @@ from kernels import get_kernel_ops
 from kvstore.block_pool import BlockPool
 from kvstore.spec import KVCacheSpec, dtype_from_name
 from runtime.config import EngineConfig, SamplingParams
+from runtime.cuda_graphs import DecodeGraphs, GraphStats, default_batch_sizes, width_buckets
 from runtime.errors import InvalidRequestError
+from runtime.inflight import InflightStep, StepTimer
+from runtime.memory_profile import KVBudget, kv_budget
 from runtime.model_runner import ModelRunner
 from runtime.models.loader import load_model, model_max_len
 from runtime.prefix_loader import PrefixLoader
 from runtime.tier_setup import build_tiers
 from runtime.request import FinishReason, Output, Request, RequestOutput
-from runtime.sampler import sample
+from runtime.sampler import copy_to_host, sample_on_device
 from runtime.scheduler import Scheduler, SchedulerConfig
+from runtime.step_inputs import PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,8 @@ class EngineStats:
     generated_tokens: int = 0
     preemptions: int = 0
     step_errors: int = 0
+    graph_steps: int = 0                  # decode steps replayed from a CUDA graph
+    device_fed_tokens: int = 0            # input ids taken on the device from the step before
 
 
 def resolve_device(name: str) -> torch.device:
@@ -67,14 +73,29 @@ class Engine:
         self.max_model_len = min(config.max_model_len or limit, limit)
         self.kv_spec = KVCacheSpec(self.arch.num_layers, self.arch.num_kv_heads, self.arch.head_dim,
                                    config.block_size, self.dtype)
-        num_blocks = self._num_blocks()
+        self.ops = get_kernel_ops(config.kernel_backend, self.device)
+        self.async_scheduling = bool(config.async_scheduling)
+        graph_sizes = self._graph_batch_sizes()
+        max_blocks = -(-self.max_model_len // config.block_size)
+        self.kv_budget: KVBudget | None = None
+        num_blocks = self._num_blocks(graph_sizes[-1] if graph_sizes else 0, max_blocks)
         self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_batched_tokens,
                                                    config.max_num_seqs, config.block_size,
                                                    self.max_model_len), self.pool, self.fingerprint)
-        self.ops = get_kernel_ops(config.kernel_backend, self.device)
-        self.runner = ModelRunner(self.model, self.kv_spec, self.kv_cache, self.ops, self.device)
+        self.graph_stats: GraphStats | None = None
+        graphs = None
+        if graph_sizes:
+            graphs = DecodeGraphs(self.model, self.kv_cache, self.ops, self.device, graph_sizes,
+                                  width_buckets(max_blocks))
+            self.graph_stats = graphs.capture(progress=log.info)
+            log.info("captured %d decode graphs in %.1f s (pool %.2f GiB)",
+                     self.graph_stats.num_graphs, self.graph_stats.capture_s,
+                     self.graph_stats.pool_bytes / 2**30)
+        self.runner = ModelRunner(self.model, self.kv_spec, self.kv_cache, self.ops, self.device,
+                                  graphs)
+        self._inflight: InflightStep | None = None
         self.tiers, self.rates = build_tiers(self)
         if self.tiers is not None:
             self.scheduler.loader = PrefixLoader(self.tiers, self.pool, config.block_size,
@@ -85,19 +106,30 @@ class Engine:
                  num_blocks, config.block_size, num_blocks * self.kv_spec.block_bytes / 2**20,
                  self.max_model_len, config.kernel_backend)
 
-    def _num_blocks(self) -> int:
+    def _graph_batch_sizes(self) -> tuple[int, ...]:
+        """The CUDA graph buckets, or () when graphs are off (the default until turned on)."""
+        cfg = self.config
+        if not cfg.cuda_graphs:
+            return ()
+        if self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs needs a CUDA device; the engine runs on {self.device}")
+        sizes = tuple(b for b in (cfg.cuda_graph_batch_sizes
+                                  or default_batch_sizes(cfg.max_num_seqs)) if b <= cfg.max_num_seqs)
+        if not sizes:
+            raise ValueError(f"every cuda_graph_batch_sizes entry exceeds max_num_seqs "
+                             f"({cfg.max_num_seqs})")
+        return sizes
+
+    def _num_blocks(self, graph_batch: int, max_blocks: int) -> int:
         if self.config.num_gpu_blocks is not None:
             return self.config.num_gpu_blocks
         if self.device.type != "cuda":
             return self.config.cpu_kv_blocks_default
-        free, total = torch.cuda.mem_get_info(self.device)
-        used = total - free
-        headroom = 2 * 2**30          # activations, graphs and the allocator's slack
-        budget = int(total * self.config.gpu_memory_fraction) - used - headroom
-        n = budget // self.kv_spec.block_bytes
-        if n <= 0:
-            raise ValueError("no GPU memory left for the KV cache: raise gpu_memory_fraction")
-        return int(n)
+        cfg = self.config
+        self.kv_budget = kv_budget(self.model, self.kv_spec, self.ops, self.device,
+                                   cfg.gpu_memory_fraction, cfg.max_num_batched_tokens,
+                                   cfg.max_num_seqs, graph_batch, max_blocks)
+        return self.kv_budget.num_blocks
 
     # -- requests ---------------------------------------------------------------------------
     def validate(self, prompt: list[int], params: SamplingParams) -> None:
@@ -146,54 +178,103 @@ class Engine:
         if req is None:
             return None
         self.scheduler.finish(req, FinishReason.ABORT)
+        if req.all_token_ids and req.all_token_ids[-1] == PLACEHOLDER:
+            req.all_token_ids.pop()       # its token was still being sampled: dropped
         return self._final(req, [], None)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self._inflight is not None
 
     # -- the step ---------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        """Schedule and launch one step, then report the tokens of the step before it (async
+        scheduling: the GPU runs the new step meanwhile) or of this one (otherwise)."""
         if self.tiers is not None:
             self.tiers.poll()
         sched = self.scheduler.schedule()
         self.stats.preemptions += len(sched.preempted)
-        if sched.is_empty:
-            return []
-        self.stats.steps += 1
-        t0 = time.perf_counter()
-        try:
-            logits, rows = self.runner.execute(sched)
-            picks = [sched.scheduled[r].request for r in rows]
-            result = sample(logits, [r.params for r in picks], [r.generator for r in picks]) \
-                if rows else None
-        except Exception as e:  # a failed step fails its requests, never the engine
-            log.exception("step failed")
-            self.stats.step_errors += 1
-            outs = []
-            for s in sched.scheduled:
-                req = s.request
-                self.scheduler.finish(req, FinishReason.ERROR)
-                self.requests.pop(req.request_id, None)
-                outs.append(self._final(req, [], None, error=f"engine step failed: {e}"))
-            return outs
-        prefill_tokens = 0
-        for s in sched.scheduled:
-            before = s.request.num_prompt_tokens_computed
+        launched, failure = None, None
+        if not sched.is_empty:
+            self.stats.steps += 1
+            try:
+                launched = self._launch(sched)
+            except Exception as e:  # a failed step fails its requests, never the engine
+                log.exception("step failed")
+                failure = e
+        outs = self._complete_inflight()
+        if failure is not None:
+            return outs + self._fail([s.request for s in sched.scheduled], failure)
+        if launched is not None:
+            self._commit(launched)
+            self._inflight = launched
+            if not self.async_scheduling:
+                outs += self._complete_inflight()
+        return outs
+
+    def _launch(self, sched) -> InflightStep:
+        prev = self._inflight
+        prefill_tokens = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
+        timer = StepTimer.begin(self.device) if prefill_tokens == sched.num_tokens else None
+        step = self.runner.execute(sched, prev.pending_rows if prev else None,
+                                   prev.device_tokens if prev else None)
+        self.stats.device_fed_tokens += step.num_device_fed
+        picks = [sched.scheduled[r].request for r in step.sampling_rows]
+        drawn = sample_on_device(step.logits, [r.params for r in picks],
+                                 [r.generator for r in picks]) if picks else None
+        if timer is not None:
+            timer.stop()
+        self.stats.graph_steps += step.graph
+        return InflightStep(sched, picks, drawn.token_ids if drawn else None,
+                            copy_to_host(drawn) if drawn else None, step.graph, timer,
+                            prefill_tokens)
+
+    def _commit(self, step: InflightStep) -> None:
+        """Count the launched step's tokens as computed (the scheduler plans the next step on
+        them) and give each sampling request a placeholder for its token."""
+        for s in step.sched.scheduled:
+            req = s.request
+            if req.is_finished:       # stopped by the previous step's token
+                continue
+            before = req.num_prompt_tokens_computed
             self.scheduler.commit_computed(s)
-            self.stats.prompt_tokens_computed += s.request.num_prompt_tokens_computed - before
-            if s.num_new_tokens > 1:
-                prefill_tokens += s.num_new_tokens
-        if prefill_tokens == sched.num_tokens:   # tokens were synced by sampling: time is real
-            self.rates.observe_prefill(prefill_tokens, time.perf_counter() - t0)
+            self.stats.prompt_tokens_computed += req.num_prompt_tokens_computed - before
+        for row, req in enumerate(step.requests):
+            if req.is_finished:
+                continue
+            req.all_token_ids.append(PLACEHOLDER)
+            step.pending_rows[req.request_id] = row
+            if (len(req.output_token_ids) + 1 >= req.params.max_tokens
+                    or req.num_tokens >= self.max_model_len) and req in self.scheduler.running:
+                # this token is its last whatever it is: schedule it no more; it keeps its
+                # blocks until the token is read back and `finish` releases them
+                self.scheduler.running.remove(req)
+
+    def _complete_inflight(self) -> list[RequestOutput]:
+        """Wait for the launched step's tokens, put them in place of the placeholders, check
+        stop conditions and return the deltas."""
+        step, self._inflight = self._inflight, None
+        if step is None:
+            return []
+        try:
+            result = step.host.result() if step.host is not None else None
+            if step.prefill_timer is not None:
+                self.rates.observe_prefill(step.prefill_tokens, step.prefill_timer.seconds())
+        except Exception as e:
+            log.exception("step failed on the device")
+            return self._fail([s.request for s in step.sched.scheduled], e)
         outs: list[RequestOutput] = []
         now = time.monotonic()
-        for j, r in enumerate(rows):
-            req = sched.scheduled[r].request
+        for j, req in enumerate(step.requests):
+            if req.is_finished or step.pending_rows.get(req.request_id) != j:
+                continue              # aborted, or finished, while its token was sampled
             tok = result.token_ids[j]
             lp = result.logprobs[j] if result.logprobs is not None else None
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.stats.prompt_tokens_cached += req.num_cached_tokens
+            if req.all_token_ids[-1] != PLACEHOLDER:
+                raise RuntimeError(f"request {req.request_id} lost the placeholder of its token")
+            req.all_token_ids.pop()
             req.append_output(tok, lp if req.params.logprobs else None)
             if req.params.top_logprobs and result.top is not None:
                 req.output_top_logprobs.append(result.top[j])
@@ -206,6 +287,19 @@ class Engine:
                 self.scheduler.finish(req, reason)
                 self.requests.pop(req.request_id, None)
                 outs.append(self._final(req, [tok], lps))
+        return outs
+
+    def _fail(self, reqs: list[Request], e: Exception) -> list[RequestOutput]:
+        self.stats.step_errors += 1
+        outs = []
+        for req in reqs:
+            if req.is_finished:
+                continue
+            self.scheduler.finish(req, FinishReason.ERROR)
+            self.requests.pop(req.request_id, None)
+            if req.all_token_ids and req.all_token_ids[-1] == PLACEHOLDER:
+                req.all_token_ids.pop()
+            outs.append(self._final(req, [], None, error=f"engine step failed: {e}"))
         return outs
 
     def _check_stop(self, req: Request, tok: int) -> FinishReason | None:
@@ -236,6 +330,8 @@ class Engine:
             for out in self.step():
                 if out.finished and out.request_id in reqs:
                     done[out.request_id] = out
+        while self._inflight is not None and not self.scheduler.has_work():
+            self.step()       # a step launched for requests that have stopped since
         return [Output(rid, reqs[rid].prompt_token_ids, list(reqs[rid].output_token_ids),
                        list(reqs[rid].output_logprobs) if reqs[rid].params.logprobs else None,
                        reqs[rid].finish_reason, reqs[rid].num_cached_tokens,

@@ -1,4 +1,9 @@
-"""Turns a scheduler step into one forward over the flattened batch and returns sampling logits."""
+"""Turns a scheduler step into one forward over the flattened batch and returns sampling logits.
+
+Decode steps that fit a captured bucket replay a CUDA graph (runtime/cuda_graphs.py); every other
+step (prefill, extend, mixed, or too large a batch) runs the model eagerly. Nothing here reads
+from the device: the logits stay there for the sampler.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,77 +12,56 @@ import torch
 
 from kernels import KernelOps
 from kvstore.spec import KVCacheSpec
+from runtime.cuda_graphs import DecodeGraphs
 from runtime.models.llama import AttentionMetadata, LlamaFamilyModel
 from runtime.scheduler import SchedulerOutput
+from runtime.step_inputs import HostBatch, build_host_batch, upload
 
 
 @dataclass
-class ModelInputs:
-    input_ids: torch.Tensor        # [num_tokens] int64
-    positions: torch.Tensor        # [num_tokens] int64
-    meta: AttentionMetadata
-    logits_indices: torch.Tensor   # [num_sampling] int64: the last token of each sampling request
-    sampling_rows: list[int]       # index into `scheduled` of each sampling request
+class StepLogits:
+    logits: torch.Tensor          # [num_sampling, vocab] float32 on the device
+    sampling_rows: list[int]      # index into `scheduled` of each row of `logits`
+    graph: bool                   # replayed from a CUDA graph
+    num_device_fed: int           # input ids copied on the device from the previous step
 
 
 class ModelRunner:
     def __init__(self, model: LlamaFamilyModel, spec: KVCacheSpec, kv_cache: torch.Tensor,
-                 ops: KernelOps, device: torch.device):
+                 ops: KernelOps, device: torch.device, graphs: DecodeGraphs | None = None):
         self.model = model
         self.spec = spec
         self.kv_cache = kv_cache      # [num_blocks, num_layers, 2, block_size, Hkv, D]
         self.ops = ops
         self.device = device
+        self.graphs = graphs
 
-    def prepare(self, out: SchedulerOutput) -> ModelInputs:
-        bs = self.spec.block_size
-        ids: list[int] = []
-        q_lens: list[int] = []
-        ctx_before: list[int] = []
-        tables: list[list[int]] = []
-        rows: list[int] = []
-        for i, s in enumerate(out.scheduled):
-            req = s.request
-            ids.extend(req.all_token_ids[s.num_computed_before:s.num_computed_before + s.num_new_tokens])
-            q_lens.append(s.num_new_tokens)
-            ctx_before.append(s.num_computed_before)
-            tables.append(req.block_ids)
-            if s.samples:
-                rows.append(i)
-        dev = self.device
-        num_seqs = len(q_lens)
-        width = max(len(t) for t in tables)
-        table = torch.zeros((num_seqs, width), dtype=torch.int32)
-        for i, t in enumerate(tables):
-            table[i, :len(t)] = torch.tensor(t, dtype=torch.int32)
-        q_lens_t = torch.tensor(q_lens, dtype=torch.int64)
-        ctx_t = torch.tensor(ctx_before, dtype=torch.int64)
-        qsl = torch.zeros(num_seqs + 1, dtype=torch.int64)
-        torch.cumsum(q_lens_t, 0, out=qsl[1:])
-        num_tokens = int(qsl[-1])
-        seq_idx = torch.repeat_interleave(torch.arange(num_seqs), q_lens_t)          # [T]
-        positions = torch.arange(num_tokens) - qsl[seq_idx] + ctx_t[seq_idx]         # [T]
-        slots = table[seq_idx, positions // bs].to(torch.int64) * bs + positions % bs  # [T]
-        seq_lens = (ctx_t + q_lens_t).to(torch.int32)
-        logits_idx = (qsl[1:] - 1)[rows] if rows else torch.zeros(0, dtype=torch.int64)
-        meta = AttentionMetadata(
-            slot_mapping=slots.to(dev, non_blocking=True),
-            query_start_loc=qsl.to(torch.int32).to(dev, non_blocking=True),
-            seq_lens=seq_lens.to(dev, non_blocking=True),
-            block_tables=table.to(dev, non_blocking=True),
-            max_query_len=max(q_lens),
-            decode_only=max(q_lens) == 1)
-        return ModelInputs(
-            input_ids=torch.tensor(ids, dtype=torch.int64).to(dev, non_blocking=True),
-            positions=positions.to(dev, non_blocking=True), meta=meta,
-            logits_indices=logits_idx.to(dev, non_blocking=True), sampling_rows=rows)
+    def prepare(self, out: SchedulerOutput, pending_rows: dict[str, int] | None = None
+                ) -> HostBatch:
+        return build_host_batch(out, self.spec.block_size, pending_rows)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> tuple[torch.Tensor, list[int]]:
-        """Run the step; returns logits [num_sampling, vocab] (float32) and their rows."""
-        inp = self.prepare(out)
-        hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, inp.meta, self.ops)
-        if not inp.sampling_rows:
-            return torch.empty(0, device=self.device), []
-        logits = self.model.compute_logits(hidden[inp.logits_indices])
-        return logits, inp.sampling_rows
+    def execute(self, out: SchedulerOutput, pending_rows: dict[str, int] | None = None,
+                prev_tokens: torch.Tensor | None = None) -> StepLogits:
+        """Launch the step. `pending_rows` / `prev_tokens`: placeholder token ids of this step
+        come from rows of the previous step's sampled tokens [n_prev] (still on the device)."""
+        b = self.prepare(out, pending_rows)
+        if len(b.ph_dst) and prev_tokens is None:
+            raise ValueError("the step has placeholder tokens but no previous step's tokens")
+        rows = b.sampling_rows
+        if self.graphs is not None and b.decode_only and self.graphs.bucket(b.num_seqs, b.width):
+            logits = self.graphs.run(b, prev_tokens)                      # [num_seqs, V]
+            if len(rows) != b.num_seqs:   # a one-token prefill chunk that does not sample
+                logits = logits[torch.tensor(rows, device=self.device)]
+            return StepLogits(logits, rows, True, len(b.ph_dst))
+        d = upload(b, self.device)
+        if len(b.ph_dst):
+            d.input_ids.index_copy_(0, d.ph_dst, prev_tokens.index_select(0, d.ph_src))
+        meta = AttentionMetadata(slot_mapping=d.slot_mapping, query_start_loc=d.query_start_loc,
+                                 seq_lens=d.seq_lens, block_tables=d.block_tables,
+                                 max_query_len=b.max_query_len, decode_only=b.decode_only)
+        hidden = self.model(d.input_ids, d.positions, self.kv_cache, meta, self.ops)  # [T, H]
+        if not rows:
+            return StepLogits(torch.empty(0, device=self.device), [], False, len(b.ph_dst))
+        return StepLogits(self.model.compute_logits(hidden[d.logits_indices]), rows, False,
+                          len(b.ph_dst))
