@@ -101,6 +101,11 @@ class DecodeGraphs:
         """Warm up and capture every bucket, largest first, into one shared memory pool. The
         static inputs hold padding values meanwhile, so capture writes no K/V."""
         t0 = time.perf_counter()
+        if self.capture_enabled and self.ops.backend == "triton":
+            # the decode kernel's split-merge counters: one buffer per device that graphs bake
+            # in, so it is made at its largest size before any capture and never replaced
+            from kernels.attention_decode import _split_counters
+            _split_counters(self.device, self.batch_sizes[-1] * self.model.arch.num_kv_heads)
         reserved = torch.cuda.memory_reserved(self.device) if self.capture_enabled else 0
         pool = torch.cuda.graph_pool_handle() if self.capture_enabled else None
         for width in reversed(self.widths):
