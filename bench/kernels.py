@@ -37,8 +37,9 @@ use_interpreter_without_cuda()
 import kernels.attention_decode as dec  # noqa: E402
 from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
                                       paged_decode_attention, paged_decode_attention_ref)
-from kernels.attention_prefill import (PrefillConfig, default_prefill_config,  # noqa: E402
-                                       paged_prefill_attention, paged_prefill_attention_ref)
+from kernels.attention_prefill import (PrefillConfig, PrefillWSConfig,  # noqa: E402
+                                       default_prefill_config, paged_prefill_attention,
+                                       paged_prefill_attention_ref, ws_supported)
 from kernels.block_copy import (CopyConfig, pack_blocks, pack_blocks_ref,  # noqa: E402
                                 unpack_blocks, unpack_blocks_ref)
 from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
@@ -85,10 +86,22 @@ DECODE_VARIANTS = {
     64: [(DecodeConfig(64, 4, 2), 1), (DecodeConfig(64, 4, 4), 1), (DecodeConfig(32, 4, 4), 2),
          (DecodeConfig(64, 4, 3, fused_merge=True), 2)],
 }
+# Prefill: the warp-specialised Hopper kernel's variants (where it runs), then the Triton
+# kernel's defaults and best neighbours from the earlier sweeps.
+PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
+                      PrefillWSConfig(block_n=64, num_buf=4),
+                      PrefillWSConfig(block_n=64, num_buf=3),
+                      PrefillWSConfig(loader_warps=1, chunk=16),
+                      PrefillWSConfig(loader_warps=2, chunk=16)]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
-                   PrefillConfig(128, 128, 8, 3, 64),
-                   PrefillConfig(128, 128, 8, 2, 64), PrefillConfig(128, 64, 8, 3, 32),
-                   PrefillConfig(128, 64, 8, 4), PrefillConfig(64, 64, 4, 3)]
+                   PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
+                   PrefillConfig(128, 64, 8, 4)]
+
+
+def prefill_variants(sizes: "Sizes", device: str, dtype: torch.dtype) -> list:
+    ws = ws_supported(sizes.head_dim, dtype, torch.device(device),
+                      sizes.num_q_heads // sizes.num_kv_heads)
+    return (PREFILL_WS_CONFIGS if ws else []) + PREFILL_CONFIGS
 
 
 def decode_variants(sizes: Sizes, batch: int, ctx: int) -> list[tuple[DecodeConfig, int]]:
@@ -333,7 +346,8 @@ class Bench:
                          self.cuda)
             return ms, err
 
-        cfg = default_prefill_config(s.head_dim, self.dtype, q.device, length)
+        cfg = default_prefill_config(s.head_dim, self.dtype, q.device, length,
+                                     s.num_q_heads // s.num_kv_heads, scale)
         ours, err = run()
         sdpa = None
         if self.cuda:
@@ -348,13 +362,26 @@ class Bench:
                  rel_err=f"{err:.1e}", ms=round(ours, 4), TFLOPs=round(flops / ours / 1e9, 1),
                  speedup_vs_sdpa=round(sdpa / ours, 3) if sdpa else None)
         if self.variants:
-            for c in PREFILL_CONFIGS:
+            for c in prefill_variants(s, self.device, self.dtype):
                 if c == cfg:
                     continue  # the default row above
-                ms, _ = run(c)
+                try:
+                    ms, err = run(c)
+                except Exception as e:  # noqa: BLE001 - one variant failing keeps the others
+                    self.row(op="prefill", case=name, variant="config", config=str(c),
+                             error=f"{type(e).__name__}: {e}"[:300])
+                    continue
                 self.row(op="prefill", case=name, variant="config", config=str(c),
-                         ms=round(ms, 4), TFLOPs=round(flops / ms / 1e9, 1),
+                         rel_err=f"{err:.1e}", ms=round(ms, 4),
+                         TFLOPs=round(flops / ms / 1e9, 1),
                          speedup_vs_sdpa=round(sdpa / ms, 3) if sdpa else None)
+        if self.cuda:  # SDPA once more after the variants: its run-to-run spread (not the metric)
+            k, v = self.dense_kv(kv_layer, table, [length] * batch)
+            again = time_ms(lambda: F.scaled_dot_product_attention(
+                q4, k, v, is_causal=True, scale=scale, enable_gqa=True), self.cuda)
+            self.row(op="prefill", case=name, variant="torch_sdpa_dense_again",
+                     ms=round(again, 4), TFLOPs=round(flops / again / 1e9, 1))
+            del k, v
         return sdpa / ours if sdpa else float("nan")
 
     # ---- block pack / unpack -----------------------------------------------------------------
@@ -476,7 +503,8 @@ def precompile(sizes: Sizes, device: str, sections: set, variants: bool, jobs: i
         for name, (batch, length) in sizes.prefill.items():
             tasks.append(("prefill", name, batch, length, None, None))
             if variants:
-                tasks += [("prefill", name, batch, length, c, None) for c in PREFILL_CONFIGS]
+                tasks += [("prefill", name, batch, length, c, None)
+                          for c in prefill_variants(sizes, device, torch.bfloat16)]
     tasks = [(sizes, device) + t for t in tasks]
     t = time.perf_counter()
     ctx = multiprocessing.get_context("spawn")
@@ -493,11 +521,16 @@ def kernel_resources() -> list[dict]:
     import kernels.attention_prefill as pre
     import kernels.block_copy as bc
     found = []
-    for name, lazy in [("decode_split", dec._decode_split_kernel),
-                       ("decode_reduce", dec._decode_reduce_kernel),
-                       ("prefill", pre._prefill_kernel), ("block_copy", bc._block_copy_kernel)]:
+    kernels = [("decode_split", dec._decode_split_kernel._compiled()),
+               ("decode_reduce", dec._decode_reduce_kernel._compiled()),
+               ("prefill", pre._prefill_kernel._compiled()),
+               ("block_copy", bc._block_copy_kernel._compiled())]
+    ws = sys.modules.get("kernels.attention_prefill_ws")   # imported by the first launch only
+    if ws is not None:
+        kernels.append(("prefill_ws", ws._prefill_ws_kernel))
+    for name, jit_fn in kernels:
         try:
-            for entry in lazy._compiled().device_caches.values():
+            for entry in jit_fn.device_caches.values():
                 for key, k in entry[0].items():
                     found.append({"op": f"resources_{name}", "n_regs": k.n_regs,
                                   "n_spills": k.n_spills, "shared": k.metadata.shared,

@@ -6,11 +6,12 @@ positions seq_lens[i] - q_len_i ... seq_lens[i] - 1; their own K/V are already i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from kernels._triton import check_device, interpreter_needs_f32_dot, kernel, next_power_of_2
+from kernels.prefill_config import (WS_HEAD_DIMS, WS_MAX_GROUP, PrefillConfig,  # noqa: F401
+                                    PrefillWSConfig, default_prefill_config,
+                                    triton_prefill_config, ws_supported)
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
 
@@ -238,38 +239,12 @@ def _prefill_kernel(
                  o.to(out_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
-@dataclass(frozen=True)
-class PrefillConfig:
-    block_m: int      # query rows per program: tokens x padded GQA group
-    block_n: int      # cached tokens per inner step
-    num_warps: int
-    num_stages: int
-    block_n_diag: int | None = None   # tokens per step near the diagonal (None: block_n)
-
-
-def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device,
-                           max_query_len: int | None = None) -> PrefillConfig:
-    if device.type != "cuda":
-        return PrefillConfig(32, 32, 4, 1)
-    if dtype == torch.float32:
-        return PrefillConfig(64, 32, 4, 2)
-    if head_dim >= 256:
-        return PrefillConfig(64, 32, 4, 2)          # K/V/Q tiles within shared memory
-    if head_dim >= 128:
-        # best of the H200 sweeps for head_dim 128 (bench/kernels_notes.md): 128 rows on two
-        # warpgroups, three K/V buffers, no spills; 128-token steps pay off on long chunks
-        # (1 x 8K: 3-4% faster), 64-token steps on shorter ones (4 x 2K: 5-6% faster)
-        if max_query_len is not None and max_query_len >= 4096:
-            return PrefillConfig(128, 128, 8, 3)
-        return PrefillConfig(128, 64, 8, 3)
-    return PrefillConfig(128, 64, 4, 3)
-
-
 def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
                             query_start_loc: torch.Tensor, seq_lens: torch.Tensor,
                             block_tables: torch.Tensor, scale: float, max_query_len: int,
                             out: torch.Tensor | None = None,
-                            config: PrefillConfig | None = None) -> torch.Tensor:
+                            config: PrefillConfig | PrefillWSConfig | None = None
+                            ) -> torch.Tensor:
     """Triton version of `paged_prefill_attention_ref` (same arguments and result)."""
     check_attention_args(q, kv_layer, seq_lens, block_tables)
     check_device(q, kv_layer, query_start_loc, seq_lens, block_tables)
@@ -285,8 +260,22 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
         raise ValueError("out's last dim must be contiguous")
     check_kv_layer_strides(kv_layer)
     group = num_q_heads // num_kv_heads
+    cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len, group,
+                                           scale)
+    if config is None and kv_layer.dtype != q.dtype:
+        cfg = triton_prefill_config(head_dim, q.dtype, q.device, max_query_len)
+    if isinstance(cfg, PrefillWSConfig):
+        cfg.check()
+        if (scale <= 0 or kv_layer.dtype != q.dtype
+                or not ws_supported(head_dim, q.dtype, q.device, group)):
+            raise ValueError(f"{cfg} needs an sm_90 GPU, q and kv of one 16-bit dtype, head_dim "
+                             f"in {WS_HEAD_DIMS}, at most {WS_MAX_GROUP} query heads per kv head "
+                             "and scale > 0")
+        from kernels import attention_prefill_ws
+        attention_prefill_ws.launch(q, kv_layer, out, query_start_loc, seq_lens, block_tables,
+                                    scale, max_query_len, cfg)
+        return out
     group_pad = next_power_of_2(group)
-    cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len)
     block_m = max(cfg.block_m, group_pad, 16)
     block_n_diag = cfg.block_n_diag or cfg.block_n
     if cfg.block_n % block_n_diag or block_n_diag < 16:

@@ -15,7 +15,7 @@ import torch.nn.functional as F  # noqa: E402
 from kernels.attention_decode import (DecodeConfig, default_decode_config,  # noqa: E402
                                       paged_decode_attention, paged_decode_attention_ref)
 from kernels.attention_prefill import (PrefillConfig, paged_prefill_attention,  # noqa: E402
-                                       paged_prefill_attention_ref)
+                                       paged_prefill_attention_ref, triton_prefill_config)
 from kernels.kv_write import write_kv_ref  # noqa: E402
 
 CUDA = torch.cuda.is_available()
@@ -99,6 +99,21 @@ def assert_close(out, ref, dtype):
     assert rel < tol, f"relative error {rel:.2e} over {tol:.0e}"
 
 
+def check_prefill_kernel(seqs, shape, cfg=None, seed=0):
+    """The prefill kernel (config cfg, None: the default) on a fresh paged batch of `seqs`
+    ((q_len, seq_len) each) against the torch reference; the output starts as NaN."""
+    hq, hkv, d, bs, dtype = shape
+    b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=seed)
+    scale = d ** -0.5
+    out = torch.full_like(b.q, float("nan"))
+    res = paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
+                                  b.block_tables, scale, max(b.q_lens), out=out, config=cfg)
+    assert res is out
+    ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
+                                      b.block_tables, scale, max(b.q_lens))
+    assert_close(out, ref, dtype)
+
+
 MIXED = [(1, 1), (1, 45), (37, 37), (10, 70), (16, 16), (1, 33)]  # decode, prefill, extend
 
 # (num_q_heads, num_kv_heads, head_dim, block_size, dtype)
@@ -130,18 +145,15 @@ def test_decode_reference_matches_dense_sdpa():
     assert_close(out, dense_attention(b, 0.125), torch.float32)
 
 
+# on a GPU the default may be the warp-specialised Hopper kernel; the Triton kernel runs too
+TRITON_TOO = [False, True] if CUDA else [False]
+
+
+@pytest.mark.parametrize("force_triton", TRITON_TOO)
 @pytest.mark.parametrize("shape", SHAPES + (GPU_SHAPES if CUDA else []))
-def test_prefill_kernel_mixed_batch(shape):
-    hq, hkv, d, bs, dtype = shape
-    b = make_batch(MIXED, hq, hkv, d, bs, dtype, seed=3)
-    scale = d ** -0.5
-    out = torch.full_like(b.q, float("nan"))
-    res = paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
-                                  b.block_tables, scale, max(b.q_lens), out=out)
-    assert res is out
-    ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
-                                      b.block_tables, scale, max(b.q_lens))
-    assert_close(out, ref, dtype)
+def test_prefill_kernel_mixed_batch(shape, force_triton):
+    cfg = triton_prefill_config(shape[2], shape[4], torch.device(DEVICE)) if force_triton else None
+    check_prefill_kernel(MIXED, shape, cfg, seed=3)
 
 
 LONG_PREFILL = [(300, 1030), (1, 1100)]  # a chunk extending a long context, a long decode
@@ -152,16 +164,12 @@ GPU_LONG_PREFILL = [(2048, 2048), (2048, 4096), (1, 4000), (512, 8192), (1, 1), 
                          + ([(GPU_LONG_PREFILL, (32, 8, 128, 16, torch.bfloat16)),
                              ([(4096, 6000), (100, 300)], (32, 8, 128, 16, torch.bfloat16))]
                             if CUDA else []))
-def test_prefill_kernel_long_context(seqs, shape):
-    hq, hkv, d, bs, dtype = shape
-    b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=4)
-    scale = d ** -0.5
-    out = torch.full_like(b.q, float("nan"))
-    paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
-                            scale, max(b.q_lens), out=out)
-    ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
-                                      b.block_tables, scale, max(b.q_lens))
-    assert_close(out, ref, dtype)
+@pytest.mark.parametrize("force_triton", TRITON_TOO)
+def test_prefill_kernel_long_context(seqs, shape, force_triton):
+    max_q = max(q for q, _ in seqs)
+    cfg = (triton_prefill_config(shape[2], shape[4], torch.device(DEVICE), max_q) if force_triton
+           else None)
+    check_prefill_kernel(seqs, shape, cfg, seed=4)
 
 
 DIAG_CONFIGS = ([PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32)] if CUDA
@@ -173,15 +181,7 @@ def test_prefill_kernel_smaller_steps_near_the_diagonal(cfg):
     """block_n_diag < block_n: unmasked block_n steps, unmasked and masked block_n_diag steps."""
     seqs = MIXED + [(130, 260), (64, 64)] + ([(1000, 3000)] if CUDA else [])
     shape = (32, 8, 128, 16, torch.bfloat16) if CUDA else (8, 2, 64, 16, torch.bfloat16)
-    hq, hkv, d, bs, dtype = shape
-    b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=13)
-    scale = d ** -0.5
-    out = torch.full_like(b.q, float("nan"))
-    paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
-                            scale, max(b.q_lens), out=out, config=cfg)
-    ref = paged_prefill_attention_ref(b.q, b.kv_layer, b.query_start_loc, b.seq_lens,
-                                      b.block_tables, scale, max(b.q_lens))
-    assert_close(out, ref, dtype)
+    check_prefill_kernel(seqs, shape, cfg, seed=13)
 
 
 def test_prefill_rejects_diag_steps_that_do_not_divide():

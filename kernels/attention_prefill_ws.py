@@ -1,0 +1,347 @@
+"""Warp-specialised paged prefill attention for Hopper (sm_90), written in Gluon.
+
+Same arguments and result as `kernels.attention_prefill.paged_prefill_attention`, which
+dispatches here (config `PrefillWSConfig`) on an sm_90 GPU for 16-bit q/kv with head_dim 64 or
+128. A work item is 128 query rows, tokens x the query heads of one kv head as in the Triton
+kernel, so each K/V tile serves the whole GQA group. Programs are persistent (one per SM) and
+take the items heaviest first, in snake order across rounds so that every program gets a
+similar share of the causal triangle. Each program has three partitions:
+
+- a loader warp gathers, with cp.async, each item's query rows and then the K and V rows of each
+  `BLOCK_N`-token step from the paged cache (rows past the causal end zero-filled, never read),
+  up to `NUM_BUF` steps ahead of the math and across items. Every loader thread arrives on the
+  tile's mbarrier once its own copies have landed;
+- two consumer warpgroups of 64 rows each (the default partition and one worker) run the online
+  softmax on the tensor cores (wgmma). Each issues a tile's QK^T before it waits for the
+  previous tile's P @ V, so its softmax overlaps its own matrix products; the two warpgroups
+  share the K/V buffers but never wait on each other, so one's softmax also overlaps the
+  other's products. Each releases a buffer (one mbarrier arrival) as soon as it has read it.
+
+Importing this module imports Triton; `attention_prefill` imports it on the first launch only.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (async_copy, mbarrier,
+                                                              warpgroup_mma, warpgroup_mma_wait)
+
+LOG2E = 1.4426950408889634
+ROWS = 64           # query rows per consumer warpgroup (one wgmma M tile)
+BLOCK_M = 2 * ROWS  # query rows per work item
+
+
+@gluon.jit
+def _work_item(r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr,
+               NUM_KV_HEADS: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr):
+    # This program's work item in round r: program b of G takes item r * G + b, every other
+    # round backwards. Items count the latest (heaviest) query tiles of every (sequence, kv
+    # head) first. n_tiles = 0: nothing to do (past the last item, or past the chunk's end).
+    b = gl.program_id(0)
+    G = gl.num_programs(0)
+    w = r * G + gl.where(r % 2 == 0, b, G - 1 - b)
+    valid = w < total
+    w = gl.minimum(w, total - 1)
+    pid_m = num_m_tiles - 1 - w // (num_seqs * NUM_KV_HEADS)
+    seq = (w // NUM_KV_HEADS) % num_seqs
+    kvh = w % NUM_KV_HEADS
+    q_start = gl.load(qsl_ptr + seq)
+    q_len = gl.load(qsl_ptr + seq + 1) - q_start
+    seq_len = gl.load(seq_lens_ptr + seq)
+    tile0 = pid_m * TOKENS                       # the item's first token within its chunk
+    diag_start = seq_len - q_len + tile0         # keys below are visible to every row
+    kv_end = gl.minimum(seq_len, diag_start + TOKENS)
+    n_tiles = gl.where(valid & (tile0 < q_len), gl.cdiv(kv_end, BLOCK_N), 0)
+    return seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles
+
+
+# ---- loader partition ---------------------------------------------------------------------------
+
+@gluon.jit
+def _gather_q(dst, q_ptr, q_start, q_len, tok0, kvh, stride_qt, stride_qh, rows, d,
+              GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, CHUNK: gl.constexpr):
+    # cp.async of one consumer's 64 query rows (token tok0 + row // GROUP_PAD, query head
+    # kvh * GROUP + row % GROUP_PAD) into dst [64, D]; rows past the chunk or the group are 0.
+    for c in gl.static_range(64 // CHUNK):
+        row = c * CHUNK + rows                                               # [CHUNK]
+        tok = tok0 + row // GROUP_PAD
+        ok = (tok < q_len) & (row % GROUP_PAD < GROUP)
+        off = (q_start + tok).to(gl.int64) * stride_qt + (kvh * GROUP + row % GROUP_PAD) * stride_qh
+        ptrs = q_ptr + (gl.expand_dims(off, 1) + gl.expand_dims(d, 0))      # [CHUNK, D]
+        async_copy.async_copy_global_to_shared(dst.slice(c * CHUNK, CHUNK), ptrs,
+                                               mask=gl.expand_dims(ok, 1))
+
+
+@gluon.jit
+def _gather_kv(dst, head_ptr, bt_row, n0, kv_end, stride_kv_block, rows, d,
+               NUM_KV_HEADS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr,
+               BLOCK_N: gl.constexpr, CHUNK: gl.constexpr):
+    # cp.async of cached rows n0 .. n0 + BLOCK_N - 1 of one kv head (K or V, by head_ptr) into
+    # dst [BLOCK_N, D]; rows at or past kv_end are zero-filled.
+    for c in gl.static_range(BLOCK_N // CHUNK):
+        k_pos = n0 + c * CHUNK + rows                                        # [CHUNK]
+        ok = k_pos < kv_end
+        page = gl.load(bt_row + k_pos // BLOCK_SIZE, mask=ok, other=0)
+        off = (page.to(gl.int64) * stride_kv_block
+               + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM))
+        ptrs = head_ptr + (gl.expand_dims(off, 1) + gl.expand_dims(d, 0))  # [CHUNK, D]
+        async_copy.async_copy_global_to_shared(dst.slice(c * CHUNK, CHUNK), ptrs,
+                                               mask=gl.expand_dims(ok, 1))
+
+
+@gluon.jit
+def _loader(q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+            stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt,
+            q0_smem, q1_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
+            v_empty,
+            NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
+            HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, TOKENS: gl.constexpr,
+            BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr,
+            CHUNK: gl.constexpr):
+    # Item i's query rows go to q{0,1}_smem once both consumers have issued item i-1's last
+    # QK^T; tile t (counted over all of this program's items) goes to buffer t % NUM_BUF once
+    # both consumers released its previous use. Fresh barriers pass a wait on parity 1.
+    VEC: gl.constexpr = 8                                    # 16-byte copies
+    TPW_D: gl.constexpr = HEAD_DIM // VEC
+    THREADS_R: gl.constexpr = 32 // TPW_D
+    layout: gl.constexpr = gl.BlockedLayout([1, VEC], [THREADS_R, TPW_D], [LOADER_WARPS, 1],
+                                            [1, 0])
+    rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))         # [CHUNK]
+    d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))         # [HEAD_DIM]
+    C_TOKENS: gl.constexpr = TOKENS // 2
+    t = 0                                                    # tiles so far
+    n_items = 0                                              # non-empty items so far
+    for r in range(gl.cdiv(total, gl.num_programs(0))):
+        seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles = _work_item(
+            r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr, NUM_KV_HEADS, TOKENS, BLOCK_N)
+        if n_tiles > 0:
+            q_phase = (n_items & 1) ^ 1
+            mbarrier.wait(q_empty.index(0), q_phase)
+            _gather_q(q0_smem, q_ptr, q_start, q_len, tile0, kvh, stride_qt, stride_qh,
+                      rows, d, GROUP, GROUP_PAD, CHUNK)
+            async_copy.mbarrier_arrive(q_ready.index(0), increment_count=False)
+            mbarrier.wait(q_empty.index(1), q_phase)
+            _gather_q(q1_smem, q_ptr, q_start, q_len, tile0 + C_TOKENS, kvh, stride_qt,
+                      stride_qh, rows, d, GROUP, GROUP_PAD, CHUNK)
+            async_copy.mbarrier_arrive(q_ready.index(1), increment_count=False)
+            n_items += 1
+            bt_row = bt_ptr + seq.to(gl.int64) * stride_bt
+            head_ptr = kv_ptr + kvh * HEAD_DIM
+            for j in range(n_tiles):
+                buf = t % NUM_BUF
+                empty_phase = ((t // NUM_BUF) & 1) ^ 1
+                # K first: its buffer frees a step earlier than V's (after QK^T, not P @ V)
+                mbarrier.wait(k_empty.index(buf), empty_phase)
+                _gather_kv(k_smem.index(buf), head_ptr, bt_row, j * BLOCK_N, kv_end,
+                           stride_kv_block, rows, d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
+                           BLOCK_N, CHUNK)
+                async_copy.mbarrier_arrive(k_ready.index(buf), increment_count=False)
+                mbarrier.wait(v_empty.index(buf), empty_phase)
+                _gather_kv(v_smem.index(buf), head_ptr + stride_kv_kv, bt_row, j * BLOCK_N,
+                           kv_end, stride_kv_block, rows, d, NUM_KV_HEADS, HEAD_DIM,
+                           BLOCK_SIZE, BLOCK_N, CHUNK)
+                async_copy.mbarrier_arrive(v_ready.index(buf), increment_count=False)
+                t += 1
+
+
+# ---- consumer partitions ------------------------------------------------------------------------
+
+@gluon.jit
+def _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, MASKED: gl.constexpr):
+    # s: raw scores [64, BLOCK_N]; qk_scale = softmax scale * log2(e) > 0, so the scaling
+    # folds into one FMA per score inside exp2. Key 0 sits in an item's first tile, so m_i is
+    # finite from then on and a row whose keys in a later tile are all masked gets p = 0.
+    if MASKED:
+        s = gl.where(gl.expand_dims(k_pos, 0) <= gl.expand_dims(q_pos, 1), s, float("-inf"))
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
+    alpha = gl.exp2(m_i - m_new)
+    l_i = l_i * alpha + gl.sum(p, 1)
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles,
+                  t0, n_items, qk_scale, stride_ot, stride_oh,
+                  q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                  GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr):
+    # This consumer's 64 rows of one work item over tiles t0 .. t0 + n_tiles - 1.
+    C_TOKENS: gl.constexpr = 64 // GROUP_PAD
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = k_smem.dtype
+    row_s = gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
+    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+    q_pos = diag_start + c * C_TOKENS + row_s // GROUP_PAD          # [64] absolute positions
+    j_mask = diag_start // BLOCK_N                                  # first tile with a mask
+    s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
+    m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+    l_i = gl.full([64], 0.0, gl.float32, layout=gl.SliceLayout(1, s_layout))
+    acc = gl.full([64, HEAD_DIM], 0.0, gl.float32, layout=o_layout)
+
+    # the item's first tile: scores and softmax; its P @ V goes out after the next QK^T
+    mbarrier.wait(q_ready.index(c), n_items & 1)
+    buf = t0 % NUM_BUF
+    mbarrier.wait(k_ready.index(buf), (t0 // NUM_BUF) & 1)
+    s_tok = warpgroup_mma(q_smem, k_smem.index(buf).permute((1, 0)), s_zero, use_acc=False,
+                          is_async=True)
+    s = warpgroup_mma_wait(0, deps=[s_tok])
+    mbarrier.arrive(k_empty.index(buf))
+    if n_tiles == 1:
+        mbarrier.arrive(q_empty.index(c))
+    if j_mask == 0:
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, cols, qk_scale, True)
+    else:
+        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, cols, qk_scale, False)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    for j in range(1, n_tiles):
+        t = t0 + j
+        buf = t % NUM_BUF
+        prev = (t - 1) % NUM_BUF
+        mbarrier.wait(k_ready.index(buf), (t // NUM_BUF) & 1)
+        s_tok = warpgroup_mma(q_smem, k_smem.index(buf).permute((1, 0)), s_zero,
+                              use_acc=False, is_async=True)
+        mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
+        o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=[s_tok])                  # this tile's QK^T
+        mbarrier.arrive(k_empty.index(buf))
+        if j == n_tiles - 1:
+            mbarrier.arrive(q_empty.index(c))                    # the loader may fetch next Q
+        k_pos = j * BLOCK_N + cols
+        if j >= j_mask:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, True)
+        else:
+            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, False)
+        acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])    # the previous tile's P @ V
+        mbarrier.arrive(v_empty.index(prev))
+        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+        p_op = gl.convert_layout(p.to(dtype), p_layout)
+    last = (t0 + n_tiles - 1) % NUM_BUF
+    mbarrier.wait(v_ready.index(last), ((t0 + n_tiles - 1) // NUM_BUF) & 1)
+    o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+    mbarrier.arrive(v_empty.index(last))
+
+    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
+    o = acc / gl.expand_dims(gl.where(l_o > 0.0, l_o, 1.0), 1)
+    row_o = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
+    d_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
+    tok = tile0 + c * C_TOKENS + row_o // GROUP_PAD
+    ok = (tok < q_len) & (row_o % GROUP_PAD < GROUP)
+    off = (q_start + tok).to(gl.int64) * stride_ot + (kvh * GROUP + row_o % GROUP_PAD) * stride_oh
+    gl.store(out_ptr + gl.expand_dims(off, 1) + gl.expand_dims(d_o, 0),
+             o.to(out_ptr.dtype.element_ty),
+             mask=gl.expand_dims(ok, 1))
+
+
+@gluon.jit
+def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+              qk_scale, stride_ot, stride_oh,
+              q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+              NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
+              HEAD_DIM: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr,
+              NUM_BUF: gl.constexpr):
+    # Rows 64c .. 64c + 63 of each of this program's items, in the loader's order.
+    t = 0
+    n_items = 0
+    for r in range(gl.cdiv(total, gl.num_programs(0))):
+        seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles = _work_item(
+            r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr, NUM_KV_HEADS, TOKENS, BLOCK_N)
+        if n_tiles > 0:
+            _consume_item(c, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles, t,
+                          n_items, qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem,
+                          q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                          GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF)
+            t += n_tiles
+            n_items += 1
+
+
+@gluon.jit
+def _prefill_ws_kernel(
+    q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
+    qk_scale, total, num_m_tiles, num_seqs,     # scale * log2(e); work items; query tiles/seq
+    stride_qt, stride_qh, stride_ot, stride_oh,
+    stride_kv_block, stride_kv_kv, stride_bt,
+    NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
+    HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
+    NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr, CHUNK: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
+):
+    TOKENS: gl.constexpr = 2 * 64 // GROUP_PAD                # query tokens per work item
+    dtype: gl.constexpr = kv_ptr.dtype.element_ty
+    kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
+    q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
+    bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
+    k_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
+    v_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
+    q0_smem = gl.allocate_shared_memory(dtype, [64, HEAD_DIM], q_layout)
+    q1_smem = gl.allocate_shared_memory(dtype, [64, HEAD_DIM], q_layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    k_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    v_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    for i in gl.static_range(2):
+        mbarrier.init(q_ready.index(i), count=LOADER_WARPS * 32)   # every loader thread
+        mbarrier.init(q_empty.index(i), count=1)                   # its consumer
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.init(k_ready.index(i), count=LOADER_WARPS * 32)
+        mbarrier.init(v_ready.index(i), count=LOADER_WARPS * 32)
+        mbarrier.init(k_empty.index(i), count=2)                   # both consumers
+        mbarrier.init(v_empty.index(i), count=2)
+
+    gl.warp_specialize([
+        (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs, qk_scale,
+                     stride_ot, stride_oh, q0_smem, k_smem, v_smem, q_ready, q_empty,
+                     k_ready, v_ready, k_empty, v_empty,
+                     NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+        (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs, qk_scale,
+                     stride_ot, stride_oh, q1_smem, k_smem, v_smem, q_ready, q_empty,
+                     k_ready, v_ready, k_empty, v_empty,
+                     NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+        (_loader, (q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                   stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt,
+                   q0_smem, q1_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
+                   k_empty, v_empty,
+                   NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
+                   NUM_BUF, LOADER_WARPS, CHUNK)),
+    ], [4, LOADER_WARPS], [CONSUMER_REGS, LOADER_REGS])
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
+           query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
+           scale: float, max_query_len: int, cfg) -> None:
+    """Run the kernel; arguments already checked by `paged_prefill_attention` (cfg: its
+    `PrefillWSConfig`). q and out: [tokens, Hq, D] with a contiguous last dim."""
+    _, num_q_heads, head_dim = q.shape
+    _, _, block_size, num_kv_heads, _ = kv_layer.shape
+    group = num_q_heads // num_kv_heads
+    group_pad = 1 << (group - 1).bit_length()
+    tokens = BLOCK_M // group_pad
+    num_m_tiles = (max_query_len + tokens - 1) // tokens
+    num_seqs = seq_lens.shape[0]
+    total = num_m_tiles * num_seqs * num_kv_heads
+    grid = (min(total, _num_sms(q.device.index or 0)),)
+    _prefill_ws_kernel[grid](
+        q, kv_layer, out, query_start_loc, seq_lens, block_tables,
+        scale * LOG2E, total, num_m_tiles, num_seqs,
+        q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
+        NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, NUM_BUF=cfg.num_buf,
+        LOADER_WARPS=cfg.loader_warps, CHUNK=cfg.chunk, CONSUMER_REGS=cfg.consumer_regs,
+        LOADER_REGS=cfg.loader_regs, num_warps=4,
+    )

@@ -1,0 +1,97 @@
+"""Which prefill attention kernel runs, with which tiles.
+
+`PrefillConfig` holds the tiles of the Triton kernel in `attention_prefill` (any CUDA GPU, and
+the CPU interpreter); `PrefillWSConfig` selects the warp-specialised Gluon kernel in
+`attention_prefill_ws` (Hopper only). `default_prefill_config` picks per device and shape.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+from kernels._triton import interpreter_enabled, next_power_of_2
+
+
+@dataclass(frozen=True)
+class PrefillConfig:
+    """Tiles of the Triton kernel `_prefill_kernel` (any CUDA GPU, and the CPU interpreter)."""
+    block_m: int      # query rows per program: tokens x padded GQA group
+    block_n: int      # cached tokens per inner step
+    num_warps: int
+    num_stages: int
+    block_n_diag: int | None = None   # tokens per step near the diagonal (None: block_n)
+
+
+@dataclass(frozen=True)
+class PrefillWSConfig:
+    """The warp-specialised Hopper kernel (kernels/attention_prefill_ws.py): 128 query rows per
+    work item on two consumer warpgroups, one loader partition, persistent programs."""
+    block_n: int = 128         # cached tokens per step
+    num_buf: int = 2           # K/V steps in flight (shared memory: 64 KiB a 128-token step)
+    loader_warps: int = 4
+    chunk: int = 32            # rows per gather of the loader (its live address registers)
+    consumer_regs: int = 208   # registers per thread of the worker consumer (setmaxnreg); the
+    loader_regs: int = 96      # default one gets 504 - the two (no spills at 208 / 96)
+
+    def check(self) -> None:
+        if self.block_n not in (64, 128) or self.num_buf < 2 or self.loader_warps not in (1, 2, 4):
+            raise ValueError(f"{self}: block_n must be 64 or 128, num_buf >= 2 and loader_warps "
+                             "1, 2 or 4")
+        if self.chunk not in (16, 32, 64) or self.block_n % self.chunk:
+            raise ValueError(f"{self}: chunk must be 16, 32 or 64 and divide block_n")
+
+
+WS_HEAD_DIMS = (64, 128)
+WS_MAX_GROUP = 64              # query heads per kv head: one work item holds >= 1 token each
+
+
+@functools.lru_cache(maxsize=None)
+def _ws_device_ok(device_index: int) -> bool:
+    """An sm_90 GPU and a Triton with Gluon's Hopper ops."""
+    if torch.cuda.get_device_capability(device_index)[0] != 9:
+        return False
+    try:
+        import triton.experimental.gluon.language.nvidia.hopper  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def ws_supported(head_dim: int, dtype: torch.dtype, device: torch.device, group: int) -> bool:
+    """Whether the warp-specialised kernel serves this shape on this device
+    (AGENTKV_PREFILL_KERNEL=triton turns it off: the Triton kernel everywhere)."""
+    return (device.type == "cuda" and not interpreter_enabled()
+            and os.environ.get("AGENTKV_PREFILL_KERNEL", "auto") != "triton"
+            and dtype in (torch.bfloat16, torch.float16) and head_dim in WS_HEAD_DIMS
+            and next_power_of_2(group) <= WS_MAX_GROUP and _ws_device_ok(device.index or 0))
+
+
+def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                           max_query_len: int | None = None, group: int = 1,
+                           scale: float = 1.0) -> PrefillConfig | PrefillWSConfig:
+    """The warp-specialised kernel where it runs (Hopper, 16-bit, positive softmax scale), else
+    the Triton kernel's tiles for this device and shape."""
+    if scale > 0 and ws_supported(head_dim, dtype, device, group):
+        return PrefillWSConfig()
+    return triton_prefill_config(head_dim, dtype, device, max_query_len)
+
+
+def triton_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device,
+                          max_query_len: int | None = None) -> PrefillConfig:
+    if device.type != "cuda":
+        return PrefillConfig(32, 32, 4, 1)
+    if dtype == torch.float32:
+        return PrefillConfig(64, 32, 4, 2)
+    if head_dim >= 256:
+        return PrefillConfig(64, 32, 4, 2)          # K/V/Q tiles within shared memory
+    if head_dim >= 128:
+        # best of the H200 sweeps for head_dim 128 (bench/kernels_notes.md): 128 rows on two
+        # warpgroups, three K/V buffers, no spills; 128-token steps pay off on long chunks
+        # (1 x 8K: 3-4% faster), 64-token steps on shorter ones (4 x 2K: 5-6% faster)
+        if max_query_len is not None and max_query_len >= 4096:
+            return PrefillConfig(128, 128, 8, 3)
+        return PrefillConfig(128, 64, 8, 3)
+    return PrefillConfig(128, 64, 4, 3)

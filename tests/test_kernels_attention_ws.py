@@ -1,0 +1,120 @@
+"""Which prefill kernel runs (CPU and GPU), and the warp-specialised Hopper prefill kernel against
+the torch reference (sm_90 GPUs only: Gluon has no interpreter). Causal-diagonal boundaries,
+chunks with and without earlier context, GQA groups 1 to 8 (and 7, padded), head_dim 64 and 128,
+bf16 and fp16, every loader/buffer variant, and more work items than SMs (persistent rounds)."""
+from kernels._triton import use_interpreter_without_cuda
+
+use_interpreter_without_cuda()  # before the first Triton launch in this process
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kernels.attention_prefill import (PrefillConfig, PrefillWSConfig,  # noqa: E402
+                                       default_prefill_config, paged_prefill_attention,
+                                       ws_supported)
+from test_kernels_attention import (CUDA, MIXED, assert_close, check_prefill_kernel,  # noqa: E402
+                                    make_batch)
+
+WS = CUDA and ws_supported(128, torch.bfloat16, torch.device("cuda"), 4)
+needs_ws = pytest.mark.skipif(not WS, reason="the warp-specialised kernel needs an sm_90 GPU")
+
+# (q_len, seq_len): chunks from position 0 whose causal diagonal starts on a 64/128-token step
+# boundary and just past one, chunks after earlier context (diagonal at, before and after a step
+# boundary), single tokens, and a chunk shorter than one work item
+BOUNDARY = [(128, 128), (256, 256), (32, 160), (33, 161), (127, 255), (64, 192), (1, 129),
+            (1, 128), (96, 96), (200, 1000), (5, 5), (300, 301)]
+
+LLAMA3_8B = (32, 8, 128, 16, torch.bfloat16)
+
+
+# ---- selection (CPU too) ------------------------------------------------------------------------
+
+def test_default_config_off_hopper_is_the_triton_kernel():
+    cpu = torch.device("cpu")
+    assert isinstance(default_prefill_config(128, torch.bfloat16, cpu, 2048, 4), PrefillConfig)
+    assert not ws_supported(128, torch.bfloat16, cpu, 4)
+    if CUDA:
+        dev = torch.device("cuda")
+        # float32, head_dim 256, a negative scale and huge groups stay on the Triton kernel
+        for args in [(128, torch.float32, dev, 64, 4), (256, torch.bfloat16, dev, 64, 4),
+                     (128, torch.bfloat16, dev, 64, 128)]:
+            assert isinstance(default_prefill_config(*args), PrefillConfig), args
+        assert isinstance(default_prefill_config(128, torch.bfloat16, dev, 64, 4, scale=-1.0),
+                          PrefillConfig)
+
+
+@needs_ws
+def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
+    for d, dtype in [(128, torch.bfloat16), (64, torch.float16)]:
+        cfg = default_prefill_config(d, dtype, torch.device("cuda"), 2048, 4)
+        assert isinstance(cfg, PrefillWSConfig)
+    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "triton")     # the operator's way back
+    cfg = default_prefill_config(128, torch.bfloat16, torch.device("cuda"), 2048, 4)
+    assert isinstance(cfg, PrefillConfig)
+
+
+@pytest.mark.parametrize("cfg,match", [
+    (PrefillWSConfig(block_n=96), "block_n must be 64 or 128"),
+    (PrefillWSConfig(num_buf=1), "num_buf >= 2"),
+    (PrefillWSConfig(block_n=64, chunk=128), "chunk must be"),
+    (PrefillWSConfig(loader_warps=3), "loader_warps"),
+])
+def test_ws_config_checks(cfg, match):
+    b = make_batch([(4, 4)], 4, 2, 64, 16, torch.bfloat16)
+    with pytest.raises(ValueError, match=match):
+        paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
+                                0.1, 4, config=cfg)
+
+
+def test_ws_config_refused_where_it_cannot_run():
+    """float32 (and, off Hopper, everything) is refused with a clear error, never run wrongly."""
+    b = make_batch([(4, 4)], 4, 2, 64, 16, torch.float32)
+    with pytest.raises(ValueError, match="sm_90"):
+        paged_prefill_attention(b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables,
+                                0.1, 4, config=PrefillWSConfig())
+
+
+# ---- the kernel (sm_90) -------------------------------------------------------------------------
+
+# (num_q_heads, num_kv_heads, head_dim, block_size, dtype): GQA 4 (Llama-3-8B), 1, 8, 7 -> 8
+WS_SHAPES = [LLAMA3_8B, (32, 8, 128, 16, torch.float16),
+             (8, 8, 128, 16, torch.bfloat16), (64, 8, 64, 32, torch.bfloat16),
+             (28, 4, 128, 16, torch.bfloat16), (16, 4, 64, 16, torch.float16)]
+
+
+@needs_ws
+@pytest.mark.parametrize("shape", WS_SHAPES)
+def test_ws_kernel_boundaries_and_mixed_batch(shape):
+    check_prefill_kernel(MIXED + BOUNDARY, shape, None, seed=21)
+
+
+WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
+              PrefillWSConfig(block_n=64, num_buf=4), PrefillWSConfig(block_n=64, num_buf=3),
+              PrefillWSConfig(loader_warps=1, chunk=16), PrefillWSConfig(loader_warps=2, chunk=16)]
+
+
+@needs_ws
+@pytest.mark.parametrize("cfg", WS_CONFIGS)
+def test_ws_kernel_configs(cfg):
+    check_prefill_kernel(MIXED + BOUNDARY, LLAMA3_8B, cfg, seed=22)
+
+
+@needs_ws
+@pytest.mark.parametrize("seqs", [
+    [(2048, 2048)] * 4,                          # the benchmark's 4 x 2K: 16 rounds per program
+    [(4096, 6000), (100, 300), (1, 5000)],       # extends after long context, a decode token
+    [(512, 8192), (2048, 4096)],
+])
+def test_ws_kernel_long_context(seqs):
+    check_prefill_kernel(seqs, LLAMA3_8B, None, seed=23)
+
+
+@needs_ws
+def test_ws_kernel_matches_triton_kernel():
+    """Both kernels on one batch agree to bf16 rounding (they share no code past the wrapper)."""
+    b = make_batch(MIXED + BOUNDARY, 32, 8, 128, 16, torch.bfloat16, seed=24)
+    args = (b.q, b.kv_layer, b.query_start_loc, b.seq_lens, b.block_tables, 128 ** -0.5,
+            max(b.q_lens))
+    ws = paged_prefill_attention(*args, config=PrefillWSConfig())
+    tr = paged_prefill_attention(*args, config=PrefillConfig(128, 64, 8, 3))
+    assert_close(ws, tr, torch.bfloat16)
