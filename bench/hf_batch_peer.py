@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))
 
 from engine_requests import throughput_prompts  # noqa: E402
-from runtime.models.shapes import shape_config  # noqa: E402
+from runtime.models.shapes import init_random_, shape_config  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -73,6 +73,7 @@ def build_model(impl: str, shape: str, device: str):
             kw.pop("torch_dtype")
         model = AutoModelForCausalLM.from_config(cfg, **kw)
     model = model.to(torch.bfloat16).eval()
+    init_random_(model, seed=0)        # the engine bench's weight distribution (std 0.02)
     log(f"model built in {time.perf_counter() - t:.1f}s: "
         f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f}B params, "
         f"attn {model.config._attn_implementation}")

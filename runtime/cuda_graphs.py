@@ -1,12 +1,14 @@
 """CUDA graphs for decode steps: one graph per (batch size, block-table width) bucket.
 
-A decode step of the Llama-3-8B shape launches ~450 kernels; replaying them from a graph removes
-the host's launch work from the step. Every graph reads its inputs from static buffers (input
-ids, positions, slot mapping, sequence lengths, one block table per width) and writes the logits
-of every row into one static buffer; a step pads its batch up to the next bucket (`pad_batch`:
-padding rows write no K/V and attend to one token of block 0), copies its inputs into the
-buffers (non-blocking, from pinned memory), fills the placeholder ids from the previous step's
-sampled tokens on the device, and replays.
+A decode step of the Llama-3-8B shape launches ~430 kernels; replaying them from a graph removes
+the host's launch work from the step. A step pads its batch up to the next bucket (`pad_batch`:
+padding rows write no K/V and attend to one token of block 0), packs its inputs (ids, positions,
+slots, placeholder source rows, sequence lengths, block table) into one pinned int32 buffer
+(`StagingLayout`), moves them with one non-blocking copy into the static staging buffer the
+graphs read, copies the previous step's sampled tokens into a static buffer when some ids are
+placeholders, and replays. The graph itself takes each placeholder's id from those tokens, runs
+the model and writes the logits of every row into one static buffer. Per step the stream holds
+one host-to-device copy, at most one small device copy and the graph.
 
 Widths are bucketed as well as batch sizes because the decode kernel chooses its split count from
 the block table's width (it never reads sequence lengths back): a graph captured only at the
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from kernels import KernelOps
@@ -57,25 +60,51 @@ class GraphStats:
     pool_bytes: int           # device memory the graphs' pool holds after capture
 
 
+@dataclass(frozen=True)
+class StagingLayout:
+    """Where a (batch, width) bucket's inputs lie in the int32 staging buffer (offsets in int32
+    words; int64 fields take two): ids, positions, slots and placeholder source rows (int64),
+    then sequence lengths and the block table (int32). One copy moves a step's inputs."""
+    batch: int
+    width: int
+
+    @property
+    def size(self) -> int:
+        return 9 * self.batch + self.batch * self.width
+
+    def split(self, buf):
+        """Views of `buf` (a torch tensor or numpy array of int32): ids, positions, slots, src
+        [B] int64; seq_lens [B] int32; block table [B, W] int32."""
+        b = self.batch
+        as64 = (lambda x: x.view(torch.int64)) if isinstance(buf, torch.Tensor) \
+            else (lambda x: x.view(np.int64))
+        return (as64(buf[0:2 * b]), as64(buf[2 * b:4 * b]), as64(buf[4 * b:6 * b]),
+                as64(buf[6 * b:8 * b]), buf[8 * b:9 * b],
+                buf[9 * b:9 * b + b * self.width].reshape(b, self.width))
+
+
 class DecodeGraphs:
     def __init__(self, model: LlamaFamilyModel, kv_cache: torch.Tensor, ops: KernelOps,
                  device: torch.device, batch_sizes: tuple[int, ...], widths: tuple[int, ...],
-                 capture: bool = True):
+                 capture: bool = True, max_prev_rows: int | None = None):
         if capture and device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.model, self.kv_cache, self.ops, self.device = model, kv_cache, ops, device
         self.batch_sizes, self.widths = tuple(sorted(batch_sizes)), tuple(sorted(widths))
         self.capture_enabled = capture
         bmax, vocab = self.batch_sizes[-1], model.arch.vocab_size
-        z = dict(device=device)
-        self.input_ids = torch.zeros(bmax, dtype=torch.int64, **z)                  # [B]
-        self.positions = torch.zeros(bmax, dtype=torch.int64, **z)                  # [B]
-        self.slot_mapping = torch.full((bmax,), -1, dtype=torch.int64, **z)         # [B]
-        self.seq_lens = torch.ones(bmax, dtype=torch.int32, **z)                    # [B]
-        self.query_start_loc = torch.arange(bmax + 1, dtype=torch.int32, **z)       # [B + 1]
-        self.tables = {w: torch.zeros((bmax, w), dtype=torch.int32, **z)            # [B, W]
-                       for w in self.widths}
-        self.logits = torch.zeros((bmax, vocab), dtype=torch.float32, **z)          # [B, V]
+        words = StagingLayout(bmax, self.widths[-1]).size
+        self.pinned = device.type == "cuda"
+        self.stage = torch.zeros(words, dtype=torch.int32, device=device)       # [words]
+        # host staging ring: a buffer is rewritten only after its copy has run (its event)
+        self._host = [torch.zeros(words, dtype=torch.int32, pin_memory=self.pinned)
+                      for _ in range(3)]
+        self._host_events: list = [None] * len(self._host)
+        self._next_host = 0
+        self.prev = torch.zeros(max(bmax, max_prev_rows or 0), dtype=torch.int64,
+                                device=device)                                   # [rows]
+        self.query_start_loc = torch.arange(bmax + 1, dtype=torch.int32, device=device)
+        self.logits = torch.zeros((bmax, vocab), dtype=torch.float32, device=device)  # [B, V]
         self._graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}
         self.stats: GraphStats | None = None
 
@@ -88,13 +117,20 @@ class DecodeGraphs:
         return self.batch_sizes[i], self.widths[j]
 
     def _forward(self, batch: int, width: int) -> None:
-        meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:batch], query_start_loc=self.query_start_loc[:batch + 1],
-            seq_lens=self.seq_lens[:batch], block_tables=self.tables[width][:batch],
-            max_query_len=1, decode_only=True)
-        hidden = self.model(self.input_ids[:batch], self.positions[:batch], self.kv_cache, meta,
-                            self.ops)                                         # [B, hidden]
+        ids, pos, slots, src, seq_lens, table = StagingLayout(batch, width).split(self.stage)
+        # placeholder ids come from the previous step's tokens on the device
+        ids = torch.where(src >= 0, self.prev.index_select(0, src.clamp(min=0)), ids)  # [B]
+        meta = AttentionMetadata(slot_mapping=slots, query_start_loc=self.query_start_loc[:batch + 1],
+                                 seq_lens=seq_lens, block_tables=table, max_query_len=1,
+                                 decode_only=True)
+        hidden = self.model(ids, pos, self.kv_cache, meta, self.ops)          # [B, hidden]
         self.logits[:batch].copy_(self.model.compute_logits(hidden))         # [B, V]
+
+    def _fill_padding(self, batch: int, width: int) -> None:
+        """Inputs that write no K/V and read one token of block 0 (for warm-up and capture)."""
+        ids, pos, slots, src, seq_lens, table = StagingLayout(batch, width).split(self.stage)
+        for x, v in ((ids, 0), (pos, 0), (slots, -1), (src, -1), (seq_lens, 1), (table, 0)):
+            x.fill_(v)
 
     @torch.inference_mode()
     def capture(self, progress: Callable[[str], None] | None = None) -> GraphStats:
@@ -110,6 +146,7 @@ class DecodeGraphs:
         pool = torch.cuda.graph_pool_handle() if self.capture_enabled else None
         for width in reversed(self.widths):
             for batch in reversed(self.batch_sizes):
+                self._fill_padding(batch, width)
                 self._forward(batch, width)          # compiles kernels, sizes workspaces
                 if self.capture_enabled:
                     torch.cuda.synchronize(self.device)
@@ -134,17 +171,23 @@ class DecodeGraphs:
             raise ValueError(f"no graph bucket for {b.num_seqs} sequences x {b.width} blocks")
         batch, width = bucket
         p = pad_batch(b, batch, width)
-        pin = self.device.type == "cuda"
-        for dst, src in ((self.input_ids, p.input_ids), (self.positions, p.positions),
-                         (self.slot_mapping, p.slot_mapping), (self.seq_lens, p.seq_lens),
-                         (self.tables[width], p.block_tables)):
-            dst[:batch].copy_(src.pin_memory() if pin else src, non_blocking=pin)
+        layout = StagingLayout(batch, width)
+        k = self._next_host
+        self._next_host = (k + 1) % len(self._host)
+        if self._host_events[k] is not None:
+            self._host_events[k].synchronize()   # that buffer's copy (two steps back) has run
+        host = self._host[k]
+        ids, pos, slots, src, seq_lens, table = layout.split(host.numpy())
+        ids[:], pos[:], slots[:] = p.input_ids.numpy(), p.positions.numpy(), p.slot_mapping.numpy()
+        seq_lens[:], table[:] = p.seq_lens.numpy(), p.block_tables.numpy()
+        src[:] = -1
+        src[p.ph_dst.numpy()] = p.ph_src.numpy()
+        self.stage[:layout.size].copy_(host[:layout.size], non_blocking=self.pinned)
+        if self.pinned:
+            self._host_events[k] = torch.cuda.Event()
+            self._host_events[k].record()
         if len(p.ph_dst):
-            dst_idx = p.ph_dst.pin_memory().to(self.device, non_blocking=True) if pin \
-                else p.ph_dst
-            src_idx = p.ph_src.pin_memory().to(self.device, non_blocking=True) if pin \
-                else p.ph_src
-            self.input_ids.index_copy_(0, dst_idx, prev_tokens.index_select(0, src_idx))
+            self.prev[:prev_tokens.shape[0]].copy_(prev_tokens)
         graph = self._graphs.get((batch, width))
         if graph is not None:
             graph.replay()

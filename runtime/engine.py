@@ -88,7 +88,7 @@ class Engine:
         graphs = None
         if graph_sizes:
             graphs = DecodeGraphs(self.model, self.kv_cache, self.ops, self.device, graph_sizes,
-                                  width_buckets(max_blocks))
+                                  width_buckets(max_blocks), max_prev_rows=config.max_num_seqs)
             self.graph_stats = graphs.capture(progress=log.info)
             log.info("captured %d decode graphs in %.1f s (pool %.2f GiB)",
                      self.graph_stats.num_graphs, self.graph_stats.capture_s,

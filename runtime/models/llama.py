@@ -49,11 +49,12 @@ class Attention(nn.Module):
         q, k, v = qkv.split([a.q_size, a.kv_size, a.kv_size], dim=-1)
         q = q.reshape(n, a.num_heads, a.head_dim)                  # [n, Hq, D]
         k = k.reshape(n, a.num_kv_heads, a.head_dim)               # [n, Hkv, D]
-        v = v.reshape(n, a.num_kv_heads, a.head_dim).contiguous()  # [n, Hkv, D]
+        v = v.reshape(n, a.num_kv_heads, a.head_dim)               # [n, Hkv, D]
         if a.qk_norm:
             q = ops.rms_norm(q.reshape(-1, a.head_dim), self.q_norm, a.rms_norm_eps).view_as(q)
             k = ops.rms_norm(k.reshape(-1, a.head_dim), self.k_norm, a.rms_norm_eps).view_as(k)
-        q, k = ops.apply_rotary(q.contiguous(), k.contiguous(), positions, cos_sin)
+        # q, k, v stay strided views of qkv (rows of q + 2 kv): every kernel takes the strides
+        q, k = ops.apply_rotary(q, k, positions, cos_sin)
         kv_layer = kv_cache[:, self.layer]                         # [blocks, 2, bs, Hkv, D]
         ops.write_kv(k, v, kv_layer, meta.slot_mapping)
         if meta.decode_only:

@@ -131,7 +131,7 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int =
     files = _weight_files(path)
     with torch.device("meta"):
         net = LlamaFamilyModel(arch)
-    net = net.to_empty(device=device)
+    net = net.to_empty(device=device).to(dtype)     # the parameters in the engine dtype
     params = dict(net.named_parameters())
     seen: set[str] = set()
     for f in files:
