@@ -76,20 +76,21 @@ def _gather_q(dst, q_ptr, q_start, q_len, tok0, kvh, stride_qt, stride_qh, rows,
 
 
 @gluon.jit
-def _gather_kv(dst, head_ptr, bt_row, n0, kv_end, stride_kv_block, rows, d,
-               NUM_KV_HEADS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr,
-               BLOCK_N: gl.constexpr, CHUNK: gl.constexpr):
-    # cp.async of cached rows n0 .. n0 + BLOCK_N - 1 of one kv head (K or V, by head_ptr) into
-    # dst [BLOCK_N, D]; rows at or past kv_end are zero-filled.
-    for c in gl.static_range(BLOCK_N // CHUNK):
-        k_pos = n0 + c * CHUNK + rows                                        # [CHUNK]
-        ok = k_pos < kv_end
-        page = gl.load(bt_row + k_pos // BLOCK_SIZE, mask=ok, other=0)
-        off = (page.to(gl.int64) * stride_kv_block
-               + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM))
-        ptrs = head_ptr + (gl.expand_dims(off, 1) + gl.expand_dims(d, 0))  # [CHUNK, D]
-        async_copy.async_copy_global_to_shared(dst.slice(c * CHUNK, CHUNK), ptrs,
-                                               mask=gl.expand_dims(ok, 1))
+def _page_ids(bt_row, n0, kv_end, rows, BLOCK_SIZE: gl.constexpr):
+    # Block-table entries of cached rows n0 + rows [BLOCK_N]; 0 at or past kv_end (not read).
+    k_pos = n0 + rows
+    return gl.load(bt_row + k_pos // BLOCK_SIZE, mask=k_pos < kv_end, other=0)
+
+
+@gluon.jit
+def _kv_rows(head_ptr, page, n0, kv_end, rows, d, stride_kv_block,
+             NUM_KV_HEADS: gl.constexpr, HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr):
+    # Addresses [BLOCK_N, D] of the K rows n0 + rows of one kv head (V: + stride_kv_kv) and
+    # the mask of the rows before kv_end (the others are zero-filled, never read).
+    k_pos = n0 + rows
+    off = page.to(gl.int64) * stride_kv_block + (k_pos % BLOCK_SIZE) * (NUM_KV_HEADS * HEAD_DIM)
+    ptrs = head_ptr + (gl.expand_dims(off, 1) + gl.expand_dims(d, 0))
+    return ptrs, gl.expand_dims(k_pos < kv_end, 1)
 
 
 @gluon.jit
@@ -111,6 +112,7 @@ def _loader(q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, nu
                                             [1, 0])
     rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))         # [CHUNK]
     d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))         # [HEAD_DIM]
+    kv_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))    # [BLOCK_N]
     C_TOKENS: gl.constexpr = TOKENS // 2
     t = 0                                                    # tiles so far
     n_items = 0                                              # non-empty items so far
@@ -130,20 +132,23 @@ def _loader(q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, nu
             n_items += 1
             bt_row = bt_ptr + seq.to(gl.int64) * stride_bt
             head_ptr = kv_ptr + kvh * HEAD_DIM
+            # page ids run one step ahead: a step's copies never wait on its own id loads
+            page = _page_ids(bt_row, 0, kv_end, kv_rows, BLOCK_SIZE)
             for j in range(n_tiles):
+                page_next = _page_ids(bt_row, (j + 1) * BLOCK_N, kv_end, kv_rows, BLOCK_SIZE)
+                ptrs, mask = _kv_rows(head_ptr, page, j * BLOCK_N, kv_end, kv_rows, d,
+                                      stride_kv_block, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE)
                 buf = t % NUM_BUF
                 empty_phase = ((t // NUM_BUF) & 1) ^ 1
                 # K first: its buffer frees a step earlier than V's (after QK^T, not P @ V)
                 mbarrier.wait(k_empty.index(buf), empty_phase)
-                _gather_kv(k_smem.index(buf), head_ptr, bt_row, j * BLOCK_N, kv_end,
-                           stride_kv_block, rows, d, NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE,
-                           BLOCK_N, CHUNK)
+                async_copy.async_copy_global_to_shared(k_smem.index(buf), ptrs, mask=mask)
                 async_copy.mbarrier_arrive(k_ready.index(buf), increment_count=False)
                 mbarrier.wait(v_empty.index(buf), empty_phase)
-                _gather_kv(v_smem.index(buf), head_ptr + stride_kv_kv, bt_row, j * BLOCK_N,
-                           kv_end, stride_kv_block, rows, d, NUM_KV_HEADS, HEAD_DIM,
-                           BLOCK_SIZE, BLOCK_N, CHUNK)
+                async_copy.async_copy_global_to_shared(v_smem.index(buf), ptrs + stride_kv_kv,
+                                                       mask=mask)
                 async_copy.mbarrier_arrive(v_ready.index(buf), increment_count=False)
+                page = page_next
                 t += 1
 
 

@@ -34,12 +34,14 @@ class PrefillWSConfig:
     loader_warps: int = 4
     chunk: int = 32            # rows per gather of the loader (its live address registers)
     consumer_regs: int = 208   # registers per thread of the worker consumer (setmaxnreg); the
-    loader_regs: int = 96      # default one gets 504 - the two (no spills at 208 / 96)
+    loader_regs: int = 96      # default one gets the rest of the 64K (200 here; no spills).
+                               # 8 loader warps: loader_regs 56 (else nothing is left over)
 
     def check(self) -> None:
-        if self.block_n not in (64, 128) or self.num_buf < 2 or self.loader_warps not in (1, 2, 4):
+        if (self.block_n not in (64, 128) or self.num_buf < 2
+                or self.loader_warps not in (1, 2, 4, 8)):
             raise ValueError(f"{self}: block_n must be 64 or 128, num_buf >= 2 and loader_warps "
-                             "1, 2 or 4")
+                             "1, 2, 4 or 8")
         if self.chunk not in (16, 32, 64) or self.block_n % self.chunk:
             raise ValueError(f"{self}: chunk must be 16, 32 or 64 and divide block_n")
 

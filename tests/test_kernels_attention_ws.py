@@ -58,6 +58,7 @@ def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
     (PrefillWSConfig(num_buf=1), "num_buf >= 2"),
     (PrefillWSConfig(block_n=64, chunk=128), "chunk must be"),
     (PrefillWSConfig(loader_warps=3), "loader_warps"),
+    (PrefillWSConfig(loader_warps=16), "loader_warps"),
 ])
 def test_ws_config_checks(cfg, match):
     b = make_batch([(4, 4)], 4, 2, 64, 16, torch.bfloat16)
@@ -90,7 +91,8 @@ def test_ws_kernel_boundaries_and_mixed_batch(shape):
 
 WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
               PrefillWSConfig(block_n=64, num_buf=4), PrefillWSConfig(block_n=64, num_buf=3),
-              PrefillWSConfig(loader_warps=1, chunk=16), PrefillWSConfig(loader_warps=2, chunk=16)]
+              PrefillWSConfig(loader_warps=1, chunk=16), PrefillWSConfig(loader_warps=2, chunk=16),
+              PrefillWSConfig(num_buf=3, loader_warps=8, chunk=64, loader_regs=56)]
 
 
 @needs_ws
