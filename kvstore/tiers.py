@@ -228,13 +228,13 @@ class TieredKVStore:
         src_cpu = [h for h in want if h in self._cpu]
         src_disk = [h for h in want if h not in self._cpu and self.disk is not None
                     and self.disk.contains(h)]
+        gpu_blocks: dict[bytes, int] = {}
+        if hold:     # first: held blocks are no longer free, so they must not count as room
+            self.pool.incref(present.values())
+            gpu_blocks.update(present)
         fit = min(len(src_cpu) + len(src_disk), self.pool.num_free_blocks)
         src_cpu, src_disk = src_cpu[:fit], src_disk[:max(0, fit - len(src_cpu))]
         parts: list[TransferHandle] = []
-        gpu_blocks: dict[bytes, int] = {}
-        if hold:
-            self.pool.incref(present.values())
-            gpu_blocks.update(present)
         now = self.clock()
         for src, hs in (("cpu", src_cpu), ("disk", src_disk)):
             if not hs:

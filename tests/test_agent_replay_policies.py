@@ -75,3 +75,25 @@ def test_only_lru_cpu_brings_gpu_evicted_kv_back_from_cpu(tmp_path, policy):
     loaded = 16 * len(hashes) if policy == "lru_cpu" else 0
     assert (req.kv_source.get("cpu", 0), req.kv_source["gpu"]) == (loaded, 0)
     eng.tiers.close()
+
+
+def test_prefetch_holding_present_blocks_counts_only_the_room_left(tmp_path):
+    """A held prefetch when the only free blocks are cached ones of the same prefix: holding
+    them uses that room up, so nothing more is loaded (it raised OutOfBlocks on the engine
+    thread, which stopped the server)."""
+    eng = engine(tmp_path, blocks=12)
+    p = prompt(6, n=16 * 6 + 1)
+    eng.generate([p], SamplingParams(max_tokens=1, ignore_eos=True))
+    hashes = chain_hashes(p[:16 * 6], 16, eng.fingerprint)
+    eng.tiers.offload(hashes, "cpu").wait()
+    settle(eng)
+    assert eng.tiers.evict(hashes[3:], "gpu") == 3
+    held = eng.pool.allocate(eng.pool.num_free_blocks - 3)     # only the 3 cached ones free
+    handle = eng.tiers.prefetch(hashes, hold=True)
+    handle.wait()
+    settle(eng)
+    assert sorted(handle.gpu_blocks) == sorted(hashes[:3])
+    assert handle.not_started == hashes[3:]
+    eng.pool.free(held + list(handle.gpu_blocks.values()))
+    eng.pool.check_invariants()
+    eng.tiers.close()
