@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from runtime import Engine, SamplingParams
+from runtime import Engine
 
 
 def _gpu_intervals(prof) -> list[tuple[float, float, str]]:
@@ -71,14 +71,8 @@ def summarize(prof, steps: int, wall_s: float, top: int = 25) -> dict:
 
 
 def profile_decode(eng: Engine, batch: int, context: int, steps: int, vocab: int) -> dict:
-    from engine_requests import rand_prompts
-    params = SamplingParams(max_tokens=steps + 8, ignore_eos=True)
-    for p in rand_prompts(batch, context, vocab, seed=batch * 31 + context):
-        eng.add_request(p, params)
-    while any(r.num_computed_tokens < r.num_prompt_tokens for r in eng.requests.values()):
-        eng.step()
-    for _ in range(3):
-        eng.step()                      # steady decode before the trace
+    from engine_requests import start_decode_batch
+    running = start_decode_batch(eng, batch, context, steps, seed=batch * 31 + context)
     if eng.device.type == "cuda":
         torch.cuda.synchronize(eng.device)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if eng.device.type == "cuda" else [])
@@ -90,6 +84,6 @@ def profile_decode(eng: Engine, batch: int, context: int, steps: int, vocab: int
     while eng.has_unfinished():
         eng.step()
     out = summarize(prof, steps, wall)
-    out.update(batch=batch, context=context, graph_steps=eng.stats.graph_steps,
+    out.update(batch=batch, running=running, context=context, graph_steps=eng.stats.graph_steps,
                async_scheduling=eng.async_scheduling)
     return out

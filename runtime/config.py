@@ -19,10 +19,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     kernel_backend: str = "auto"          # "auto" (triton on cuda), "triton", "torch"
     seed: int = 0
-    # The step loop (see runtime/cuda_graphs.py and docs/design.md)
-    cuda_graphs: bool | None = None       # decode steps replayed from CUDA graphs; None = off
+    # The step loop (see runtime/cuda_graphs.py and docs/design.md); None = on for CUDA devices
+    cuda_graphs: bool | None = None       # decode steps replayed from CUDA graphs
     cuda_graph_batch_sizes: tuple[int, ...] | None = None   # capture buckets; None = default
-    async_scheduling: bool | None = None  # schedule step N+1 while step N runs; None = off
+    async_scheduling: bool | None = None  # launch step N+1 before step N's tokens are read
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0
     disk_cache_path: str | None = None

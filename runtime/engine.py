@@ -74,7 +74,8 @@ class Engine:
         self.kv_spec = KVCacheSpec(self.arch.num_layers, self.arch.num_kv_heads, self.arch.head_dim,
                                    config.block_size, self.dtype)
         self.ops = get_kernel_ops(config.kernel_backend, self.device)
-        self.async_scheduling = bool(config.async_scheduling)
+        self.async_scheduling = (self.device.type == "cuda" if config.async_scheduling is None
+                                 else config.async_scheduling)
         graph_sizes = self._graph_batch_sizes()
         max_blocks = -(-self.max_model_len // config.block_size)
         self.kv_budget: KVBudget | None = None
@@ -107,9 +108,9 @@ class Engine:
                  self.max_model_len, config.kernel_backend)
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:
-        """The CUDA graph buckets, or () when graphs are off (the default until turned on)."""
+        """The CUDA graph buckets, or () when graphs are off (they are on by default on CUDA)."""
         cfg = self.config
-        if not cfg.cuda_graphs:
+        if cfg.cuda_graphs is False or (cfg.cuda_graphs is None and self.device.type != "cuda"):
             return ()
         if self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device; the engine runs on {self.device}")
