@@ -108,12 +108,17 @@ class Engine:
                  self.max_model_len, config.kernel_backend)
 
     def _graph_batch_sizes(self) -> tuple[int, ...]:
-        """The CUDA graph buckets, or () when graphs are off (they are on by default on CUDA)."""
+        """The CUDA graph buckets, or () when graphs are off (they are on by default on CUDA with
+        the Triton kernels; the torch references read tensors back and cannot be captured)."""
         cfg = self.config
-        if cfg.cuda_graphs is False or (cfg.cuda_graphs is None and self.device.type != "cuda"):
+        capturable = self.device.type == "cuda" and self.ops.backend == "triton"
+        if cfg.cuda_graphs is False or (cfg.cuda_graphs is None and not capturable):
             return ()
         if self.device.type != "cuda":
             raise ValueError(f"cuda_graphs needs a CUDA device; the engine runs on {self.device}")
+        if not capturable:
+            raise ValueError("cuda_graphs needs the triton kernel backend (the torch references "
+                             "synchronize with the host, which a graph capture forbids)")
         sizes = tuple(b for b in (cfg.cuda_graph_batch_sizes
                                   or default_batch_sizes(cfg.max_num_seqs)) if b <= cfg.max_num_seqs)
         if not sizes:
