@@ -31,7 +31,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, mbarri
 
 LOG2E = 1.4426950408889634
 ROWS = 64           # query rows per consumer warpgroup (one wgmma M tile)
-BLOCK_M = 2 * ROWS  # query rows per work item
 
 
 @gluon.jit
@@ -96,13 +95,12 @@ def _kv_rows(head_ptr, page, n0, kv_end, rows, d, stride_kv_block,
 @gluon.jit
 def _loader(q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
             stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt,
-            q0_smem, q1_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty,
-            v_empty,
+            q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
             NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
             HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, TOKENS: gl.constexpr,
             BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr,
-            CHUNK: gl.constexpr):
-    # Item i's query rows go to q{0,1}_smem once both consumers have issued item i-1's last
+            CHUNK: gl.constexpr, CONSUMERS: gl.constexpr):
+    # Consumer c's query rows of item i go to q_smem[c] once it has issued item i-1's last
     # QK^T; tile t (counted over all of this program's items) goes to buffer t % NUM_BUF once
     # both consumers released its previous use. Fresh barriers pass a wait on parity 1.
     VEC: gl.constexpr = 8                                    # 16-byte copies
@@ -113,22 +111,18 @@ def _loader(q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, nu
     rows = gl.arange(0, CHUNK, layout=gl.SliceLayout(1, layout))         # [CHUNK]
     d = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, layout))         # [HEAD_DIM]
     kv_rows = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, layout))    # [BLOCK_N]
-    C_TOKENS: gl.constexpr = TOKENS // 2
+    C_TOKENS: gl.constexpr = TOKENS // CONSUMERS
     t = 0                                                    # tiles so far
     n_items = 0                                              # non-empty items so far
     for r in range(gl.cdiv(total, gl.num_programs(0))):
         seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles = _work_item(
             r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr, NUM_KV_HEADS, TOKENS, BLOCK_N)
         if n_tiles > 0:
-            q_phase = (n_items & 1) ^ 1
-            mbarrier.wait(q_empty.index(0), q_phase)
-            _gather_q(q0_smem, q_ptr, q_start, q_len, tile0, kvh, stride_qt, stride_qh,
-                      rows, d, GROUP, GROUP_PAD, CHUNK)
-            async_copy.mbarrier_arrive(q_ready.index(0), increment_count=False)
-            mbarrier.wait(q_empty.index(1), q_phase)
-            _gather_q(q1_smem, q_ptr, q_start, q_len, tile0 + C_TOKENS, kvh, stride_qt,
-                      stride_qh, rows, d, GROUP, GROUP_PAD, CHUNK)
-            async_copy.mbarrier_arrive(q_ready.index(1), increment_count=False)
+            for c in gl.static_range(CONSUMERS):
+                mbarrier.wait(q_empty.index(c), (n_items & 1) ^ 1)
+                _gather_q(q_smem.index(c), q_ptr, q_start, q_len, tile0 + c * C_TOKENS, kvh,
+                          stride_qt, stride_qh, rows, d, GROUP, GROUP_PAD, CHUNK)
+                async_copy.mbarrier_arrive(q_ready.index(c), increment_count=False)
             n_items += 1
             bt_row = bt_ptr + seq.to(gl.int64) * stride_bt
             head_ptr = kv_ptr + kvh * HEAD_DIM
@@ -195,8 +189,8 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
     mbarrier.wait(q_ready.index(c), n_items & 1)
     buf = t0 % NUM_BUF
     mbarrier.wait(k_ready.index(buf), (t0 // NUM_BUF) & 1)
-    s_tok = warpgroup_mma(q_smem, k_smem.index(buf).permute((1, 0)), s_zero, use_acc=False,
-                          is_async=True)
+    s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
+                          use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(buf))
     if n_tiles == 1:
@@ -211,7 +205,7 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
         buf = t % NUM_BUF
         prev = (t - 1) % NUM_BUF
         mbarrier.wait(k_ready.index(buf), (t // NUM_BUF) & 1)
-        s_tok = warpgroup_mma(q_smem, k_smem.index(buf).permute((1, 0)), s_zero,
+        s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
         mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
@@ -277,48 +271,68 @@ def _prefill_ws_kernel(
     NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
     HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr, CHUNK: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
+    CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
 ):
-    TOKENS: gl.constexpr = 2 * 64 // GROUP_PAD                # query tokens per work item
+    TOKENS: gl.constexpr = CONSUMERS * 64 // GROUP_PAD        # query tokens per work item
     dtype: gl.constexpr = kv_ptr.dtype.element_ty
     kv_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BLOCK_N, HEAD_DIM], dtype)
     q_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([64, HEAD_DIM], dtype)
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     k_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
-    q0_smem = gl.allocate_shared_memory(dtype, [64, HEAD_DIM], q_layout)
-    q1_smem = gl.allocate_shared_memory(dtype, [64, HEAD_DIM], q_layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], bar_layout)
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, 64, HEAD_DIM], q_layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
+    q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     v_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
-    for i in gl.static_range(2):
+    for i in gl.static_range(CONSUMERS):
         mbarrier.init(q_ready.index(i), count=LOADER_WARPS * 32)   # every loader thread
         mbarrier.init(q_empty.index(i), count=1)                   # its consumer
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(k_ready.index(i), count=LOADER_WARPS * 32)
         mbarrier.init(v_ready.index(i), count=LOADER_WARPS * 32)
-        mbarrier.init(k_empty.index(i), count=2)                   # both consumers
-        mbarrier.init(v_empty.index(i), count=2)
+        mbarrier.init(k_empty.index(i), count=CONSUMERS)           # every consumer
+        mbarrier.init(v_empty.index(i), count=CONSUMERS)
 
-    gl.warp_specialize([
-        (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs, qk_scale,
-                     stride_ot, stride_oh, q0_smem, k_smem, v_smem, q_ready, q_empty,
-                     k_ready, v_ready, k_empty, v_empty,
-                     NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
-        (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs, qk_scale,
-                     stride_ot, stride_oh, q1_smem, k_smem, v_smem, q_ready, q_empty,
-                     k_ready, v_ready, k_empty, v_empty,
-                     NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
-        (_loader, (q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
-                   stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt,
-                   q0_smem, q1_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready,
-                   k_empty, v_empty,
-                   NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
-                   NUM_BUF, LOADER_WARPS, CHUNK)),
-    ], [4, LOADER_WARPS], [CONSUMER_REGS, LOADER_REGS])
+    # (Gluon takes each partition's arguments as a literal tuple.)
+    if CONSUMERS == 2:
+        gl.warp_specialize([
+            (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                         qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
+                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
+                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+            (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                         qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
+                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
+                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+            (_loader, (q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                       stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt, q_smem,
+                       k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                       NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
+                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS)),
+        ], [4, LOADER_WARPS], [CONSUMER_REGS, LOADER_REGS])
+    else:
+        gl.warp_specialize([
+            (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                         qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
+                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
+                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+            (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                         qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
+                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
+                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+            (_consumer, (2, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                         qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
+                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
+                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+            (_loader, (q_ptr, kv_ptr, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
+                       stride_qt, stride_qh, stride_kv_block, stride_kv_kv, stride_bt, q_smem,
+                       k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
+                       NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
+                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS)),
+        ], [4, 4, LOADER_WARPS], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
 
 
 @functools.lru_cache(maxsize=None)
@@ -335,7 +349,7 @@ def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
     _, _, block_size, num_kv_heads, _ = kv_layer.shape
     group = num_q_heads // num_kv_heads
     group_pad = 1 << (group - 1).bit_length()
-    tokens = BLOCK_M // group_pad
+    tokens = ROWS * cfg.consumers // group_pad
     num_m_tiles = (max_query_len + tokens - 1) // tokens
     num_seqs = seq_lens.shape[0]
     total = num_m_tiles * num_seqs * num_kv_heads
@@ -347,6 +361,7 @@ def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
         kv_layer.stride(0), kv_layer.stride(1), block_tables.stride(0),
         NUM_KV_HEADS=num_kv_heads, GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, NUM_BUF=cfg.num_buf,
-        LOADER_WARPS=cfg.loader_warps, CHUNK=cfg.chunk, CONSUMER_REGS=cfg.consumer_regs,
+        LOADER_WARPS=cfg.loader_warps, CHUNK=cfg.chunk, CONSUMERS=cfg.consumers,
+        CONSUMER_REGS=cfg.consumer_regs,
         LOADER_REGS=cfg.loader_regs, num_warps=4,
     )

@@ -29,6 +29,7 @@ class PrefillConfig:
 class PrefillWSConfig:
     """The warp-specialised Hopper kernel (kernels/attention_prefill_ws.py): 128 query rows per
     work item on two consumer warpgroups, one loader partition, persistent programs."""
+    consumers: int = 2         # consumer warpgroups: 64 query rows each per work item
     block_n: int = 128         # cached tokens per step
     num_buf: int = 2           # K/V steps in flight (shared memory: 64 KiB a 128-token step)
     loader_warps: int = 4
@@ -38,10 +39,10 @@ class PrefillWSConfig:
                                # 8 loader warps: loader_regs 56 (else nothing is left over)
 
     def check(self) -> None:
-        if (self.block_n not in (64, 128) or self.num_buf < 2
+        if (self.consumers not in (2, 3) or self.block_n not in (64, 128) or self.num_buf < 2
                 or self.loader_warps not in (1, 2, 4, 8)):
-            raise ValueError(f"{self}: block_n must be 64 or 128, num_buf >= 2 and loader_warps "
-                             "1, 2, 4 or 8")
+            raise ValueError(f"{self}: consumers must be 2 or 3, block_n 64 or 128, num_buf >= 2 "
+                             "and loader_warps 1, 2, 4 or 8")
         if self.chunk not in (16, 32, 64) or self.block_n % self.chunk:
             raise ValueError(f"{self}: chunk must be 16, 32 or 64 and divide block_n")
 

@@ -54,11 +54,12 @@ def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
 
 
 @pytest.mark.parametrize("cfg,match", [
-    (PrefillWSConfig(block_n=96), "block_n must be 64 or 128"),
+    (PrefillWSConfig(block_n=96), "block_n 64 or 128"),
     (PrefillWSConfig(num_buf=1), "num_buf >= 2"),
     (PrefillWSConfig(block_n=64, chunk=128), "chunk must be"),
     (PrefillWSConfig(loader_warps=3), "loader_warps"),
     (PrefillWSConfig(loader_warps=16), "loader_warps"),
+    (PrefillWSConfig(consumers=4), "consumers"),
 ])
 def test_ws_config_checks(cfg, match):
     b = make_batch([(4, 4)], 4, 2, 64, 16, torch.bfloat16)
@@ -92,7 +93,18 @@ def test_ws_kernel_boundaries_and_mixed_batch(shape):
 WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
               PrefillWSConfig(block_n=64, num_buf=4), PrefillWSConfig(block_n=64, num_buf=3),
               PrefillWSConfig(loader_warps=1, chunk=16), PrefillWSConfig(loader_warps=2, chunk=16),
-              PrefillWSConfig(num_buf=3, loader_warps=8, chunk=64, loader_regs=56)]
+              PrefillWSConfig(num_buf=3, loader_warps=8, chunk=64, loader_regs=56),
+              PrefillWSConfig(consumers=3, block_n=64, num_buf=4, consumer_regs=152,
+                              loader_regs=48)]
+
+
+@needs_ws
+@pytest.mark.parametrize("shape", [(64, 8, 64, 32, torch.bfloat16),
+                                   (28, 4, 128, 16, torch.float16)])
+def test_ws_kernel_three_consumers(shape):
+    """48 (GQA 4) or 24 (GQA 8) tokens per work item: not a power of two."""
+    cfg = PrefillWSConfig(consumers=3, block_n=64, num_buf=3, consumer_regs=152, loader_regs=48)
+    check_prefill_kernel(MIXED + BOUNDARY, shape, cfg, seed=25)
 
 
 @needs_ws
