@@ -261,7 +261,10 @@ def main(argv=None) -> int:
                                     "pool_bytes": g.pool_bytes}
     if eng.kv_budget is not None:
         model_row["kv_budget"] = vars(eng.kv_budget)
-    result = {"bench": "engine", "hardware": hw, "commit": git_commit(),
+    # a copy of the tree without its own history (as on a lent GPU) names its commit in the
+    # environment; its git metadata, where some travelled with it, may be stale
+    commit = os.environ.get("AGENTKV_COMMIT") or git_commit()
+    result = {"bench": "engine", "hardware": hw, "commit": commit,
               "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv),
               "ceilings": ceilings, "metrics": metrics, "rows": rows + [model_row]}
     if hf is not None:
