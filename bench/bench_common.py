@@ -9,10 +9,13 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def git_commit() -> str:
-    """The commit the run measured: git's HEAD, else $AGENTKV_COMMIT (a copy without .git, as
-    on a lent GPU machine), else "unknown"."""
+    """The commit the run measured: $AGENTKV_COMMIT when set (a copied tree, whose .git may be
+    missing or stale), else git's HEAD, else "unknown"."""
+    env = os.environ.get("AGENTKV_COMMIT")
+    if env:
+        return env
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True,
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return os.environ.get("AGENTKV_COMMIT", "unknown")
+        return "unknown"
