@@ -37,7 +37,8 @@ class Backend(Protocol):
     name: str
 
     def open(self, session: ReplaySession) -> Any: ...
-    def turn(self, handle: Any, turn: ReplayTurn) -> TurnOutcome: ...
+    def turn(self, handle: Any, turn: ReplayTurn, timeout_s: float | None = None
+             ) -> TurnOutcome: ...
     def pause(self, handle: Any, turn: ReplayTurn) -> None: ...
     def resume(self, handle: Any) -> None: ...
     def close(self, handle: Any) -> None: ...
@@ -97,23 +98,24 @@ class ReplayResult:
 class GrpcBackend:
     """agentkv over gRPC, through the project's Python client (runtime/client.py)."""
 
-    def __init__(self, target: str, name: str = "agentkv", timeout_s: float = 600.0):
+    def __init__(self, target: str, name: str = "agentkv", timeout_s: float = 60.0):
         from runtime.client import AgentKVClient
         self.name = name
-        self.client = AgentKVClient(target, timeout=timeout_s)
+        self.client = AgentKVClient(target, timeout=timeout_s)   # unary calls
         self.client.wait_ready(60.0)
 
     def open(self, session: ReplaySession):
         return self.client.session()
 
-    def turn(self, handle, turn: ReplayTurn) -> TurnOutcome:
+    def turn(self, handle, turn: ReplayTurn, timeout_s: float | None = None) -> TurnOutcome:
         from runtime.client import Delta
         sent = time.perf_counter()
         first = last = None
         ids: list[int] = []
         result = None
         for event in handle.generate(token_ids=list(turn.input_ids), max_tokens=turn.output_tokens,
-                                     temperature=0.0, ignore_eos=True):
+                                     temperature=0.0, ignore_eos=True,
+                                     timeout=timeout_s or 600.0):
             if isinstance(event, Delta):
                 if event.token_ids:
                     last = time.perf_counter()
@@ -181,7 +183,8 @@ def replay(backend: Backend, sessions: list[ReplaySession], cfg: DriverConfig,
                     time.sleep(prev.pause_after_s)
                     slept += prev.pause_after_s
                     backend.resume(handle)
-                o = backend.turn(handle, t)
+                left = None if deadline is None else max(5.0, deadline - time.perf_counter())
+                o = backend.turn(handle, t, left)
                 rec = _record(s, t, prev, o, prompt, t0)
                 prompt = rec.prompt_tokens + len(o.token_ids)
                 with lock:

@@ -77,6 +77,11 @@ def render_md(doc: dict) -> str:
                   f"{p['kv_tokens']:,} KV tokens, {p['max_batch_tokens']} tokens a batch, CUDA "
                   f"graphs {'on' if p['cuda_graphs'] else 'off'}; every turn re-sends the whole "
                   "history; TTFT from `add_request` to the first streamed token.", ""]
+    errs = [f"{n}: {e}" for n, s in servers.items() for e in s.get("error_samples", [])[:3]]
+    errs += [f"fp32 run: {e}" for e in ((doc.get("checks") or {}).get("fp32_run") or {}).get(
+        "error_samples", [])[:3]]
+    if errs:
+        lines += ["## Errors (first of each server)", ""] + [f"- {e}" for e in errs] + [""]
     if doc.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in doc["notes"]] + [""]
     return "\n".join(lines)

@@ -99,7 +99,7 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
             "preemptions": int(_delta(before, after, "agentkv:num_preemptions_total")),
             "prompt_tokens_computed": int(_delta(before, after,
                                                  "agentkv:prompt_tokens_computed_total")),
-            **mon.samples.summary()}
+            **mon.samples.summary(), "server_log_tail": srv.log_tail(12)}
     summary = summarize(res, sum(len(s.turns) for s in setup.workload.sessions))
     summary.update(info)
     log(f"[{policy}] {summary['turns']}/{summary['turns_expected']} turns in {res.wall_s:.1f} s: "
@@ -140,7 +140,7 @@ def fp32_check(setup: RunSetup, model: str, sample: list[ReplaySession], log: Lo
     spec = replace(setup.spec, model=model, dtype="fp32", num_gpu_blocks=blocks,
                    cpu_cache_gb=cpu_gb, disk_cache_gb=disk_gb)
     sub = replace(setup, spec=spec, workload=Workload(setup.workload.config, sample),
-                  driver=replace(setup.driver, concurrency=max(1, len(sample) // 2)),
+                  driver=replace(setup.driver, concurrency=len(sample)),
                   work_dir=setup.work_dir / "fp32")
     sub.work_dir.mkdir(parents=True, exist_ok=True)
     runs = {p: run_policy(sub, p, log, warm_tokens=min(1000, tokens // 4))
@@ -155,7 +155,8 @@ def fp32_check(setup: RunSetup, model: str, sample: list[ReplaySession], log: Lo
               "agent_tier_bytes": agent["tier_bytes"],
               "checksum_failures": agent["checksum_failures"] + runs["recompute"][1][
                   "checksum_failures"],
-              "errors": agent["errors"] + runs["recompute"][1]["errors"]}
+              "errors": agent["errors"] + runs["recompute"][1]["errors"],
+              "error_samples": agent["error_samples"] + runs["recompute"][1]["error_samples"]}
     log(f"[check] fp32: {cmp.identical_sessions}/{cmp.sessions} sessions identical over "
         f"{cmp.tokens_compared} tokens; agent's resumed turns loaded "
         f"{agent['resume_kv_source_tokens']}")

@@ -108,7 +108,7 @@ class AgentServer:
                 out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
         return out
 
-    def stop(self, wait_s: float = 15.0) -> None:
+    def stop(self, wait_s: float = 8.0) -> None:
         """SIGTERM, then SIGKILL if it has not exited (the data directory is thrown away)."""
         p = self.proc
         if p is None or p.poll() is not None:

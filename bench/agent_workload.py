@@ -1,4 +1,5 @@
-"""The agent workload the replay plays: sessions of token-id turns separated by tool or human pauses.
+"""The agent workload the replay plays: sessions of token-id turns separated by tool or human
+pauses.
 
 Sessions come from the policy simulator's readers (sessions/sim/workload.py), so the replay and
 the simulator read the same inputs the same way:
@@ -54,7 +55,8 @@ class WorkloadConfig:
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
-            raise ValueError(f"unknown workload source {self.source!r}; valid: {', '.join(SOURCES)}")
+            raise ValueError(f"unknown workload source {self.source!r}; valid: "
+                             f"{', '.join(SOURCES)}")
         if self.source != "generated" and not self.path:
             raise ValueError(f"the {self.source} workload needs a file (--workload-file)")
         if self.time_compression <= 0 or self.max_pause_s < 0 or self.token_scale <= 0:

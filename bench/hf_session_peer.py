@@ -41,6 +41,7 @@ class PeerConfig:
     cuda_graphs: bool = False            # agentkv runs eager too
     attn: tuple[str, ...] = ATTN_CANDIDATES
     turn_timeout_s: float = 600.0
+    overrides: tuple[tuple[str, int], ...] = ()     # config fields changed (tests: fewer layers)
 
 
 def build_model(cfg: PeerConfig, attn: str):
@@ -49,6 +50,8 @@ def build_model(cfg: PeerConfig, attn: str):
 
     from runtime.models.shapes import init_random_, shape_config
     hf = shape_config(cfg.shape)
+    for k, v in cfg.overrides:
+        setattr(hf, k, v)
     dtype = getattr(torch, cfg.dtype)
     with torch.device(cfg.device):
         model = LlamaForCausalLM._from_config(hf, dtype=dtype, attn_implementation=attn)
@@ -136,7 +139,8 @@ class HFPeerBackend:
         for n in (min(3000, self.cfg.kv_tokens // 2), 200):
             self._generate(list(range(3, 3 + n)), 4)
 
-    def _generate(self, prompt: list[int], max_new: int) -> TurnOutcome:
+    def _generate(self, prompt: list[int], max_new: int, timeout_s: float | None = None
+                  ) -> TurnOutcome:
         rid = f"r-{uuid.uuid4().hex}"
         q: queue.Queue = queue.Queue()
         with self._lock:
@@ -146,11 +150,13 @@ class HFPeerBackend:
         try:
             self.manager.add_request(prompt, request_id=rid, max_new_tokens=max_new,
                                      streaming=True)
+            limit = min(self.cfg.turn_timeout_s, timeout_s or self.cfg.turn_timeout_s)
             while True:
                 try:
-                    at, out = q.get(timeout=self.cfg.turn_timeout_s)
+                    at, out = q.get(timeout=max(0.0, sent + limit - time.perf_counter()))
                 except queue.Empty:
-                    raise TimeoutError(f"no output from the peer in {self.cfg.turn_timeout_s} s")
+                    self.manager.cancel_request(rid)
+                    raise TimeoutError(f"the turn did not finish in {limit:.0f} s") from None
                 if getattr(out, "error", None):
                     raise RuntimeError(f"the peer failed the request: {out.error}")
                 if out.generated_tokens:
@@ -168,9 +174,10 @@ class HFPeerBackend:
     def open(self, session: ReplaySession) -> dict:
         return {"history": []}
 
-    def turn(self, handle: dict, turn: ReplayTurn) -> TurnOutcome:
+    def turn(self, handle: dict, turn: ReplayTurn, timeout_s: float | None = None
+             ) -> TurnOutcome:
         prompt = handle["history"] + list(turn.input_ids)
-        o = self._generate(prompt, turn.output_tokens)
+        o = self._generate(prompt, turn.output_tokens, timeout_s)
         handle["history"] = prompt + o.token_ids
         return o
 
@@ -187,7 +194,7 @@ class HFPeerBackend:
         self._stop.set()
         self._router.join(5)
         try:
-            self.manager.stop(block=True, timeout=60)
+            self.manager.stop(block=True, timeout=20)
         except Exception as e:            # noqa: BLE001 - report, free memory anyway
             self.log(f"[hf_cb] stop: {e}")
         self.manager = self.model = None

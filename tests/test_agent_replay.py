@@ -1,0 +1,75 @@
+"""The agent replay run for real on the CPU (`--smoke`): servers, replay records, checks, report.
+
+Two policies on fresh `agentkv serve` processes with a tiny random model; the recorded turns must
+show where each resumed turn's KV came from: nothing reused under `recompute`, the carried-over
+context reused (GPU, CPU or disk) under `agent`, and the same greedy tokens under both.
+"""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.append(str(BENCH))
+
+import agent_replay  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("replay")
+    rc = agent_replay.main(["--smoke", "--policies", "recompute,agent", "--no-hf",
+                            "--fp32-sessions", "0", "--out", str(out), "--date", "20261122"])
+    assert rc == 0
+    stem = out / "agent-cpu-20261122"
+    return json.loads(stem.with_suffix(".json").read_text()), stem
+
+
+def test_report_files_and_fixed_metric_names(report):
+    doc, stem = report
+    assert stem.with_suffix(".md").read_text().startswith("# agent_replay")
+    assert stem.with_suffix(".png").stat().st_size > 10_000
+    assert doc["bench"] == "agent_replay" and doc["complete"]
+    for p in ("recompute", "agent"):
+        for k in ("resume_ttft_p50_s", "resume_ttft_p99_s", "jct_mean_s"):
+            assert doc["metrics"][f"{p}.{k}"]["value"] > 0
+    assert doc["metrics"]["wrong_tokens"] == {"value": 0, "goal": "<= 0"}
+    assert doc["metrics"]["agent.resume_ttft_p50_s"]["goal"].startswith("<= ")
+
+
+def test_every_turn_played_and_sources_add_up(report):
+    doc, _ = report
+    for p in ("recompute", "agent"):
+        s = doc["policies"][p]
+        assert s["turns"] == s["turns_expected"] == doc["workload"]["turns"]
+        assert s["errors"] == 0 and s["sessions_completed"] == doc["workload"]["sessions"]
+        for t in doc["turn_records"][p]:
+            assert sum(t["kv_source"].values()) == t["prompt_tokens"]
+            assert 0 < t["ttft_s"] <= t["turn_s"]
+            assert t["output_tokens"] >= 1
+
+
+def test_kv_after_resume_recomputed_under_recompute_reused_under_agent(report):
+    doc, _ = report
+    rec = [t for t in doc["turn_records"]["recompute"] if t["resume"]]
+    agent = [t for t in doc["turn_records"]["agent"] if t["resume"]]
+    assert rec and len(rec) == len(agent)
+    assert all(t["kv_source"]["recomputed"] == t["prompt_tokens"] for t in rec)
+    carried = sum(t["prompt_tokens"] - t["input_tokens"] for t in agent)
+    reused = sum(t["kv_source"]["gpu"] + t["kv_source"].get("cpu", 0)
+                 + t["kv_source"].get("disk", 0) for t in agent)
+    assert reused >= 0.8 * carried
+    assert doc["policies"]["agent"]["recomputed_tokens"] < \
+        doc["policies"]["recompute"]["recomputed_tokens"]
+
+
+def test_checks_compare_tokens_and_verify_kv_bytes(report):
+    doc, _ = report
+    cmp = doc["checks"]["token_comparisons"][0]
+    assert cmp["sessions"] == doc["workload"]["sessions"]
+    assert cmp["identical_sessions"] == cmp["sessions"] and cmp["divergences"] == 0
+    assert cmp["tokens_compared"] == doc["workload"]["output_tokens"]
+    rt = doc["checks"]["kv_roundtrip"]
+    assert rt["blocks"] > 0 and rt["mismatches"] == 0
+    assert rt["cpu_loads_verified"] == rt["disk_loads_verified"] == rt["blocks"]

@@ -1,0 +1,136 @@
+"""The agent replay's parts: the workload it plays, the token comparison and tie rule, the peer."""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
+
+from agent_checks import TIE_GAP, check_ties, compare_outputs  # noqa: E402
+from agent_driver import DriverConfig, ReplayResult, TurnRecord, replay  # noqa: E402
+from agent_workload import WorkloadConfig, build_workload  # noqa: E402
+
+CFG = WorkloadConfig(sessions=6, seed=3, system_prompt_tokens=300, task_tokens_p50=500,
+                     output_tokens_p50=16, max_output_tokens=20, max_context_tokens=4000,
+                     max_turns=5, time_compression=10.0, max_pause_s=2.0)
+
+
+def test_generated_workload_is_seeded_shares_its_prefix_and_compresses_pauses():
+    a, b = build_workload(CFG, 1000), build_workload(CFG, 1000)
+    assert a.sessions == b.sessions
+    other = build_workload(WorkloadConfig(**{**CFG.__dict__, "seed": 4}), 1000)
+    assert other.sessions != a.sessions
+    firsts = [s.turns[0].input_ids for s in a.sessions]
+    assert all(f[:300] == firsts[0][:300] for f in firsts)       # the shared system prompt
+    assert len({f[300:310] for f in firsts}) == len(firsts)       # then each its own task
+    for s in a.sessions:
+        assert s.shared_prefix_tokens == 300
+        assert s.context_tokens <= CFG.max_context_tokens
+        assert s.turns[-1].pause_after_s == 0 and s.turns[-1].tool_after is None
+        for t in s.turns[:-1]:
+            assert t.pause_after_s == min(2.0, t.pause_real_s / 10.0)
+            assert t.tool_after
+        assert all(3 <= x < 1000 for t in s.turns for x in t.input_ids)
+        assert all(1 <= t.output_tokens <= 20 for t in s.turns)
+    summary = a.summary(concurrency=3)
+    assert summary["turns"] == sum(len(s.turns) for s in a.sessions)
+    assert summary["working_set_tokens"] == sum(s.context_tokens for s in a.sessions)
+
+
+def test_tracelab_csv_rounds_become_turns(tmp_path):
+    f = tmp_path / "t.csv"
+    f.write_text("session_id,arrival_time,round_idx,prefix_len,input_len,output_len,"
+                 "tool_wait_after_ms\n7,0,1,300,50,10,0\n7,0,0,0,200,100,4000\n")
+    w = build_workload(WorkloadConfig(source="tracelab", path=str(f), time_compression=2.0,
+                                      max_output_tokens=64), 500)
+    (s,) = w.sessions
+    assert [len(t.input_ids) for t in s.turns] == [200, 50]
+    assert [t.output_tokens for t in s.turns] == [64, 10]
+    assert s.turns[0].pause_after_s == 2.0 and s.turns[0].tool_after == "tool"
+
+
+def test_bad_workload_configs_are_refused():
+    with pytest.raises(ValueError, match="unknown workload source"):
+        WorkloadConfig(source="sharegpt")
+    with pytest.raises(ValueError, match="needs a file"):
+        WorkloadConfig(source="mooncake")
+    with pytest.raises(ValueError, match="vocab_size"):
+        build_workload(CFG, 4)
+
+
+def _result(outputs: dict) -> ReplayResult:
+    r = ReplayResult("x")
+    for sid, turns in outputs.items():
+        for i, ids in enumerate(turns):
+            r.turns.append(TurnRecord(sid, i, i > 0, 0, 0, None, False, 0, 0, len(ids), 0, 0.1,
+                                      0.2, 0, None, {}, ids))
+    return r
+
+
+def test_compare_outputs_stops_each_session_at_its_first_difference():
+    w = build_workload(CFG, 1000)
+    w.sessions = [s for s in w.sessions if len(s.turns) >= 2][:2]
+    s0, s1 = w.sessions
+    outs_a = {s.session_id: [[5, 6, 7]] * len(s.turns) for s in w.sessions}
+    outs_b = {s0.session_id: [[5, 6, 7]] * len(s0.turns),
+              s1.session_id: [[5, 6, 7]] + [[5, 9, 7]] * (len(s1.turns) - 1)}
+    c = compare_outputs("t", w.sessions, _result(outs_a), _result(outs_b))
+    assert c.sessions == 2 and c.identical_sessions == 1
+    (d,) = c.divergences
+    assert (d.session, d.turn, d.position, d.token_a, d.token_b) == (s1.session_id, 1, 1, 6, 9)
+    assert d.context == (list(s1.turns[0].input_ids) + [5, 6, 7] + list(s1.turns[1].input_ids)
+                         + [5])
+    assert c.tokens_compared == 3 * len(s0.turns) + 3 + 2
+
+
+def test_tie_rule_on_a_real_engine():
+    from runtime import Engine, EngineConfig, SamplingParams
+    eng = Engine(EngineConfig(model="shape:tiny-random", device="cpu", dtype="fp32",
+                              num_gpu_blocks=64))
+    w = build_workload(WorkloadConfig(**{**CFG.__dict__, "sessions": 1}), 4096)
+    ctx = list(w.sessions[0].turns[0].input_ids)
+    top = eng.generate([ctx], SamplingParams(max_tokens=1, ignore_eos=True, top_logprobs=3))[0]
+    (t1, l1), (t2, l2), (t3, _) = top.top_logprobs[0]
+    sid = w.sessions[0].session_id
+    one = w.sessions[0].__class__(sid, w.sessions[0].turns[:1])
+    a = _result({sid: [[t1]]})
+    pairs = {"top2": _result({sid: [[t2]]}), "third": _result({sid: [[t3]]})}
+    cmps = [compare_outputs(k, [one], a, b) for k, b in pairs.items()]
+    for c in cmps:
+        assert len(c.divergences) == 1 and c.divergences[0].context == ctx
+    check_ties(cmps, eng, log=lambda m: None)
+    top2, third = (c.divergences[0] for c in cmps)
+    assert top2.gap == pytest.approx(l1 - l2, abs=1e-4) and third.gap == top2.gap
+    assert top2.is_tie == (l1 - l2 <= TIE_GAP)
+    assert third.is_tie is False                  # not among the two most likely tokens
+
+
+def test_transformers_peer_resends_history_and_streams(tmp_path):
+    from hf_session_peer import HFPeerBackend, PeerConfig
+    peer = HFPeerBackend(PeerConfig(shape="tiny-random", device="cpu", dtype="float32",
+                                    kv_tokens=2048, page_size=32, max_batch_tokens=256,
+                                    overrides=(("num_hidden_layers", 1), ("hidden_size", 128),
+                                               ("intermediate_size", 256),
+                                               ("num_attention_heads", 4),
+                                               ("num_key_value_heads", 2))),
+                         log=lambda m: None)
+    try:
+        w = build_workload(WorkloadConfig(sessions=2, system_prompt_tokens=40,
+                                          task_tokens_p50=60, output_tokens_p50=6,
+                                          max_output_tokens=6, max_context_tokens=600,
+                                          max_turns=3, time_compression=1000.0,
+                                          max_pause_s=0.05), 4096)
+        r = replay(peer, w.sessions, DriverConfig(concurrency=2), log=lambda m: None)
+    finally:
+        peer.shutdown()
+    assert not r.errors and len(r.turns) == sum(len(s.turns) for s in w.sessions)
+    for s in w.sessions:
+        turns = sorted((t for t in r.turns if t.session == s.session_id), key=lambda t: t.turn)
+        context = 0
+        for t, spec in zip(turns, s.turns):
+            context += len(spec.input_ids)
+            assert t.prompt_tokens == context          # the whole history, re-sent
+            assert len(t.token_ids) == spec.output_tokens
+            context += len(t.token_ids)
+            assert 0 < t.ttft_s <= t.turn_s
+    assert peer.info["attn_implementation"]
