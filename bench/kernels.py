@@ -88,16 +88,14 @@ DECODE_VARIANTS = {
 }
 # Prefill: the warp-specialised Hopper kernel's variants (where it runs), then the Triton
 # kernel's defaults and best neighbours from the earlier sweeps.
-PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
+PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=2),
                       PrefillWSConfig(block_n=64, num_buf=4),
-                      PrefillWSConfig(block_n=64, num_buf=3),
-                      PrefillWSConfig(loader_warps=8, chunk=64, loader_regs=56),
-                      PrefillWSConfig(num_buf=3, loader_warps=8, chunk=64, loader_regs=56),
-                      PrefillWSConfig(loader_warps=2, chunk=16),
                       PrefillWSConfig(consumers=3, block_n=64, num_buf=4, consumer_regs=152,
                                       loader_regs=48),
-                      PrefillWSConfig(consumers=3, block_n=64, num_buf=3, consumer_regs=152,
-                                      loader_regs=48)]
+                      PrefillWSConfig(tma=False),
+                      PrefillWSConfig(tma=False, loader_warps=8, chunk=64, loader_regs=56),
+                      PrefillWSConfig(tma=False, consumers=3, block_n=64, num_buf=3,
+                                      consumer_regs=152, loader_regs=48)]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
                    PrefillConfig(128, 64, 8, 4)]

@@ -30,8 +30,10 @@ class PrefillWSConfig:
     """The warp-specialised Hopper kernel (kernels/attention_prefill_ws.py): 128 query rows per
     work item on two consumer warpgroups, one loader partition, persistent programs."""
     consumers: int = 2         # consumer warpgroups: 64 query rows each per work item
+    tma: bool = True           # whole pages by TMA (else, or if the cache's strides do not
+                               # allow it, every row by cp.async)
     block_n: int = 128         # cached tokens per step
-    num_buf: int = 2           # K/V steps in flight (shared memory: 64 KiB a 128-token step)
+    num_buf: int = 3           # K/V steps in flight (shared memory: 64 KiB a 128-token step)
     loader_warps: int = 4
     chunk: int = 32            # rows per gather of the loader (its live address registers)
     consumer_regs: int = 208   # registers per thread of the worker consumer (setmaxnreg); the
@@ -63,11 +65,30 @@ def _ws_device_ok(device_index: int) -> bool:
     return True
 
 
+def prefill_kernel_choice() -> str:
+    """AGENTKV_PREFILL_KERNEL: "auto" (default), "triton" (the Triton kernel everywhere) or
+    "gather" (the warp-specialised kernel without TMA: every K/V row by cp.async)."""
+    choice = os.environ.get("AGENTKV_PREFILL_KERNEL", "auto")
+    if choice not in ("auto", "triton", "gather"):
+        raise ValueError(f"AGENTKV_PREFILL_KERNEL must be auto, triton or gather; got {choice!r}")
+    return choice
+
+
+def tma_layout_ok(kv_layer: torch.Tensor) -> bool:
+    """The TMA loader views a layer of the cache as rows of Hkv * D elements: the block and K/V
+    strides must be whole rows, the base 16-byte aligned, and the view under 2^31 rows."""
+    num_blocks, _, block_size, num_kv_heads, head_dim = kv_layer.shape
+    row = num_kv_heads * head_dim
+    s0, s1 = kv_layer.stride(0), kv_layer.stride(1)
+    return (s0 % row == 0 and s1 % row == 0 and kv_layer.data_ptr() % 16 == 0
+            and (num_blocks - 1) * (s0 // row) + s1 // row + block_size < 2 ** 31)
+
+
 def ws_supported(head_dim: int, dtype: torch.dtype, device: torch.device, group: int) -> bool:
     """Whether the warp-specialised kernel serves this shape on this device
     (AGENTKV_PREFILL_KERNEL=triton turns it off: the Triton kernel everywhere)."""
     return (device.type == "cuda" and not interpreter_enabled()
-            and os.environ.get("AGENTKV_PREFILL_KERNEL", "auto") != "triton"
+            and prefill_kernel_choice() != "triton"
             and dtype in (torch.bfloat16, torch.float16) and head_dim in WS_HEAD_DIMS
             and next_power_of_2(group) <= WS_MAX_GROUP and _ws_device_ok(device.index or 0))
 
@@ -78,7 +99,7 @@ def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.devi
     """The warp-specialised kernel where it runs (Hopper, 16-bit, positive softmax scale), else
     the Triton kernel's tiles for this device and shape."""
     if scale > 0 and ws_supported(head_dim, dtype, device, group):
-        return PrefillWSConfig()
+        return PrefillWSConfig(tma=prefill_kernel_choice() != "gather")
     return triton_prefill_config(head_dim, dtype, device, max_query_len)
 
 

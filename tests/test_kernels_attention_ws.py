@@ -11,7 +11,8 @@ import torch  # noqa: E402
 
 from kernels.attention_prefill import (PrefillConfig, PrefillWSConfig,  # noqa: E402
                                        default_prefill_config, paged_prefill_attention,
-                                       ws_supported)
+                                       paged_prefill_attention_ref, ws_supported)
+from kernels.prefill_config import prefill_kernel_choice, tma_layout_ok  # noqa: E402
 from test_kernels_attention import (CUDA, MIXED, assert_close, check_prefill_kernel,  # noqa: E402
                                     make_batch)
 
@@ -47,10 +48,47 @@ def test_default_config_off_hopper_is_the_triton_kernel():
 def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
     for d, dtype in [(128, torch.bfloat16), (64, torch.float16)]:
         cfg = default_prefill_config(d, dtype, torch.device("cuda"), 2048, 4)
-        assert isinstance(cfg, PrefillWSConfig)
-    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "triton")     # the operator's way back
+        assert isinstance(cfg, PrefillWSConfig) and cfg.tma
+    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "gather")     # the operator's ways back
+    cfg = default_prefill_config(128, torch.bfloat16, torch.device("cuda"), 2048, 4)
+    assert isinstance(cfg, PrefillWSConfig) and not cfg.tma
+    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "triton")
     cfg = default_prefill_config(128, torch.bfloat16, torch.device("cuda"), 2048, 4)
     assert isinstance(cfg, PrefillConfig)
+
+
+def test_prefill_kernel_choice_rejects_unknown_values(monkeypatch):
+    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "fast")
+    with pytest.raises(ValueError, match="AGENTKV_PREFILL_KERNEL"):
+        prefill_kernel_choice()
+
+
+def padded_layer(kv_layer: torch.Tensor, pad: int) -> torch.Tensor:
+    """A copy of kv_layer whose block stride is `pad` elements longer than the block."""
+    nb, _, bs, hkv, d = kv_layer.shape
+    block = 2 * bs * hkv * d
+    flat = torch.zeros(nb * (block + pad), dtype=kv_layer.dtype, device=kv_layer.device)
+    out = flat.as_strided(kv_layer.shape, (block + pad, bs * hkv * d, hkv * d, d, 1))
+    out.copy_(kv_layer)
+    return out
+
+
+def test_tma_needs_whole_rows_between_blocks():
+    b = make_batch([(4, 40)], 8, 2, 64, 16, torch.bfloat16)
+    assert tma_layout_ok(b.kv_layer)                            # [blocks, 3 layers, 2, ...]
+    assert tma_layout_ok(padded_layer(b.kv_layer, 2 * 64))      # pad of whole rows
+    assert not tma_layout_ok(padded_layer(b.kv_layer, 8))       # 16 bytes: no row grid
+
+
+@needs_ws
+def test_ws_kernel_without_a_row_grid_gathers_instead():
+    """The default (TMA) config on a cache TMA cannot view as rows: same result by cp.async."""
+    b = make_batch(MIXED + BOUNDARY, 32, 8, 128, 16, torch.bfloat16, seed=26)
+    kv = padded_layer(b.kv_layer, 8)
+    args = (b.q, kv, b.query_start_loc, b.seq_lens, b.block_tables, 128 ** -0.5, max(b.q_lens))
+    out = torch.full_like(b.q, float("nan"))
+    paged_prefill_attention(*args, out=out)
+    assert_close(out, paged_prefill_attention_ref(*args), torch.bfloat16)
 
 
 @pytest.mark.parametrize("cfg,match", [
@@ -90,21 +128,17 @@ def test_ws_kernel_boundaries_and_mixed_batch(shape):
     check_prefill_kernel(MIXED + BOUNDARY, shape, None, seed=21)
 
 
-WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=3),
-              PrefillWSConfig(block_n=64, num_buf=4), PrefillWSConfig(block_n=64, num_buf=3),
-              PrefillWSConfig(loader_warps=1, chunk=16), PrefillWSConfig(loader_warps=2, chunk=16),
-              PrefillWSConfig(num_buf=3, loader_warps=8, chunk=64, loader_regs=56),
+# the default (TMA, three steps in flight) runs in every test above; here the others
+WS_CONFIGS = [PrefillWSConfig(num_buf=2), PrefillWSConfig(block_n=64, num_buf=4),
               PrefillWSConfig(consumers=3, block_n=64, num_buf=4, consumer_regs=152,
+                              loader_regs=48),
+              PrefillWSConfig(tma=False), PrefillWSConfig(tma=False, num_buf=2),
+              PrefillWSConfig(tma=False, block_n=64, num_buf=4),
+              PrefillWSConfig(tma=False, loader_warps=1, chunk=16),
+              PrefillWSConfig(tma=False, loader_warps=2, chunk=16),
+              PrefillWSConfig(tma=False, loader_warps=8, chunk=64, loader_regs=56),
+              PrefillWSConfig(tma=False, consumers=3, block_n=64, num_buf=4, consumer_regs=152,
                               loader_regs=48)]
-
-
-@needs_ws
-@pytest.mark.parametrize("shape", [(64, 8, 64, 32, torch.bfloat16),
-                                   (28, 4, 128, 16, torch.float16)])
-def test_ws_kernel_three_consumers(shape):
-    """48 (GQA 4) or 24 (GQA 8) tokens per work item: not a power of two."""
-    cfg = PrefillWSConfig(consumers=3, block_n=64, num_buf=3, consumer_regs=152, loader_regs=48)
-    check_prefill_kernel(MIXED + BOUNDARY, shape, cfg, seed=25)
 
 
 @needs_ws
