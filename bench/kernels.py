@@ -40,6 +40,7 @@ from kernels.attention_decode import (DecodeConfig, default_decode_config,  # no
 from kernels.attention_prefill import (PrefillConfig, PrefillWSConfig,  # noqa: E402
                                        default_prefill_config, paged_prefill_attention,
                                        paged_prefill_attention_ref, ws_supported)
+from kernels.prefill_config import prefill_kernel_choice  # noqa: E402
 from kernels.block_copy import (CopyConfig, pack_blocks, pack_blocks_ref,  # noqa: E402
                                 unpack_blocks, unpack_blocks_ref)
 from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
@@ -104,7 +105,8 @@ PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
 def prefill_variants(sizes: "Sizes", device: str, dtype: torch.dtype) -> list:
     ws = ws_supported(sizes.head_dim, dtype, torch.device(device),
                       sizes.num_q_heads // sizes.num_kv_heads)
-    return (PREFILL_WS_CONFIGS if ws else []) + PREFILL_CONFIGS
+    tma = prefill_kernel_choice() != "gather"      # AGENTKV_PREFILL_KERNEL=gather: no TMA
+    return [c for c in PREFILL_WS_CONFIGS if ws and (tma or not c.tma)] + PREFILL_CONFIGS
 
 
 def decode_variants(sizes: Sizes, batch: int, ctx: int) -> list[tuple[DecodeConfig, int]]:
