@@ -17,8 +17,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO))          # before bench/ (bench/kernels.py is no package)
 sys.path.append(str(REPO / "bench"))
 
 
