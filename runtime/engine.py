@@ -295,6 +295,13 @@ class Engine:
                 outs.append(self._final(req, [tok], lps))
         return outs
 
+    def fail_all(self, e: Exception) -> list[RequestOutput]:
+        """After an error outside a step's own guard (scheduling, tier bookkeeping): end every
+        unfinished request with an error, releasing its blocks, and drop the step in flight, so
+        the engine starts clean from the next request on."""
+        self._inflight = None
+        return self._fail(list(self.requests.values()), e)
+
     def _fail(self, reqs: list[Request], e: Exception) -> list[RequestOutput]:
         self.stats.step_errors += 1
         outs = []

@@ -91,6 +91,7 @@ class EngineThread:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.on_step: list[Callable[[Engine], None]] = []   # hooks run between steps
+        self.loop_errors = 0      # errors caught in the loop (hooks, tier polls, steps)
 
     def start(self) -> "EngineThread":
         self._thread = threading.Thread(target=self._run, name="agentkv-engine", daemon=True)
@@ -172,17 +173,38 @@ class EngineThread:
             if self._stop.is_set():
                 break
             for hook in self.on_step:
-                hook(self.engine)
+                try:
+                    hook(self.engine)
+                except Exception:   # a hook (KV policy, tier moves) must not stop the engine
+                    self.loop_errors += 1
+                    log.exception("engine hook %r failed; the engine goes on without it this "
+                                  "step", getattr(hook, "__qualname__", hook))
             if not self.engine.has_unfinished():
                 if getattr(self.engine, "tiers", None) is not None:
                     # idle: finish tier copies anyway, so the blocks and slots they hold are
                     # released without waiting for the next request
-                    self.engine.tiers.poll()
+                    try:
+                        self.engine.tiers.poll()
+                    except Exception:
+                        self.loop_errors += 1
+                        log.exception("KV tier poll failed while idle")
                 continue
-            for out in self.engine.step():
-                stream = self._streams.get(out.request_id)
-                if stream is None:
-                    continue
-                if out.finished:
-                    del self._streams[out.request_id]
-                stream.put(out)
+            try:
+                outs = self.engine.step()
+            except Exception as e:
+                # an error outside the step's own guard: end the requests in flight with an
+                # error (their callers get a status, not a hang) and keep serving
+                self.loop_errors += 1
+                log.exception("engine step failed; failing the %d requests in flight",
+                              len(self.engine.requests))
+                outs = self.engine.fail_all(e)
+            self._deliver(outs)
+
+    def _deliver(self, outs: list[RequestOutput]) -> None:
+        for out in outs:
+            stream = self._streams.get(out.request_id)
+            if stream is None:
+                continue
+            if out.finished:
+                del self._streams[out.request_id]
+            stream.put(out)
