@@ -15,6 +15,7 @@ _OPS = {
     "paged_prefill_attention": "kernels.attention_prefill",
     "paged_decode_attention": "kernels.attention_decode",
     "rms_norm": "kernels.rms_norm",
+    "silu_mul": "kernels.silu_mul",
     "apply_rotary": "kernels.rotary",
     "pack_blocks": "kernels.block_copy",
     "unpack_blocks": "kernels.block_copy",
@@ -31,6 +32,7 @@ class KernelOps:
     paged_prefill_attention: Callable
     paged_decode_attention: Callable
     rms_norm: Callable
+    silu_mul: Callable
     apply_rotary: Callable
     pack_blocks: Callable
     unpack_blocks: Callable

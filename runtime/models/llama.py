@@ -72,9 +72,9 @@ class MLP(nn.Module):
         self.gate_up_proj = nn.Linear(arch.hidden_size, 2 * arch.intermediate_size, bias=False)
         self.down_proj = nn.Linear(arch.intermediate_size, arch.hidden_size, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+    def forward(self, x: torch.Tensor, ops: KernelOps) -> torch.Tensor:
+        # x: [num_tokens, hidden] -> gate_up [num_tokens, 2 * intermediate] -> [num_tokens, hidden]
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -114,7 +114,7 @@ class LlamaFamilyModel(nn.Module):
                 x, residual = ops.rms_norm(h, layer.input_layernorm, eps, residual)
             h = layer.self_attn(x, positions, kv_cache, meta, ops, self.cos_sin)
             x, residual = ops.rms_norm(h, layer.post_attention_layernorm, eps, residual)
-            h = layer.mlp(x)
+            h = layer.mlp(x, ops)
         out, _ = ops.rms_norm(h, self.norm, eps, residual)
         return out
 
