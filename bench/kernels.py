@@ -89,14 +89,12 @@ DECODE_VARIANTS = {
 }
 # Prefill: the warp-specialised Hopper kernel's variants (where it runs), then the Triton
 # kernel's defaults and best neighbours from the earlier sweeps.
-PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=2),
-                      PrefillWSConfig(block_n=64, num_buf=4),
-                      PrefillWSConfig(consumers=3, block_n=64, num_buf=4, consumer_regs=152,
-                                      loader_regs=48),
-                      PrefillWSConfig(tma=False),
-                      PrefillWSConfig(tma=False, loader_warps=8, chunk=64, loader_regs=56),
-                      PrefillWSConfig(tma=False, consumers=3, block_n=64, num_buf=3,
-                                      consumer_regs=152, loader_regs=48)]
+PREFILL_WS_TWO = dict(consumers=2, block_n=128, consumer_regs=208, loader_regs=96)
+PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
+                      PrefillWSConfig(**PREFILL_WS_TWO),
+                      PrefillWSConfig(**dict(PREFILL_WS_TWO, loader_warps=8, chunk=64,
+                                             loader_regs=56)),
+                      PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True))]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
                    PrefillConfig(128, 64, 8, 4)]

@@ -11,7 +11,7 @@ import torch
 from kernels._triton import check_device, interpreter_needs_f32_dot, kernel, next_power_of_2
 from kernels.prefill_config import (WS_HEAD_DIMS, WS_MAX_GROUP, PrefillConfig,  # noqa: F401
                                     PrefillWSConfig, default_prefill_config,
-                                    triton_prefill_config, ws_supported)
+                                    triton_prefill_config, ws_strides_ok, ws_supported)
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
 
@@ -262,14 +262,16 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
     group = num_q_heads // num_kv_heads
     cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len, group,
                                            scale)
-    if config is None and kv_layer.dtype != q.dtype:
+    ws_inputs_ok = kv_layer.dtype == q.dtype and ws_strides_ok(q, out, kv_layer)
+    if config is None and not ws_inputs_ok:
         cfg = triton_prefill_config(head_dim, q.dtype, q.device, max_query_len)
     if isinstance(cfg, PrefillWSConfig):
         cfg.check()
-        if (scale <= 0 or kv_layer.dtype != q.dtype
+        if (scale <= 0 or not ws_inputs_ok
                 or not ws_supported(head_dim, q.dtype, q.device, group)):
             raise ValueError(f"{cfg} needs an sm_90 GPU, q and kv of one 16-bit dtype, head_dim "
-                             f"in {WS_HEAD_DIMS}, at most {WS_MAX_GROUP} query heads per kv head "
+                             f"in {WS_HEAD_DIMS}, at most {WS_MAX_GROUP} query heads per kv head, "
+                             "outer strides of q, out and the cache in multiples of 16 "
                              "and scale > 0")
         from kernels import attention_prefill_ws
         attention_prefill_ws.launch(q, kv_layer, out, query_start_loc, seq_lens, block_tables,

@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (async_copy, mbarri
                                                               warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from kernels.prefill_config import tma_layout_ok
+from kernels.prefill_config import prefill_kernel_choice, tma_layout_ok
 
 LOG2E = 1.4426950408889634
 ROWS = 64           # query rows per consumer warpgroup (one wgmma M tile)
@@ -421,7 +421,7 @@ def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
     total = num_m_tiles * num_seqs * num_kv_heads
     grid = (min(total, _num_sms(q.device.index or 0)),)
     kv_desc, rows_per_block, rows_per_kv = None, 0, 0
-    use_tma = cfg.tma and tma_layout_ok(kv_layer)
+    use_tma = cfg.tma and prefill_kernel_choice() != "gather" and tma_layout_ok(kv_layer)
     if use_tma:
         kv_desc, rows_per_block, rows_per_kv = cache_descriptor(kv_layer, cfg.block_n)
     _prefill_ws_kernel[grid](

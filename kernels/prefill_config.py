@@ -29,16 +29,17 @@ class PrefillConfig:
 class PrefillWSConfig:
     """The warp-specialised Hopper kernel (kernels/attention_prefill_ws.py): 128 query rows per
     work item on two consumer warpgroups, one loader partition, persistent programs."""
-    consumers: int = 2         # consumer warpgroups: 64 query rows each per work item
-    tma: bool = True           # whole pages by TMA (else, or if the cache's strides do not
-                               # allow it, every row by cp.async)
-    block_n: int = 128         # cached tokens per step
-    num_buf: int = 3           # K/V steps in flight (shared memory: 64 KiB a 128-token step)
+    # Defaults: the best of the H200 sweeps (bench/kernels_notes.md, v7): three consumer
+    # warpgroups (192 query rows per K/V step) on 64-token steps, three in flight, cp.async.
+    consumers: int = 3         # consumer warpgroups: 64 query rows each per work item
+    tma: bool = False          # whole pages by TMA where the cache allows (measured slower)
+    block_n: int = 64          # cached tokens per step
+    num_buf: int = 3           # K/V steps in flight (shared memory: 32 KiB a 64-token step)
     loader_warps: int = 4
-    chunk: int = 32            # rows per gather of the loader (its live address registers)
-    consumer_regs: int = 208   # registers per thread of the worker consumer (setmaxnreg); the
-    loader_regs: int = 96      # default one gets the rest of the 64K (200 here; no spills).
-                               # 8 loader warps: loader_regs 56 (else nothing is left over)
+    chunk: int = 32            # rows per Q gather of the loader (its live address registers)
+    consumer_regs: int = 152   # registers per thread of each worker consumer (setmaxnreg); the
+    loader_regs: int = 48      # default consumer gets the rest of the 64K (160 here; no
+                               # spills). Two consumers on 128-token steps: 208 / 96
 
     def check(self) -> None:
         if (self.consumers not in (2, 3) or self.block_n not in (64, 128) or self.num_buf < 2
@@ -67,7 +68,7 @@ def _ws_device_ok(device_index: int) -> bool:
 
 def prefill_kernel_choice() -> str:
     """AGENTKV_PREFILL_KERNEL: "auto" (default), "triton" (the Triton kernel everywhere) or
-    "gather" (the warp-specialised kernel without TMA: every K/V row by cp.async)."""
+    "gather" (the warp-specialised kernel never uses TMA: every K/V row by cp.async)."""
     choice = os.environ.get("AGENTKV_PREFILL_KERNEL", "auto")
     if choice not in ("auto", "triton", "gather"):
         raise ValueError(f"AGENTKV_PREFILL_KERNEL must be auto, triton or gather; got {choice!r}")
@@ -82,6 +83,12 @@ def tma_layout_ok(kv_layer: torch.Tensor) -> bool:
     s0, s1 = kv_layer.stride(0), kv_layer.stride(1)
     return (s0 % row == 0 and s1 % row == 0 and kv_layer.data_ptr() % 16 == 0
             and (num_blocks - 1) * (s0 // row) + s1 // row + block_size < 2 ** 31)
+
+
+def ws_strides_ok(*tensors: torch.Tensor) -> bool:
+    """The warp-specialised kernel copies 16-byte vectors: the two outer strides of q, out and
+    the cache layer must be multiples of 16 elements (the kernel is specialised on that)."""
+    return all(t.stride(0) % 16 == 0 and t.stride(1) % 16 == 0 for t in tensors)
 
 
 def ws_supported(head_dim: int, dtype: torch.dtype, device: torch.device, group: int) -> bool:
@@ -99,7 +106,7 @@ def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.devi
     """The warp-specialised kernel where it runs (Hopper, 16-bit, positive softmax scale), else
     the Triton kernel's tiles for this device and shape."""
     if scale > 0 and ws_supported(head_dim, dtype, device, group):
-        return PrefillWSConfig(tma=prefill_kernel_choice() != "gather")
+        return PrefillWSConfig()
     return triton_prefill_config(head_dim, dtype, device, max_query_len)
 
 

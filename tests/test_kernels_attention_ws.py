@@ -12,7 +12,8 @@ import torch  # noqa: E402
 from kernels.attention_prefill import (PrefillConfig, PrefillWSConfig,  # noqa: E402
                                        default_prefill_config, paged_prefill_attention,
                                        paged_prefill_attention_ref, ws_supported)
-from kernels.prefill_config import prefill_kernel_choice, tma_layout_ok  # noqa: E402
+from kernels.prefill_config import (prefill_kernel_choice, tma_layout_ok,  # noqa: E402
+                                    ws_strides_ok)
 from test_kernels_attention import (CUDA, MIXED, assert_close, check_prefill_kernel,  # noqa: E402
                                     make_batch)
 
@@ -48,11 +49,8 @@ def test_default_config_off_hopper_is_the_triton_kernel():
 def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
     for d, dtype in [(128, torch.bfloat16), (64, torch.float16)]:
         cfg = default_prefill_config(d, dtype, torch.device("cuda"), 2048, 4)
-        assert isinstance(cfg, PrefillWSConfig) and cfg.tma
-    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "gather")     # the operator's ways back
-    cfg = default_prefill_config(128, torch.bfloat16, torch.device("cuda"), 2048, 4)
-    assert isinstance(cfg, PrefillWSConfig) and not cfg.tma
-    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "triton")
+        assert isinstance(cfg, PrefillWSConfig)
+    monkeypatch.setenv("AGENTKV_PREFILL_KERNEL", "triton")     # the operator's way back
     cfg = default_prefill_config(128, torch.bfloat16, torch.device("cuda"), 2048, 4)
     assert isinstance(cfg, PrefillConfig)
 
@@ -73,21 +71,27 @@ def padded_layer(kv_layer: torch.Tensor, pad: int) -> torch.Tensor:
     return out
 
 
-def test_tma_needs_whole_rows_between_blocks():
+def test_cache_strides_decide_tma_and_the_ws_kernel():
     b = make_batch([(4, 40)], 8, 2, 64, 16, torch.bfloat16)
-    assert tma_layout_ok(b.kv_layer)                            # [blocks, 3 layers, 2, ...]
-    assert tma_layout_ok(padded_layer(b.kv_layer, 2 * 64))      # pad of whole rows
-    assert not tma_layout_ok(padded_layer(b.kv_layer, 8))       # 16 bytes: no row grid
+    assert tma_layout_ok(b.kv_layer) and ws_strides_ok(b.kv_layer)   # [blocks, 3 layers, 2..]
+    rows = padded_layer(b.kv_layer, 2 * 64)                  # pad of whole rows: both
+    assert tma_layout_ok(rows) and ws_strides_ok(rows)
+    vectors = padded_layer(b.kv_layer, 16)                   # 16 elements: cp.async, no TMA
+    assert not tma_layout_ok(vectors) and ws_strides_ok(vectors)
+    odd = padded_layer(b.kv_layer, 8)                        # 8 elements: the Triton kernel
+    assert not ws_strides_ok(odd)
 
 
 @needs_ws
-def test_ws_kernel_without_a_row_grid_gathers_instead():
-    """The default (TMA) config on a cache TMA cannot view as rows: same result by cp.async."""
+@pytest.mark.parametrize("pad,cfg", [(16, PrefillWSConfig(tma=True)), (8, None)])
+def test_ws_kernel_falls_back_by_cache_strides(pad, cfg):
+    """TMA asked for on a cache without a row grid: cp.async; a cache whose block stride is
+    not a multiple of 16 elements: the Triton kernel (default config). Same results."""
     b = make_batch(MIXED + BOUNDARY, 32, 8, 128, 16, torch.bfloat16, seed=26)
-    kv = padded_layer(b.kv_layer, 8)
+    kv = padded_layer(b.kv_layer, pad)
     args = (b.q, kv, b.query_start_loc, b.seq_lens, b.block_tables, 128 ** -0.5, max(b.q_lens))
     out = torch.full_like(b.q, float("nan"))
-    paged_prefill_attention(*args, out=out)
+    paged_prefill_attention(*args, out=out, config=cfg)
     assert_close(out, paged_prefill_attention_ref(*args), torch.bfloat16)
 
 
@@ -128,17 +132,23 @@ def test_ws_kernel_boundaries_and_mixed_batch(shape):
     check_prefill_kernel(MIXED + BOUNDARY, shape, None, seed=21)
 
 
-# the default (TMA, three steps in flight) runs in every test above; here the others
-WS_CONFIGS = [PrefillWSConfig(num_buf=2), PrefillWSConfig(block_n=64, num_buf=4),
-              PrefillWSConfig(consumers=3, block_n=64, num_buf=4, consumer_regs=152,
-                              loader_regs=48),
-              PrefillWSConfig(tma=False), PrefillWSConfig(tma=False, num_buf=2),
-              PrefillWSConfig(tma=False, block_n=64, num_buf=4),
-              PrefillWSConfig(tma=False, loader_warps=1, chunk=16),
-              PrefillWSConfig(tma=False, loader_warps=2, chunk=16),
-              PrefillWSConfig(tma=False, loader_warps=8, chunk=64, loader_regs=56),
-              PrefillWSConfig(tma=False, consumers=3, block_n=64, num_buf=4, consumer_regs=152,
-                              loader_regs=48)]
+# the default (three consumers, 64-token steps, cp.async) runs in every test above; the others:
+TWO = dict(consumers=2, block_n=128, consumer_regs=208, loader_regs=96)
+WS_CONFIGS = [PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
+              PrefillWSConfig(**TWO), PrefillWSConfig(**dict(TWO, num_buf=2)),
+              PrefillWSConfig(**dict(TWO, tma=True)),
+              PrefillWSConfig(**dict(TWO, block_n=64, num_buf=4)),
+              PrefillWSConfig(**dict(TWO, loader_warps=1, chunk=16)),
+              PrefillWSConfig(**dict(TWO, loader_warps=2, chunk=16)),
+              PrefillWSConfig(**dict(TWO, loader_warps=8, chunk=64, loader_regs=56))]
+
+
+@needs_ws
+@pytest.mark.parametrize("shape", [(64, 8, 64, 32, torch.bfloat16),
+                                   (28, 4, 128, 16, torch.float16)])
+def test_ws_kernel_two_consumers(shape):
+    """Two consumer warpgroups: 32 (GQA 4) or 16 (GQA 8) tokens per work item."""
+    check_prefill_kernel(MIXED + BOUNDARY, shape, PrefillWSConfig(**TWO), seed=25)
 
 
 @needs_ws
