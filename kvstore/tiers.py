@@ -9,6 +9,12 @@ comes from `EvictionPolicy` objects (LRU unless given).
 Threading: call everything, `poll()` included, from the engine thread; the index is updated when
 a batch is seen complete (`poll()` or a handle's `ready()`/`wait()`), never before the data is in
 place.
+
+Copies in flight are indexed too (hash -> the batch copying it, per target tier), so a block
+being copied down is never copied again: a second offload of the same blocks (a turn end's
+automatic pause followed by the client's Pause) starts copies only for the blocks no batch
+covers, and its handle completes when those and the covering batches have. An entry goes when
+its batch completes, failed or not; a failed block is still where it was copied from.
 """
 from __future__ import annotations
 
@@ -92,6 +98,8 @@ class TieredKVStore:
             gpu_kv, host, self.disk, gpu_incref=block_pool.incref, gpu_decref=block_pool.free,
             staging_pool=staging, mode=transfer_mode)
         self._cpu: dict[bytes, int] = {}          # hash -> host slot (data in place)
+        self._to_cpu: dict[bytes, TransferHandle] = {}    # hash -> batch copying it to CPU
+        self._to_disk: dict[bytes, TransferHandle] = {}   # hash -> batch writing it to disk
         self._cpu_pinned: set[bytes] = set()
         self._gpu_pins: dict[bytes, int] = {}     # hash -> GPU block we hold a reference on
         self.moved = _Moved()
@@ -140,11 +148,13 @@ class TieredKVStore:
     def _offload_cpu(self, hashes: list[bytes]) -> TransferHandle:
         if self.host is None:
             raise RuntimeError("the CPU tier is off (cpu_cache_gb = 0)")
-        todo = [(h, b) for h in hashes if h not in self._cpu
+        covering = self._covering(hashes, self._to_cpu)
+        todo = [(h, b) for h in hashes if h not in self._cpu and h not in self._to_cpu
                 and (b := self.pool.lookup_hash(h)) is not None]
         slots = self._alloc_cpu(len(todo))
         todo = todo[:len(slots)]
         handle = self.transfer.gpu_to_host([b for _, b in todo], slots)
+        self._track_in_flight(self._to_cpu, [h for h, _ in todo], handle)
 
         def done(hd: TransferHandle) -> None:
             if hd.error is not None:              # nothing landed: give the slots back
@@ -159,15 +169,45 @@ class TieredKVStore:
                 self.cpu_policy.touch(h, now)
             self.moved.add("gpu", "cpu", len(todo) * self.spec.block_bytes)
         handle.add_done_callback(done)
-        return handle
+        return TransferGroup("offload_cpu", [handle, *covering]) if covering else handle
+
+    @staticmethod
+    def _covering(hashes: list[bytes], in_flight: dict[bytes, TransferHandle]
+                  ) -> list[TransferHandle]:
+        """The batches in flight that already copy some of `hashes` (each once)."""
+        return list({id(hd): hd for h in hashes if (hd := in_flight.get(h)) is not None}
+                    .values())
+
+    @staticmethod
+    def _track_in_flight(in_flight: dict[bytes, TransferHandle], hashes: list[bytes],
+                         handle: TransferHandle) -> None:
+        """Index `hashes` as copied by `handle` until it completes (failed or not). Runs before
+        the caller's own completion callback, which may start copies of the same blocks."""
+        for h in hashes:
+            in_flight[h] = handle
+
+        def release(hd: TransferHandle) -> None:
+            for h in hashes:
+                if in_flight.get(h) is hd:
+                    del in_flight[h]
+        handle.add_done_callback(release)
+
+    def in_flight(self, to: Tier) -> set[bytes]:
+        """Hashes whose copy down to `to` ("cpu" or "disk") is in flight."""
+        if to == "cpu":
+            return set(self._to_cpu)
+        if to == "disk":
+            return set(self._to_disk)
+        raise ValueError(f"in-flight copies go to 'cpu' or 'disk', got {to!r}")
 
     def _offload_disk(self, hashes: list[bytes]) -> TransferHandle:
         if self.disk is None:
             raise RuntimeError("the disk tier is off (disk_cache_gb = 0 or no disk_cache_path)")
         from_cpu: list[tuple[bytes, int]] = []
         from_gpu: list[tuple[bytes, int]] = []
+        covering = self._covering(hashes, self._to_disk)
         for h in hashes:
-            if self.disk.contains(h):
+            if self.disk.contains(h) or h in self._to_disk:
                 continue
             if h in self._cpu:
                 from_cpu.append((h, self._cpu[h]))
@@ -178,9 +218,10 @@ class TieredKVStore:
                                   ("gpu", from_gpu, self.transfer.gpu_to_disk)):
             if items:
                 hd = start([h for h, _ in items], [x for _, x in items])
+                self._track_in_flight(self._to_disk, [h for h, _ in items], hd)
                 hd.add_done_callback(self._count_written(src, len(items)))
                 parts.append(hd)
-        return TransferGroup("offload_disk", parts)
+        return TransferGroup("offload_disk", parts + covering)
 
     def _count_written(self, src: str, n: int) -> Callable[[TransferHandle], None]:
         def done(hd: TransferHandle) -> None:

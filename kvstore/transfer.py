@@ -1,8 +1,12 @@
 """Asynchronous block copies between the GPU cache, the host pool and the disk store.
 
-GPU<->CPU copies run on a dedicated CUDA stream and are issued by one background thread, so the
-engine thread spends microseconds per batch whatever its size; a CUDA event per batch tells when
-the data is there. CPU<->disk moves run on threads too (the disk store's writer, a chain thread).
+GPU<->CPU copies are issued by one background thread (`CopyIssuer`), so the engine thread spends
+microseconds per batch whatever its size; a CUDA event per batch tells when the data is there.
+Loads (host->GPU) and stores (GPU->host) have their own queue and their own CUDA stream: the
+issuer serves loads first, and a store is issued in chunks of `store_chunk_blocks`, the next one
+only once the last has completed, so a load waits behind at most one store chunk. CPU<->disk
+moves run on threads too (the disk store's writer; a load chain for disk reads and a store chain
+for GPU->disk spills, so a spill never holds up a disk->GPU prefix load).
 Every handle holds references on what its copy reads or writes (GPU blocks through the
 `gpu_incref`/`gpu_decref` callbacks, host slots through HostPool refcounts) and drops them once
 the copy is seen complete (`ready()`, `wait()` or `TransferEngine.poll()`, on the engine thread),
@@ -22,10 +26,12 @@ from typing import Callable, Sequence
 
 import torch
 
+from kvstore.copy_issuer import CopyIssuer
 from kvstore.disk import DiskStore
 from kvstore.host_pool import HostPool, copy_blocks_in, copy_blocks_out
 
 RefFn = Callable[[Sequence[int]], None]
+STORE_CHUNK_BYTES = 64 << 20     # default size of one write-through chunk on the copy stream
 
 
 @dataclass
@@ -140,9 +146,11 @@ class TransferEngine:
     def __init__(self, gpu_kv: torch.Tensor, host_pool: HostPool, disk: DiskStore | None = None,
                  *, gpu_incref: RefFn | None = None, gpu_decref: RefFn | None = None,
                  staging_pool: HostPool | None = None, mode: str = "auto",
-                 chunk_blocks: int = 64) -> None:
+                 chunk_blocks: int = 64, store_chunk_blocks: int | None = None) -> None:
         if mode not in ("auto", "direct", "staged"):
             raise ValueError(f"mode must be auto, direct or staged, got {mode!r}")
+        if store_chunk_blocks is not None and store_chunk_blocks < 1:
+            raise ValueError(f"store_chunk_blocks must be >= 1, got {store_chunk_blocks}")
         if tuple(gpu_kv.shape[1:]) != host_pool.spec.block_shape:
             raise ValueError(f"gpu_kv blocks {tuple(gpu_kv.shape[1:])} differ from the host "
                              f"pool's {host_pool.spec.block_shape}")
@@ -156,10 +164,19 @@ class TransferEngine:
         self.stats = TransferStats()
         self._incref = gpu_incref or (lambda ids: None)
         self._decref = gpu_decref or (lambda ids: None)
+        # a store chunk: STORE_CHUNK_BYTES of blocks (~1-3 ms of PCIe/C2C), at least one block
+        self.store_chunk_blocks = store_chunk_blocks or max(
+            1, STORE_CHUNK_BYTES // self.block_bytes)
         self.is_cuda = gpu_kv.is_cuda
+        # stores (GPU->host) on `stream`, loads (host->GPU) on `load_stream`: a load is never
+        # queued on a stream behind a write-through
         self.stream = torch.cuda.Stream(gpu_kv.device) if self.is_cuda else None
-        self._issuer = ThreadPoolExecutor(1, thread_name_prefix="kv-copy-issuer")
-        self._chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-chain")
+        self.load_stream = torch.cuda.Stream(gpu_kv.device) if self.is_cuda else None
+        self._last_store_event: "torch.cuda.Event | None" = None
+        self._issuer = CopyIssuer(store_busy=self._store_busy)
+        self._load_chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-load")
+        self._store_chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-store")
+        self._staging_cv = threading.Condition()
         self._pending: list[TransferHandle] = []
         self._stats_lock = threading.Lock()
 
@@ -181,14 +198,28 @@ class TransferEngine:
         self._incref(ids)
         after = self._record_current()
         event = torch.cuda.Event() if self.is_cuda else None
-        fut = self._issuer.submit(self._issue, kind, ids, slots, after, event)
+        if kind == "h2d":
+            fut = self._issuer.submit(self._issue, kind, ids, slots, after, event)
+        else:
+            fut = self._issuer.submit_steps(self._store_steps(ids, slots, after, event), "store")
         nbytes = len(ids) * self.block_bytes
 
         def release() -> None:
             self.host.decref(slots)
             self._decref(ids)
-            self._count(kind + "_bytes", nbytes)
+            self._count(kind + "_bytes", nbytes if fut.exception() is None else 0)
         return self._track(TransferHandle(kind, nbytes, fut, event, release))
+
+    def _store_steps(self, ids: list[int], slots: list[int], after, event) -> list:
+        """One issuer step per chunk of `store_chunk_blocks`; the last records `event`."""
+        step, n = self.store_chunk_blocks, len(ids)
+
+        def chunk(i: int):
+            ev = None
+            if self.is_cuda:
+                ev = event if i + step >= n else torch.cuda.Event()
+            return lambda: self._issue("d2h", ids[i:i + step], slots[i:i + step], after, ev)
+        return [chunk(i) for i in range(0, max(n, 1), step)]
 
     def _record_current(self) -> "torch.cuda.Event | None":
         if not self.is_cuda:
@@ -197,15 +228,32 @@ class TransferEngine:
         ev.record(torch.cuda.current_stream(self.kv.device))
         return ev
 
+    def _stream_for(self, kind: str) -> "torch.cuda.Stream":
+        return self.load_stream if kind == "h2d" else self.stream
+
+    def _store_busy(self) -> bool:
+        """Issuer thread: the last store chunk is still on the copy stream."""
+        ev = self._last_store_event
+        if ev is None:
+            return False
+        if ev.query():
+            self._last_store_event = None
+            return False
+        return True
+
     def _issue(self, kind: str, ids: list[int], slots: list[int], after, event) -> None:
-        """On the issuer thread: queue the copies on the copy stream (or do them, on CPU)."""
+        """On the issuer thread: queue the copies on the kind's copy stream (or do them, on
+        CPU)."""
         if not self.is_cuda:
             self._copy(kind, self.host, ids, slots)
             return
-        with torch.cuda.device(self.kv.device), torch.cuda.stream(self.stream):
-            self.stream.wait_event(after)
+        stream = self._stream_for(kind)
+        with torch.cuda.device(self.kv.device), torch.cuda.stream(stream):
+            stream.wait_event(after)
             self._copy(kind, self.host, ids, slots)
-            event.record(self.stream)
+            event.record(stream)
+        if kind == "d2h":
+            self._last_store_event = event
 
     def _copy(self, kind: str, pool: HostPool, ids: list[int], slots: list[int]) -> None:
         fn = copy_blocks_out if kind == "d2h" else copy_blocks_in
@@ -237,7 +285,7 @@ class TransferEngine:
         def read() -> TransferResult:
             found = disk.get_many(hashes, out=out)
             return TransferResult(missing=[h for h in hashes if h not in found])
-        fut = self._chain.submit(read)
+        fut = self._load_chain.submit(read)
         nbytes = len(slots) * self.block_bytes
 
         def release() -> None:
@@ -252,7 +300,7 @@ class TransferEngine:
         hashes, ids = list(hashes), list(block_ids)
         self._incref(ids)
         after = self._record_current()
-        fut = self._chain.submit(self._gpu_to_disk, hashes, ids, after)
+        fut = self._store_chain.submit(self._gpu_to_disk, hashes, ids, after)
         nbytes = len(ids) * self.block_bytes
 
         def release() -> None:
@@ -268,7 +316,7 @@ class TransferEngine:
         hashes, ids = list(hashes), list(block_ids)
         self._incref(ids)
         after = self._record_current()  # earlier work on these blocks finishes first
-        fut = self._chain.submit(self._disk_to_gpu, hashes, ids, after)
+        fut = self._load_chain.submit(self._disk_to_gpu, hashes, ids, after)
         nbytes = len(ids) * self.block_bytes
 
         def release() -> None:
@@ -278,17 +326,31 @@ class TransferEngine:
             self._count("h2d_bytes", got)
         return self._track(TransferHandle("disk_to_gpu", nbytes, fut, None, release))
 
-    def _staging_chunk(self) -> int:
-        return max(1, min(self.chunk_blocks, self.staging.capacity // 2))
+    def _staging_chunk(self, kind: str) -> int:
+        """Staging slots per chunk: a load takes up to half the pool, a spill (two chunks in
+        flight) up to a quarter each, so both fit at once."""
+        share = 2 if kind == "h2d" else 4
+        return max(1, min(self.chunk_blocks, self.staging.capacity // share))
+
+    def _alloc_staging(self, n: int) -> list[int]:
+        """Chain threads: `n` staging slots, waiting while the other chain holds them."""
+        with self._staging_cv:
+            self._staging_cv.wait_for(lambda: self.staging.num_free >= n)
+            return self.staging.allocate(n)
+
+    def _free_staging(self, slots: list[int]) -> None:
+        with self._staging_cv:
+            self.staging.free(slots)
+            self._staging_cv.notify_all()
 
     def _gpu_to_disk(self, hashes: list[bytes], ids: list[int], after) -> TransferResult:
         """Chain thread: D2H a chunk into staging, queue its disk write, keep two in flight."""
         res = TransferResult()
         inflight: list[tuple[Future, list[int]]] = []
-        step = self._staging_chunk()
+        step = self._staging_chunk("d2h")
         try:
             for i in range(0, len(ids), step):
-                slots = self.staging.allocate(len(ids[i:i + step]))
+                slots = self._alloc_staging(len(ids[i:i + step]))
                 inflight.append((None, slots))  # freed below even if the copy fails
                 self._copy_sync("d2h", ids[i:i + step], slots, after)
                 put = self.disk.put_many([(h, self.staging.slot_view(s))
@@ -307,14 +369,14 @@ class TransferEngine:
             if put is not None:
                 res.refused += put.result().refused
         finally:
-            self.staging.free(slots)
+            self._free_staging(slots)
 
     def _disk_to_gpu(self, hashes: list[bytes], ids: list[int], after) -> TransferResult:
         res = TransferResult()
-        step = self._staging_chunk()
+        step = self._staging_chunk("h2d")
         for i in range(0, len(ids), step):
             hs, gs = hashes[i:i + step], ids[i:i + step]
-            slots = self.staging.allocate(len(gs))
+            slots = self._alloc_staging(len(gs))
             try:
                 found = self.disk.get_many(hs, out={h: self.staging.slot_view(s)
                                                     for h, s in zip(hs, slots)})
@@ -324,7 +386,7 @@ class TransferEngine:
                     self._copy_sync("h2d", [gs[k] for k in keep], [slots[k] for k in keep],
                                     after)
             finally:
-                self.staging.free(slots)
+                self._free_staging(slots)
         return res
 
     def _copy_sync(self, kind: str, ids: list[int], slots: list[int], after) -> None:
@@ -332,12 +394,13 @@ class TransferEngine:
         if not self.is_cuda:
             self._copy(kind, self.staging, ids, slots)
             return
-        with torch.cuda.device(self.kv.device), torch.cuda.stream(self.stream):
+        stream = self._stream_for(kind)
+        with torch.cuda.device(self.kv.device), torch.cuda.stream(stream):
             if after is not None:
-                self.stream.wait_event(after)
+                stream.wait_event(after)
             self._copy(kind, self.staging, ids, slots)
             ev = torch.cuda.Event()
-            ev.record(self.stream)
+            ev.record(stream)
         ev.synchronize()
 
     # -- bookkeeping -------------------------------------------------------------------------
@@ -387,7 +450,8 @@ class TransferEngine:
     def close(self) -> None:
         self.synchronize()
         self._issuer.shutdown(wait=True)
-        self._chain.shutdown(wait=True)
+        self._load_chain.shutdown(wait=True)
+        self._store_chain.shutdown(wait=True)
 
 
 class TransferGroup(TransferHandle):
