@@ -5,9 +5,10 @@ the thread: `load` (host->GPU: prefix loads a waiting turn needs, prefetches) an
 (GPU->host write-throughs and offloads). Before each step the thread takes the head of the load
 queue if there is one, so a load submitted while a long write-through is being issued runs after
 at most the one store step already running. Store jobs are split by their submitter into
-bounded chunks (one step per chunk), and `store_busy()` (e.g. "the last chunk's CUDA event has
-not fired") holds back the next store step, so at most one store chunk is queued on the copy
-hardware ahead of a load.
+bounded chunks (one step per chunk), and `store_wait()` (e.g. "wait for the last chunk's CUDA
+event") runs before each store step, outside the lock, so at most one store chunk is on the copy
+hardware at a time: a load that arrives meanwhile is issued as soon as that chunk is done, ahead
+of the next one.
 
 A job's future gets the last step's return value, or the first exception (the remaining steps
 are skipped).
@@ -22,7 +23,6 @@ from typing import Any, Callable
 
 Step = Callable[[], Any]
 PRIORITIES = ("load", "store")
-_BUSY_POLL_S = 0.0002    # how often a held-back store step re-checks store_busy()
 
 
 @dataclass
@@ -41,10 +41,10 @@ class IssuerCounts:
 
 class CopyIssuer:
     def __init__(self, name: str = "kv-copy-issuer",
-                 store_busy: Callable[[], bool] | None = None) -> None:
+                 store_wait: Callable[[], None] | None = None) -> None:
         self._queues: dict[str, deque[_Job]] = {p: deque() for p in PRIORITIES}
         self._cv = threading.Condition()
-        self._store_busy = store_busy or (lambda: False)
+        self._store_wait = store_wait or (lambda: None)
         self._closed = False
         self.counts = IssuerCounts()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -73,18 +73,18 @@ class CopyIssuer:
             return len(self._queues[priority])
 
     def _take(self) -> tuple[str, _Job] | None:
-        with self._cv:
-            while True:
+        while True:
+            with self._cv:
+                while not (self._queues["load"] or self._queues["store"] or self._closed):
+                    self._cv.wait()
                 if self._queues["load"]:
                     return "load", self._queues["load"][0]
-                if self._queues["store"]:
-                    if not self._store_busy():
-                        return "store", self._queues["store"][0]
-                    self._cv.wait(_BUSY_POLL_S)
-                    continue
-                if self._closed:
-                    return None
-                self._cv.wait()
+                if not self._queues["store"]:
+                    return None                   # closed, nothing left
+            self._store_wait()                    # the last store chunk is done (lock free)
+            with self._cv:
+                if not self._queues["load"]:      # else a load came meanwhile: it goes first
+                    return "store", self._queues["store"][0]
 
     def _run(self) -> None:
         while (item := self._take()) is not None:

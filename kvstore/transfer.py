@@ -173,7 +173,7 @@ class TransferEngine:
         self.stream = torch.cuda.Stream(gpu_kv.device) if self.is_cuda else None
         self.load_stream = torch.cuda.Stream(gpu_kv.device) if self.is_cuda else None
         self._last_store_event: "torch.cuda.Event | None" = None
-        self._issuer = CopyIssuer(store_busy=self._store_busy)
+        self._issuer = CopyIssuer(store_wait=self._store_wait)
         self._load_chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-load")
         self._store_chain = ThreadPoolExecutor(1, thread_name_prefix="kv-disk-store")
         self._staging_cv = threading.Condition()
@@ -231,15 +231,12 @@ class TransferEngine:
     def _stream_for(self, kind: str) -> "torch.cuda.Stream":
         return self.load_stream if kind == "h2d" else self.stream
 
-    def _store_busy(self) -> bool:
-        """Issuer thread: the last store chunk is still on the copy stream."""
-        ev = self._last_store_event
-        if ev is None:
-            return False
-        if ev.query():
-            self._last_store_event = None
-            return False
-        return True
+    def _store_wait(self) -> None:
+        """Issuer thread, before a store chunk: wait for the last one to leave the copy stream
+        (the GIL is released while waiting)."""
+        ev, self._last_store_event = self._last_store_event, None
+        if ev is not None:
+            ev.synchronize()
 
     def _issue(self, kind: str, ids: list[int], slots: list[int], after, event) -> None:
         """On the issuer thread: queue the copies on the kind's copy stream (or do them, on

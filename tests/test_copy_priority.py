@@ -74,18 +74,26 @@ def test_a_failing_step_fails_its_job_skips_its_rest_and_the_issuer_goes_on():
         iss.submit(order.append, 1)
 
 
-def test_store_busy_holds_back_store_steps_but_never_loads():
-    busy = threading.Event()
-    busy.set()
-    iss = CopyIssuer(store_busy=busy.is_set)
+def test_store_wait_runs_before_each_store_step_and_a_load_arriving_meanwhile_goes_first():
+    waiting, done = threading.Event(), threading.Event()
+    waits = []
+
+    def store_wait():                      # "the last store chunk is still on the copy engine"
+        waits.append(len(order))
+        waiting.set()
+        done.wait(5)
+    iss = CopyIssuer(store_wait=store_wait)
     order = []
-    store = iss.submit(order.append, "s", priority="store")
+    store = iss.submit_steps([lambda: order.append("s0"), lambda: order.append("s1")], "store")
+    assert waiting.wait(5)
     load = iss.submit(order.append, "L")
-    load.result(5)
-    assert not store.done() and order == ["L"]
-    busy.clear()
+    assert not load.done() and order == []   # held for at most the chunk being waited on
+    done.set()
     store.result(5)
-    assert order == ["L", "s"]
+    load.result(5)
+    assert order == ["L", "s0", "s1"]
+    assert iss.counts.load_steps == 1 and iss.counts.store_steps == 2
+    assert waits == [0, 1, 2]    # before s0 (again after the load that came), and before s1
     iss.shutdown()
 
 

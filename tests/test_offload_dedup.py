@@ -11,10 +11,9 @@ from kvstore.block_pool import BlockPool, chain_hashes
 from kvstore.config import TierConfig
 from kvstore.spec import KVCacheSpec
 from kvstore.tiers import TieredKVStore
-from runtime import SamplingParams
 from runtime.session_kv_hook import WAITING_TOOL
 from sessions.estimator import PauseForecast
-from test_kv_controller import folder, settle, setup  # noqa: F401 - folder is a fixture
+from test_kv_controller import folder, settle, setup, turn  # noqa: F401 - a fixture
 
 SPEC = KVCacheSpec(num_layers=2, num_kv_heads=2, head_dim=16, block_size=4, dtype=torch.bfloat16)
 FP = b"dedup-test-model"
@@ -149,13 +148,9 @@ def test_disk_writes_in_flight_are_not_started_twice(tmp_path):
 
 def test_turn_end_auto_pause_then_client_pause_copies_each_block_once(folder, tmp_path):
     eng, ctl, _clock = setup(folder, tmp_path)
-    prompt = torch.randint(3, 512, (96,), generator=torch.Generator().manual_seed(5)).tolist()
-    out = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
-    log = prompt + out.token_ids
-    hs = chain_hashes(log, 16, eng.fingerprint)
+    hs = chain_hashes(turn(eng, ctl, "s", 5, n=96), 16, eng.fingerprint)
     tiers = eng.tiers
     gate = hold(tiers)
-    ctl.turn_end("s", log)
     medium = PauseForecast(30.0, 60.0, "hint")
     p1 = ctl.pause("s", WAITING_TOOL, None, False, medium)      # the server's "(waiting)"
     p2 = ctl.pause("s", "web_search", 30.0, False, medium)      # the client's Pause RPC
@@ -171,13 +166,9 @@ def test_turn_end_auto_pause_then_client_pause_copies_each_block_once(folder, tm
 
 def test_two_spill_plans_in_a_row_write_each_block_to_cpu_and_disk_once(folder, tmp_path):
     eng, ctl, _clock = setup(folder, tmp_path)
-    prompt = torch.randint(3, 512, (80,), generator=torch.Generator().manual_seed(6)).tolist()
-    out = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
-    log = prompt + out.token_ids
-    hs = chain_hashes(log, 16, eng.fingerprint)
+    hs = chain_hashes(turn(eng, ctl, "s", 6, n=80), 16, eng.fingerprint)
     tiers = eng.tiers
     gate = hold(tiers)
-    ctl.turn_end("s", log)
     hours = PauseForecast(3 * 3600, 12 * 3600, "hint")
     assert ctl.pause("s", WAITING_TOOL, None, True, hours).placement.value == "spill_disk"
     assert ctl.pause("s", "ask_user", None, True, hours).placement.value == "spill_disk"
