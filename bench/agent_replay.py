@@ -160,13 +160,15 @@ def main(argv=None) -> int:
     blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
                                             * wsum["concurrent_working_set_tokens"] / 16))
     spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
-                      cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb)
+                      cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
+                      pause_prior_scale=1.0 / a.time_compression)
     budget = {"gpu_kv_blocks": blocks, "gpu_kv_tokens": blocks * 16,
               "gpu_kv_gib": round(blocks * 16 * info.kv_bytes_per_token / 2**30, 3),
               "kv_bytes_per_token": info.kv_bytes_per_token,
               "fraction_of_concurrent_working_set":
                   round(blocks * 16 / max(1, wsum["concurrent_working_set_tokens"]), 3),
-              "cpu_cache_gib": a.cpu_cache_gb, "disk_cache_gib": a.disk_cache_gb}
+              "cpu_cache_gib": a.cpu_cache_gb, "disk_cache_gib": a.disk_cache_gb,
+              "pause_prior_scale": 1.0 / a.time_compression}
     log(f"workload: {json.dumps(wsum)}")
     log(f"KV budget: {json.dumps(budget)}")
     out = Path(a.out)

@@ -32,6 +32,7 @@ class ServerSpec:
     cpu_cache_gb: float = 0.0
     disk_cache_gb: float = 0.0
     max_concurrent_turns: int = 256
+    pause_prior_scale: float = 1.0       # 1 / the replay's time compression
     log_level: str = "WARNING"
 
     def args(self, data_dir: Path) -> list[str]:
@@ -42,6 +43,7 @@ class ServerSpec:
                 "--cpu-cache-gb", str(self.cpu_cache_gb),
                 "--disk-cache-gb", str(self.disk_cache_gb),
                 "--max-concurrent-turns", str(self.max_concurrent_turns),
+                "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
                 "--grace-s", "1"]
 

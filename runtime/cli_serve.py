@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-message-bytes", type=int, default=4 * 2**20)
     p.add_argument("--default-max-tokens", type=int, default=256,
                    help="max_tokens of a turn when neither the session nor the turn sets it")
+    p.add_argument("--pause-prior-scale", type=float, default=1.0,
+                   help="multiply the published pause-length priors of the pause estimator by "
+                        "this (e.g. 0.25 for a replay that runs pauses 4x faster)")
     p.add_argument("--session-ttl-s", type=float, default=24 * 3600.0,
                    help="idle sessions expire after this long (0: never)")
     p.add_argument("--grace-s", type=float, default=10.0,
@@ -75,6 +78,7 @@ def config_from_args(args):
                         metrics_port=args.metrics_port, grace_s=args.grace_s,
                         session_ttl_s=args.session_ttl_s or None,
                         default_max_tokens=args.default_max_tokens,
+                        pause_prior_scale=args.pause_prior_scale,
                         tls_cert=args.tls_cert, tls_key=args.tls_key,
                         tls_client_ca=args.tls_client_ca)
 

@@ -105,6 +105,8 @@ class AgentKVServer:
         self.store = SessionStore(str(data_dir))
         if self.estimator is None:           # what earlier runs learned of pause lengths
             self.estimator = load_estimator(self.store.env)
+            if cfg.pause_prior_scale != 1.0:
+                self.estimator.scale_priors(cfg.pause_prior_scale)
         if self.policy_hook_factory is None:
             self.policy_hook_factory = kv_policy_hook_factory(self.estimator)
         events = SessionEventLog(self.metrics)

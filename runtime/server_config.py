@@ -1,6 +1,8 @@
 """The server's configuration: where it listens, its model and engine, tenants, limits, storage."""
 from __future__ import annotations
 
+import math
+
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +47,8 @@ class ServerConfig:
     session_ttl_s: float | None = 24 * 3600.0
     expire_interval_s: float = 30.0
     default_max_tokens: int = 256
+    # the pause estimator's published priors x this (a replay with compressed pauses: < 1)
+    pause_prior_scale: float = 1.0
     # TLS (runtime/server_tls.py): PEM certificate and key; client_ca: require client certs
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -60,6 +64,9 @@ class ServerConfig:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.default_max_tokens <= 0:
             raise ValueError("default_max_tokens must be positive")
+        if not (math.isfinite(self.pause_prior_scale) and self.pause_prior_scale > 0):
+            raise ValueError(f"pause_prior_scale must be a finite number > 0, got "
+                             f"{self.pause_prior_scale!r}")
 
     @property
     def resolved_data_dir(self) -> Path:

@@ -101,6 +101,14 @@ class PausePrior:
     p90_s: float
     p99_s: float | None = None
 
+    def scaled(self, factor: float) -> "PausePrior":
+        """The same distribution on a clock running `factor` times as fast (a replay with its
+        pauses compressed by 1/factor uses factor < 1)."""
+        if not (math.isfinite(factor) and factor > 0):
+            raise ValueError(f"prior scale must be a finite number > 0, got {factor!r}")
+        return PausePrior(self.p50_s * factor, self.p90_s * factor,
+                          None if self.p99_s is None else self.p99_s * factor)
+
 
 TOOL_PRIOR = PausePrior(0.3, 13.6, 900.0)
 HUMAN_PRIOR = PausePrior(84.0, 1236.0, 50_040.0)
@@ -139,6 +147,11 @@ class PauseEstimator:
         self._rings: dict[str, deque[float]] = {}
         self._cache: dict[str, list[float]] = {}     # tool -> sorted ring, until next observe
         self._lock = threading.Lock()
+
+    def scale_priors(self, factor: float) -> None:
+        """Scale both priors by `factor` (learned pauses are kept as observed)."""
+        self.tool_prior = TOOL_PRIOR.scaled(factor)
+        self.human_prior = HUMAN_PRIOR.scaled(factor)
 
     def observe(self, tool: str, human: bool, duration_s: float) -> None:
         """Record a finished pause of `tool` (human: whether a person was being waited on)."""

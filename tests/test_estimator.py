@@ -117,3 +117,17 @@ def test_forecast_distribution():
     r1, r2 = f.remaining_s(10.0), f.remaining_s(600.0)
     assert r2 > r1 > 0
     assert f.conditional_quantile(0.5, 0.0) == pytest.approx(84.0)
+
+
+def test_scaled_priors_for_a_compressed_clock():
+    est = PauseEstimator()
+    est.scale_priors(0.25)
+    tool, human = est.expected("grep", human=False), est.expected("ask_user", human=True)
+    assert (tool.p50_s, tool.p90_s, tool.p99_s) == pytest.approx((0.075, 3.4, 225.0))
+    assert (human.p50_s, human.p90_s) == pytest.approx((21.0, 309.0))
+    for d in [0.05] * 40:                   # what was observed stays as observed
+        est.observe("grep", False, d)
+    assert est.expected("grep", human=False).p50_s == pytest.approx(0.05)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="prior scale"):
+            est.scale_priors(bad)

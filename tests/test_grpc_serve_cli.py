@@ -44,3 +44,25 @@ def test_every_option_reaches_the_config(tmp_path):
 def test_unknown_policy_is_refused():
     with pytest.raises(SystemExit):
         parse("--policy", "fifo")
+
+
+def test_pause_prior_scale_reaches_the_config_and_is_checked():
+    assert parse().pause_prior_scale == 1.0
+    assert parse("--pause-prior-scale", "0.25").pause_prior_scale == 0.25
+    with pytest.raises(ValueError, match="pause_prior_scale"):
+        parse("--pause-prior-scale", "0")
+
+
+def test_server_scales_its_estimators_priors(tmp_path):
+    from runtime.config import EngineConfig
+    from runtime.server import ServerThread
+    from runtime.server_config import ServerConfig
+    cfg = ServerConfig(engine=EngineConfig(model="tiny", device="cpu", num_gpu_blocks=64),
+                       port=0, data_dir=str(tmp_path), api_keys_from_env=False,
+                       pause_prior_scale=0.25, grace_s=1.0)
+    st = ServerThread(cfg).start()
+    try:
+        f = st.server.estimator.expected("web_search", human=False)
+        assert (f.source, f.p50_s, f.p90_s) == ("prior", pytest.approx(0.075), pytest.approx(3.4))
+    finally:
+        st.stop()
