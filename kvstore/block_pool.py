@@ -91,6 +91,9 @@ class BlockPool:
     enable_prefix_caching: bool = True
     order: EvictionOrder = field(default_factory=LRUOrder)
     stats: BlockPoolStats = field(default_factory=BlockPoolStats)
+    # called with the number of blocks missing when `ensure_free` falls short; drops optional
+    # references (a paused session's pins) so the blocks become evictable
+    reclaim: Callable[[int], None] | None = None
 
     def __post_init__(self) -> None:
         if self.num_blocks <= 0:
@@ -119,6 +122,13 @@ class BlockPool:
 
     def lookup_hash(self, h: BlockHash) -> int | None:
         return self._by_hash.get(h)
+
+    def ensure_free(self, n: int) -> bool:
+        """True when `allocate(n)` would succeed, after asking `reclaim` for what is missing."""
+        short = n - self.num_free_blocks
+        if short > 0 and self.reclaim is not None:
+            self.reclaim(short)
+        return n <= self.num_free_blocks
 
     def usage(self) -> float:
         """Fraction of blocks held by running requests (cached blocks count as free)."""

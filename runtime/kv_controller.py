@@ -53,6 +53,8 @@ class KVController:
         # close: evicted again once they land (tick), so no tier keeps a closed session's KV
         self._closed_blocks: list[BlockHash] = []
         self.decisions: dict[str, int] = {}
+        self.pins_reclaimed = 0                          # sessions whose pins yielded
+        engine.pool.reclaim = self._reclaim
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use)
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
@@ -158,6 +160,25 @@ class KVController:
             s = self.sessions.get(sid)
             if s is not None and s.paused_at is not None:
                 self._prefetch(s)
+
+    def _reclaim(self, short: int) -> None:
+        """A running or waiting turn needs `short` more GPU blocks than are free: paused
+        sessions' pins (a TTL keep, a prefetch held for the turn) are a preference, never a
+        reason to preempt a running turn or recompute a loaded prefix, so they yield, in the
+        policy's eviction order (the session it would evict first unpins first)."""
+        pool = self.engine.pool
+        pinned = [s for s in self.sessions.values() if s.pinned and s.paused_at is not None]
+        if not pinned:
+            return
+        target = pool.num_free_blocks + short
+        order = self.policy.eviction_order([self.view(s) for s in pinned], self.clock())
+        for sid in order:
+            s = self.sessions[sid]
+            self._unpin(s)
+            self._refresh(s)
+            self.pins_reclaimed += 1
+            if pool.num_free_blocks >= target:
+                return
 
     # -- plan execution ----------------------------------------------------------------------
     def _execute(self, s: SessionKV, plan: PlacementPlan) -> None:

@@ -160,7 +160,7 @@ class Scheduler:
         extra = need - len(req.block_ids)
         if extra <= 0:
             return True
-        if extra > self.pool.num_free_blocks:
+        if not self.pool.ensure_free(extra):
             return False
         req.block_ids.extend(self.pool.allocate(extra))
         return True

@@ -95,3 +95,19 @@ def test_evict_hook_sees_hash_before_reuse():
     pool.free([b])
     assert pool.allocate(1) == [0]
     assert seen == [(0, h[0])]
+
+
+def test_ensure_free_asks_reclaim_for_exactly_what_is_missing():
+    pool = BlockPool(num_blocks=6, block_size=4)
+    held = pool.allocate(5)                  # [0..4]; block 5 free
+    asked = []
+
+    def reclaim(n):
+        asked.append(n)
+        pool.free(held[:1])                  # gives back one block only
+    pool.reclaim = reclaim
+    assert pool.ensure_free(1) and asked == []
+    assert not pool.ensure_free(4) and asked == [3]
+    assert pool.num_free_blocks == 2
+    assert pool.allocate(2) == [5, 0]
+    pool.check_invariants()

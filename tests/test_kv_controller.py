@@ -146,3 +146,26 @@ def test_close_while_pinned_releases_every_block(folder, tmp_path):
     assert not any(any(on_gpu(eng, log)) for log in logs)
     eng.pool.check_invariants()
     eng.tiers.close()
+
+
+@pytest.mark.timeout(120)     # before pins yielded, the engine preempted this turn forever
+def test_pins_of_paused_sessions_yield_to_a_turn_short_of_room(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    soon = turn(eng, ctl, "soon", 30, n=49)       # 3 full blocks each, pinned by their pause
+    late = turn(eng, ctl, "late", 31, n=49)
+    for sid, f in (("soon", PauseForecast(0.02, 0.1, "hint")),
+                   ("late", PauseForecast(0.5, 0.9, "hint"))):
+        assert ctl.pause(sid, "read", None, False, f).placement.value == "keep_gpu"
+    assert eng.pool.num_free_blocks == 14
+    # 250 prompt tokens + 1 sampled need 16 blocks: 2 more than are free, so one session's pins
+    # yield, the one predicted back last; nothing running is preempted
+    prompt = torch.randint(3, 512, (250,), generator=torch.Generator().manual_seed(32)).tolist()
+    out = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
+    assert len(out.token_ids) == 1 and eng.stats.preemptions == 0
+    assert ctl.pins_reclaimed == 1
+    assert ctl.sessions["late"].pinned == [] and len(ctl.sessions["soon"].pinned) == 3
+    assert all(eng.pool.ref_count(eng.pool.lookup_hash(h)) == 1
+               for h in chain_hashes(soon, 16, eng.fingerprint))
+    assert not all(on_gpu(eng, late))             # its blocks were reused for the new turn
+    eng.pool.check_invariants()
+    eng.tiers.close()

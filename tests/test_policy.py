@@ -60,6 +60,19 @@ def test_short_pause_stays_on_gpu():
     assert plan.ttl_s == pytest.approx(SHORT.p90_s)
 
 
+def test_short_pause_on_a_busy_gpu_is_written_through():
+    # its pin would yield to the next turn short of room: a CPU copy makes that eviction free
+    pol = agent()
+    busy = pol.on_pause(view("s"), SHORT, 100.0, usage(gpu_frac=0.8))
+    assert busy.placement is Placement.WRITE_CPU and busy.keeps_gpu and busy.writes_cpu
+    assert busy.prefetch_at is None and not busy.writes_disk
+    assert pol.on_pause(view("s"), SHORT, 100.0, usage(gpu_frac=0.7)).placement \
+        is Placement.KEEP_GPU
+    no_cpu = TierUsage(int(0.9 * COST.gpu_capacity_tokens), COST.gpu_capacity_tokens, 0, 0, 0,
+                       COST.disk_capacity_tokens)
+    assert pol.on_pause(view("s"), SHORT, 100.0, no_cpu).placement is Placement.KEEP_GPU
+
+
 def test_medium_pause_goes_to_cpu_and_is_prefetched():
     pol = agent()
     plan = pol.on_pause(view("s"), MEDIUM, 100.0, usage())

@@ -8,7 +8,9 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   always worth keeping;
 - keep on the GPU (no copies) when the pause is short next to a CPU reload: p90 below
   `keep_s = max(keep_min_s, keep_factor * load_cpu)`; nothing could be moved out and back in
-  time, and the GPU-memory-time is small;
+  time, and the GPU-memory-time is small; pinned for p90, but a pin yields to a turn short of
+  room (the controller's reclaim), so once the GPU is `keep_insure_pressure` used the blocks
+  are written through to CPU as well (WRITE_CPU) and protected by the eviction order alone;
 - a pause likely short but with a long tail (p50 below keep_s, p90 above): stay (ttl keep_s,
   advisory: the eviction order below already keeps sessions due back soon) and write through
   to CPU as insurance (only into room the eviction order gives it);
@@ -55,6 +57,7 @@ class AgentConfig:
     keep_factor: float = 20.0
     disk_after_s: float = 600.0
     gpu_release_pressure: float = 0.97
+    keep_insure_pressure: float = 0.75
     disk_backlog_limit_s: float = 30.0
     prefetch_q: float = 0.25
     prefetch_margin_s: float = 0.05
@@ -88,6 +91,13 @@ class AgentPolicy(CachePolicy):
         self._attempts[sid] = 0
         keep = self.keep_s(t)
         if t <= 0 or forecast.p90_s <= keep:
+            if (t > 0 and tiers is not None and tiers.cpu_capacity > 0
+                    and tiers.pressure("gpu") >= c.keep_insure_pressure):
+                # a busy GPU: the pin would yield to the next turn short of room, and the pool
+                # reuses an evicted block at once, so write the copy through while it can be
+                return PlacementPlan(sid, Placement.WRITE_CPU, ttl_s=forecast.p90_s,
+                                     reason=f"short, GPU {tiers.pressure('gpu'):.0%} used: "
+                                            "stay, with a CPU copy")
             return PlacementPlan(sid, Placement.KEEP_GPU, ttl_s=forecast.p90_s,
                                  reason=f"p90 {forecast.p90_s:.3g}s <= keep {keep:.3g}s")
         if forecast.p50_s <= keep:
