@@ -273,7 +273,7 @@ class TieredKVStore:
         if hold:     # first: held blocks are no longer free, so they must not count as room
             self.pool.incref(present.values())
             gpu_blocks.update(present)
-        if hold:     # a waiting turn's prefix: optional pins of paused sessions yield to it
+            # a waiting turn's prefix: optional pins of paused sessions yield to it
             self.pool.ensure_free(len(src_cpu) + len(src_disk))
         fit = min(len(src_cpu) + len(src_disk), self.pool.num_free_blocks)
         src_cpu, src_disk = src_cpu[:fit], src_disk[:max(0, fit - len(src_cpu))]

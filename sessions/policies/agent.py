@@ -91,13 +91,12 @@ class AgentPolicy(CachePolicy):
         self._attempts[sid] = 0
         keep = self.keep_s(t)
         if t <= 0 or forecast.p90_s <= keep:
-            if (t > 0 and tiers is not None and tiers.cpu_capacity > 0
-                    and tiers.pressure("gpu") >= c.keep_insure_pressure):
+            used = tiers.pressure("gpu") if tiers is not None and tiers.cpu_capacity > 0 else 0.0
+            if t > 0 and used >= c.keep_insure_pressure:
                 # a busy GPU: the pin would yield to the next turn short of room, and the pool
                 # reuses an evicted block at once, so write the copy through while it can be
                 return PlacementPlan(sid, Placement.WRITE_CPU, ttl_s=forecast.p90_s,
-                                     reason=f"short, GPU {tiers.pressure('gpu'):.0%} used: "
-                                            "stay, with a CPU copy")
+                                     reason=f"short, GPU {used:.0%} used: stay, with a CPU copy")
             return PlacementPlan(sid, Placement.KEEP_GPU, ttl_s=forecast.p90_s,
                                  reason=f"p90 {forecast.p90_s:.3g}s <= keep {keep:.3g}s")
         if forecast.p50_s <= keep:
