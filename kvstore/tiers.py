@@ -254,14 +254,16 @@ class TieredKVStore:
         return n
 
     # -- moves up ----------------------------------------------------------------------------
-    def prefetch(self, hashes: Iterable[bytes], hold: bool = False) -> TransferHandle:
+    def prefetch(self, hashes: Iterable[bytes], hold: bool = False,
+                 whole: bool = False) -> TransferHandle | None:
         """Bring blocks to the GPU from the fastest tier that has them.
 
         When complete, each block is registered in the block pool under its hash (so prefix
         matching finds it) and `handle.gpu_blocks` maps hash -> GPU block. With `hold=False` the
         tier's reference is dropped then (the block stays cached until the pool needs it); with
         `hold=True` the caller owns one reference per block and frees it. Blocks that do not fit
-        in the pool or miss on disk are listed in `handle.result.missing`.
+        in the pool or miss on disk are listed in `handle.result.missing`. With `whole=True`
+        (and `hold=True`) nothing starts and None comes back unless every block fits now.
         """
         hashes = list(dict.fromkeys(hashes))
         present = {h: b for h in hashes if (b := self.pool.lookup_hash(h)) is not None}
@@ -274,7 +276,9 @@ class TieredKVStore:
             self.pool.incref(present.values())
             gpu_blocks.update(present)
             # a waiting turn's prefix: optional pins of paused sessions yield to it
-            self.pool.ensure_free(len(src_cpu) + len(src_disk))
+            if not self.pool.ensure_free(len(src_cpu) + len(src_disk)) and whole:
+                self.pool.free(present.values())
+                return None
         fit = min(len(src_cpu) + len(src_disk), self.pool.num_free_blocks)
         src_cpu, src_disk = src_cpu[:fit], src_disk[:max(0, fit - len(src_cpu))]
         parts: list[TransferHandle] = []

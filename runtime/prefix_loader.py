@@ -4,11 +4,14 @@ Before a waiting request is admitted, the loader looks past its GPU prefix-cache
 blocks of its prompt sit on the CPU or disk tier and loading them is faster than recomputing them
 (by the measured transfer bandwidths and the measured prefill speed), it starts a prefetch and
 keeps that request waiting — others are scheduled meanwhile — until the blocks are on the GPU.
-The prefetched blocks are held for the request until its admission matches them as ordinary
-prefix-cache hits, so they cannot be evicted in between.
+A load starts only when all of it fits (pins of paused sessions yield first); until then the
+request waits in line, so a partial load never leaves a gap that turns the rest into a recompute.
+The prefetched blocks, and the GPU prefix before them, are held for the request until its
+admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
 """
 from __future__ import annotations
 
+import enum
 import logging
 import time
 from dataclasses import dataclass, field
@@ -42,6 +45,12 @@ class Rates:
             self.disk_read_GBps += self.alpha * (gbps - self.disk_read_GBps)
 
 
+class LoadState(enum.Enum):
+    READY = "ready"        # admit it now (its prefix is on the GPU, or will be recomputed)
+    LOADING = "loading"    # its prefix is on the way: schedule others meanwhile
+    NO_ROOM = "no_room"    # its prefix could be loaded but the GPU has no room yet: wait in line
+
+
 @dataclass
 class _Load:
     handle: object
@@ -49,6 +58,7 @@ class _Load:
     order: list[tuple[bytes, str]]  # (hash, source tier) of each block, in prefix order
     nbytes: dict[str, int]
     held: list[int] = field(default_factory=list)
+    finished: bool = False
 
 
 class PrefixLoader:
@@ -59,18 +69,20 @@ class PrefixLoader:
         self._checked: set[str] = set()
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
-    def ready(self, req: Request) -> bool:
-        """False while `req`'s prefix is being loaded; True once it can be admitted."""
+    def ready(self, req: Request) -> LoadState:
+        """Whether `req` can be admitted now, starting a load of its prefix when that pays.
+
+        A finished load stays held for the request until it is admitted (`after_admit`), also
+        across steps where admission then finds no room for the rest of its prompt."""
         rid = req.request_id
         load = self._loads.get(rid)
         if load is not None:
             if not load.handle.ready():
-                return False
+                return LoadState.LOADING
             self._finish(req, load)
-            return True
+            return LoadState.READY
         if rid in self._checked or req.num_computed_tokens or req.num_preemptions:
-            return True
-        self._checked.add(rid)
+            return LoadState.READY
         usable = (req.num_tokens - 1) // self.bs
         hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
         g = 0
@@ -78,7 +90,8 @@ class PrefixLoader:
             g += 1
         below = self.tiers.lookup(hashes[g:])
         if not below:
-            return True
+            self._checked.add(rid)
+            return LoadState.READY
         tokens = {"cpu": 0, "disk": 0}
         for loc in below:
             tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
@@ -90,13 +103,26 @@ class PrefixLoader:
         if load_s >= recompute_s:
             log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
                       sum(tokens.values()), recompute_s, load_s)
-            return True
-        handle = self.tiers.prefetch([loc.hash for loc in below], hold=True)
+            self._checked.add(rid)
+            return LoadState.READY
+        # The GPU prefix is held with the loaded blocks, so making room cannot evict it; a load
+        # that does not fit whole would leave a gap the prefix match stops at: wait for room.
+        hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
+        handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
+        if handle is None:
+            return LoadState.NO_ROOM
+        self._checked.add(rid)
         order = [(loc.hash, "cpu" if loc.cpu_slot is not None else "disk") for loc in below]
-        self._loads[rid] = _Load(handle, time.perf_counter(), order, nbytes)
-        return handle.ready() and self._finish(req, self._loads[rid])
+        self._loads[rid] = load = _Load(handle, time.perf_counter(), order, nbytes)
+        if not handle.ready():
+            return LoadState.LOADING
+        self._finish(req, load)
+        return LoadState.READY
 
-    def _finish(self, req: Request, load: _Load) -> bool:
+    def _finish(self, req: Request, load: _Load) -> None:
+        if load.finished:
+            return
+        load.finished = True
         secs = time.perf_counter() - load.started
         got = getattr(load.handle, "gpu_blocks", {})
         load.held = list(got.values())
@@ -111,10 +137,9 @@ class PrefixLoader:
             for tier in ("cpu", "disk"):
                 self.rates.observe_load(tier, load.nbytes[tier], secs)
         req.loaded_from = {t: n for t, n in loaded.items() if n}
-        return True
 
     def after_admit(self, req: Request) -> None:
-        """The request now holds its own references: drop the loader's."""
+        """The request was admitted and holds its own references: drop the loader's."""
         self._checked.discard(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:

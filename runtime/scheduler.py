@@ -13,6 +13,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockPool, chain_hashes
+from runtime.prefix_loader import LoadState
 from runtime.request import FinishReason, Request, RequestStatus
 
 
@@ -117,9 +118,10 @@ class Scheduler:
             for req in list(self.waiting):
                 if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
                     break
-                if self.loader is not None and not self.loader.ready(req):
+                state = LoadState.READY if self.loader is None else self.loader.ready(req)
+                if state is LoadState.LOADING:
                     continue          # its prefix is still being loaded: let others go first
-                if not self._admit(req, budget, out):
+                if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
                     break
                 budget = self.config.max_num_batched_tokens - out.num_tokens
         return out
@@ -134,8 +136,6 @@ class Scheduler:
             req.block_ids = hit
             req.block_hashes = hashes[:len(hit)]
             req.num_computed_tokens = len(hit) * bs
-            if self.loader is not None:
-                self.loader.after_admit(req)
             if req.num_preemptions == 0:
                 cached = req.num_computed_tokens
                 loaded = {t: min(n, cached) for t, n in req.loaded_from.items()}
@@ -148,6 +148,8 @@ class Scheduler:
             req.num_computed_tokens = 0
             req.block_hashes = []
             return False
+        if self.loader is not None:
+            self.loader.after_admit(req)   # only now: a failed admission keeps its loaded prefix
         self.waiting.remove(req)
         req.status = RequestStatus.RUNNING
         self.running.append(req)

@@ -54,3 +54,42 @@ def test_tokens_identical_computed_gpu_cpu_disk(folder, tmp_path):
     assert computed.token_ids == gpu.token_ids == cpu_tokens == disk_tokens
     eng.pool.check_invariants()
     eng.tiers.close()
+
+
+def test_a_prefix_load_waits_for_room_and_starts_once(folder):
+    """A waiting prompt whose prefix sits on the CPU, while a running request holds most of the
+    GPU: it waits in line without starting a load (a partial one would leave a gap and make the
+    rest a recompute), then loads its whole prefix once, when the running request's blocks free."""
+    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                              num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01))
+    g = torch.Generator().manual_seed(11)
+    prompt = torch.randint(3, 512, (150,), generator=g).tolist()     # 9 full blocks + 6 tokens
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)
+    alone = eng.generate([prompt], PARAMS)[0]
+    eng.tiers.offload(hashes, "cpu").wait()
+    eng.tiers.poll()
+    assert eng.tiers.evict(hashes, "gpu") == 9
+
+    starts, refused = [], []
+    prefetch = eng.tiers.prefetch
+
+    def counting(hs, hold=False, **kw):
+        handle = prefetch(hs, hold=hold, **kw)
+        (refused if handle is None else starts).append(len(list(hs)))
+        return handle
+    eng.tiers.prefetch = counting
+
+    big = torch.randint(3, 512, (250,), generator=g).tolist()       # 16 blocks, 18 at its end
+    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
+    eng.step()                                    # the big prompt runs: 8 blocks free, 9 wanted
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+        eng.pool.check_invariants()
+    assert refused, "the load should have waited for room at least once"
+    assert len(starts) == 1
+    assert req.num_preemptions == 0
+    assert req.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}
+    assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
