@@ -162,16 +162,22 @@ class KVController:
                 self._prefetch(s)
 
     def _reclaim(self, short: int) -> None:
-        """A running or waiting turn needs `short` more GPU blocks than are free: paused
-        sessions' pins (a TTL keep, a prefetch held for the turn) are a preference, never a
-        reason to preempt a running turn or recompute a loaded prefix, so they yield, in the
-        policy's eviction order (the session it would evict first unpins first)."""
+        """A running or waiting turn needs `short` more GPU blocks than are free: sessions'
+        pins (a TTL keep, a prefetch held for the turn) are a preference, never a reason to
+        preempt a running turn, recompute a loaded prefix or keep a turn waiting, so they
+        yield, in the policy's eviction order (the session it would evict first unpins first)."""
         pool = self.engine.pool
-        pinned = [s for s in self.sessions.values() if s.pinned and s.paused_at is not None]
+        pinned = [s for s in self.sessions.values() if s.pinned]
         if not pinned:
             return
         target = pool.num_free_blocks + short
-        order = self.policy.eviction_order([self.view(s) for s in pinned], self.clock())
+        now = self.clock()
+        # Paused sessions first; then those whose turn came (a prefetch pinned their KV for it):
+        # a turn waiting for room must not wait on another waiting turn's pins, nor that one on
+        # its. A running turn holds its own references, so its unpinning frees nothing.
+        order = [sid for group in ([s for s in pinned if s.paused_at is not None],
+                                   [s for s in pinned if s.paused_at is None]) if group
+                 for sid in self.policy.eviction_order([self.view(s) for s in group], now)]
         for sid in order:
             s = self.sessions[sid]
             self._unpin(s)

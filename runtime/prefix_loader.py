@@ -147,6 +147,23 @@ class PrefixLoader:
             for t, n in req.loaded_from.items():
                 self.loaded_tokens[t] += n
 
+    def release_others(self, keep: Request) -> int:
+        """Nothing runs and `keep` cannot be admitted: drop the finished loads held for the
+        other waiting requests (they check again when their turn comes), so that held prefixes
+        never wait on each other. Returns the blocks released."""
+        freed = 0
+        for rid, load in list(self._loads.items()):
+            if rid == keep.request_id or not load.finished:
+                continue
+            del self._loads[rid]
+            self._checked.discard(rid)
+            self.pool.free(load.held)
+            freed += len(load.held)
+        if freed:
+            log.info("released %d blocks loaded for other waiting requests so that request %s "
+                     "can be admitted", freed, keep.request_id)
+        return freed
+
     def forget(self, req: Request) -> None:
         """The request left before admission (aborted): release whatever was loaded for it."""
         self._checked.discard(req.request_id)

@@ -122,6 +122,8 @@ class Scheduler:
                 if state is LoadState.LOADING:
                     continue          # its prefix is still being loaded: let others go first
                 if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
+                    if self.loader is not None and not self.running:
+                        self.loader.release_others(req)   # nothing else will free blocks
                     break
                 budget = self.config.max_num_batched_tokens - out.num_tokens
         return out

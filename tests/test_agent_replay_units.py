@@ -134,3 +134,22 @@ def test_transformers_peer_resends_history_and_streams(tmp_path):
             context += len(t.token_ids)
             assert 0 < t.ttft_s <= t.turn_s
     assert peer.info["attn_implementation"]
+
+
+def test_wrong_tokens_counts_fp32_differences_16_bit_non_ties_and_checksums():
+    import agent_replay
+    cmp = lambda label, div, non_tie, counted=True: {  # noqa: E731
+        "label": label, "counted": counted, "divergences": div, "non_tie_divergences": non_tie}
+    doc = {"policies": {"agent": {"checksum_failures": 1}, "lru": {"checksum_failures": 0}},
+           "checks": {"token_comparisons": [
+               cmp("bf16: recompute vs agent (the run above), 11 sessions at once", 15, 7,
+                   counted=False),
+               cmp("bf16 sample (one session at a time): recompute vs agent", 3, 1),
+               cmp("fp32 sample (3 sessions at once): recompute vs agent", 2, 0)],
+               "kv_roundtrip": {"mismatches": 4}, "fp32_run": {"checksum_failures": 8},
+               "sample_run": {"checksum_failures": 16}}}
+    assert agent_replay.wrong_tokens(doc) == 1 + 1 + 2 + 4 + 8 + 16
+    args = agent_replay.parse_args(["--dtype", "bf16"])
+    assert agent_replay.own_sample(args)
+    assert not agent_replay.own_sample(agent_replay.parse_args(["--dtype", "fp32"]))
+    assert not agent_replay.own_sample(agent_replay.parse_args(["--sample-sessions", "0"]))

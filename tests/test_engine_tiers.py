@@ -93,3 +93,38 @@ def test_a_prefix_load_waits_for_room_and_starts_once(folder):
     assert req.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
+
+
+@pytest.mark.timeout(120)     # before the release, the first request waited forever
+def test_a_prefix_held_for_a_later_request_yields_when_nothing_runs(folder):
+    """A prefix loaded for a waiting request must not keep the request ahead of it waiting:
+    with nothing running, no other blocks free up, so the later request's load is released
+    (and loaded again when its turn comes)."""
+    from runtime.prefix_loader import LoadState
+    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                              num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01))
+    g = torch.Generator().manual_seed(12)
+    later = torch.randint(3, 512, (150,), generator=g).tolist()      # 9 full blocks + 6 tokens
+    hashes = chain_hashes(later, 16, eng.fingerprint)
+    alone = eng.generate([later], PARAMS)[0]
+    eng.tiers.offload(hashes, "cpu").wait()
+    eng.tiers.poll()
+    assert eng.tiers.evict(hashes, "gpu") == 9
+
+    rid_later = eng.add_request(later, PARAMS, priority=10.0)
+    req_later = eng.requests[rid_later]
+    loader = eng.scheduler.loader
+    while loader.ready(req_later) is not LoadState.READY:     # its 9 blocks are loaded, held
+        eng.tiers.poll()
+    assert eng.pool.num_free_blocks == 15
+    first = torch.randint(3, 512, (290,), generator=g).tolist()     # needs 19 blocks
+    rid_first = eng.add_request(first, PARAMS, priority=0.0)
+    while eng.has_unfinished():
+        eng.step()
+        eng.pool.check_invariants()
+    req_first = eng.requests.get(rid_first)
+    assert eng.stats.preemptions == 0
+    assert req_later.output_token_ids == alone.token_ids
+    assert req_later.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}   # loaded again
+    assert req_first is None or req_first.num_preemptions == 0
+    eng.tiers.close()

@@ -169,3 +169,25 @@ def test_pins_of_paused_sessions_yield_to_a_turn_short_of_room(folder, tmp_path)
     assert not all(on_gpu(eng, late))             # its blocks were reused for the new turn
     eng.pool.check_invariants()
     eng.tiers.close()
+
+
+@pytest.mark.timeout(120)     # before, a turn waited forever on the pins of resumed sessions
+def test_pins_of_resumed_sessions_yield_to_another_turn_short_of_room(folder, tmp_path):
+    """A prefetch pins a session's KV for its coming turn; once resumed, that turn may itself be
+    waiting. Another turn short of room must not wait on those pins (nor they on it)."""
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    a = turn(eng, ctl, "a", 40, n=49)          # 3 full blocks each, pinned by their pause
+    b = turn(eng, ctl, "b", 41, n=49)
+    for sid in ("a", "b"):
+        assert ctl.pause(sid, "read", None, False,
+                         PauseForecast(0.02, 0.1, "hint")).placement.value == "keep_gpu"
+        ctl.resume(sid)
+    assert ctl.sessions["a"].paused_at is None and ctl.sessions["a"].pinned
+    assert eng.pool.num_free_blocks == 14
+    prompt = torch.randint(3, 512, (250,), generator=torch.Generator().manual_seed(42)).tolist()
+    out = eng.generate([prompt], SamplingParams(max_tokens=1, ignore_eos=True))[0]
+    assert len(out.token_ids) == 1 and eng.stats.preemptions == 0
+    assert ctl.pins_reclaimed == 1
+    assert sorted(len(ctl.sessions[s].pinned) for s in ("a", "b")) == [0, 3]
+    eng.pool.check_invariants()
+    eng.tiers.close()
