@@ -46,6 +46,7 @@ class Divergence:
 @dataclass
 class TokenComparison:
     label: str
+    counted: bool = True                # False: reported only (see `wrong_tokens`)
     sessions: int = 0
     identical_sessions: int = 0
     incomplete_sessions: int = 0        # a turn missing in one of the runs (error/deadline)
@@ -58,7 +59,7 @@ class TokenComparison:
         return sum(1 for d in self.divergences if not d.is_tie)
 
     def summary(self) -> dict:
-        return {"label": self.label, "sessions": self.sessions,
+        return {"label": self.label, "counted": self.counted, "sessions": self.sessions,
                 "identical_sessions": self.identical_sessions,
                 "incomplete_sessions": self.incomplete_sessions,
                 "turns_compared": self.turns_compared, "tokens_compared": self.tokens_compared,

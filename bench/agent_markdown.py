@@ -95,15 +95,19 @@ def _checks(c: dict) -> list[str]:
         out.append(f"- {t['label']}: {t['identical_sessions']}/{t['sessions']} sessions "
                    f"identical, {t['tokens_compared']:,} tokens compared, "
                    f"{t['divergences']} places where the runs part, {t['non_tie_divergences']} "
-                   "of them not a top-2 tie within 2^-4.")
+                   "of them not a top-2 tie within 2^-4"
+                   + ("." if t.get("counted", True) else " (not counted in wrong tokens)."))
         for d in t["places"]:
             out.append(f"  - {d['session']} turn {d['turn']} token {d['position']}: "
                        f"{d['token_a']} vs {d['token_b']}, top-2 gap {_f(d['gap'], 3)} "
                        f"({'tie' if d['is_tie'] else 'NOT a tie'})")
-    f = c.get("fp32_run")
-    if f:
+    for key, name in (("sample_run", "sample run"), ("fp32_run", "fp32 run")):
+        f = c.get(key)
+        if not f:
+            continue
         kv = f["agent_resume_kv_source_tokens"]
-        out.append(f"- fp32 run: `{f['model']}`, {f['sessions']} sessions with {f['pause_s']:g}"
+        out.append(f"- {f.get('dtype', 'fp32')} {name}: `{f['model']}`, {f['sessions']} sessions"
+                   f" ({f.get('concurrency', f['sessions'])} at a time) with {f['pause_s']:g}"
                    f"-s human pauses, GPU {f['gpu_blocks']} blocks, CPU {f['cpu_cache_gb']} "
                    f"GiB; the agent's resumed turns took their KV from {kv}; "
                    f"{f['checksum_failures']} checksum failures, {f['errors']} errors.")

@@ -113,8 +113,8 @@ def _delta(before: dict, after: dict, name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
 
 
-def fp32_sample(workload: Workload, sessions: int, turns: int, pause_s: float
-                ) -> list[ReplaySession]:
+def check_sample(workload: Workload, sessions: int, turns: int, pause_s: float
+                 ) -> list[ReplaySession]:
     """The first sessions, at most `turns` turns each, every pause a human wait of `pause_s`,
     so the agent policy writes their KV down and loads it back."""
     out = []
@@ -127,29 +127,34 @@ def fp32_sample(workload: Workload, sessions: int, turns: int, pause_s: float
     return out
 
 
-def fp32_check(setup: RunSetup, model: str, sample: list[ReplaySession], log: Log
-               ) -> tuple[TokenComparison, dict]:
-    """Replay `sample` greedily in fp32 under recompute and under agent on a GPU budget below
-    the sample's KV, with a CPU tier below it too (so the agent reloads from CPU and disk)."""
-    info = model_info(model, "fp32")
+def sample_check(setup: RunSetup, model: str, dtype: str, sample: list[ReplaySession],
+                 concurrency: int, log: Log) -> tuple[TokenComparison, dict]:
+    """Replay `sample` greedily under recompute and under agent, `concurrency` sessions at a
+    time, on a GPU budget below the sample's KV with CPU and disk tiers below it (so the agent
+    writes the KV down and loads it back). In fp32 the tokens must be equal; in 16 bits, one
+    session at a time, both servers run every step on the same batch, so the runs can part
+    only where reused KV rounds differently from recomputed KV."""
+    info = model_info(model, dtype)
     tokens = sum(s.context_tokens for s in sample)
     longest = max(s.context_tokens for s in sample)
     blocks = max(longest // 16 + 8, int(0.35 * tokens / 16))
     cpu_gb = round(0.5 * tokens * info.kv_bytes_per_token / 2**30, 4)
     disk_gb = round(max(0.05, 3 * tokens * info.kv_bytes_per_token / 2**30), 3)
-    spec = replace(setup.spec, model=model, dtype="fp32", num_gpu_blocks=blocks,
+    spec = replace(setup.spec, model=model, dtype=dtype, num_gpu_blocks=blocks,
                    cpu_cache_gb=cpu_gb, disk_cache_gb=disk_gb)
     sub = replace(setup, spec=spec, workload=Workload(setup.workload.config, sample),
-                  driver=replace(setup.driver, concurrency=len(sample)),
-                  work_dir=setup.work_dir / "fp32")
+                  driver=replace(setup.driver, concurrency=concurrency),
+                  work_dir=setup.work_dir / f"sample-{dtype}")
     sub.work_dir.mkdir(parents=True, exist_ok=True)
     runs = {p: run_policy(sub, p, log, warm_tokens=min(1000, tokens // 4))
             for p in ("recompute", "agent")}
-    cmp = compare_outputs("fp32: recompute vs agent", sample, runs["recompute"][0],
-                          runs["agent"][0])
+    at_once = "one session at a time" if concurrency == 1 else f"{concurrency} sessions at once"
+    cmp = compare_outputs(f"{dtype} sample ({at_once}): recompute vs agent", sample,
+                          runs["recompute"][0], runs["agent"][0])
     agent = runs["agent"][1]
     pause = max((t.pause_after_s for s in sample for t in s.turns), default=0.0)
-    detail = {"model": model, "sessions": len(sample), "pause_s": pause, "gpu_blocks": blocks,
+    detail = {"model": model, "dtype": dtype, "sessions": len(sample),
+              "concurrency": concurrency, "pause_s": pause, "gpu_blocks": blocks,
               "cpu_cache_gb": cpu_gb, "disk_cache_gb": disk_gb, "sample_tokens": tokens,
               "agent_resume_kv_source_tokens": agent["resume_kv_source_tokens"],
               "agent_tier_bytes": agent["tier_bytes"],
@@ -157,8 +162,8 @@ def fp32_check(setup: RunSetup, model: str, sample: list[ReplaySession], log: Lo
                   "checksum_failures"],
               "errors": agent["errors"] + runs["recompute"][1]["errors"],
               "error_samples": agent["error_samples"] + runs["recompute"][1]["error_samples"]}
-    log(f"[check] fp32: {cmp.identical_sessions}/{cmp.sessions} sessions identical over "
-        f"{cmp.tokens_compared} tokens; agent's resumed turns loaded "
+    log(f"[check] {dtype} sample: {cmp.identical_sessions}/{cmp.sessions} sessions identical "
+        f"over {cmp.tokens_compared} tokens; agent's resumed turns loaded "
         f"{agent['resume_kv_source_tokens']}")
     return cmp, detail
 

@@ -7,8 +7,10 @@ model, GPU KV budget (below the working set of the sessions open at once) and CP
 at a bounded number of concurrent sessions with tool and human pauses compressed in time. Then
 Hugging Face transformers' continuous batching serves the same turns statelessly
 (bench/hf_session_peer.py), and the wrong-token checks run (bench/agent_checks.py): greedy tokens
-of recompute vs agent in this run (bf16: differences only at top-2 ties) and in an fp32 run of a
-sample, and KV bytes identical after a round trip through CPU and disk.
+of recompute vs agent on a sample replayed one session at a time in the run's dtype (bf16:
+differences only at top-2 ties) and in an fp32 run, the same comparison over the whole run
+(reported; in 16 bits its batches differ between the servers, so it is not counted), and KV
+bytes identical after a round trip through CPU and disk.
 
     python bench/agent_replay.py --time-budget-s 500    # the H200 run (under 9 minutes)
     python bench/agent_replay.py --smoke          # CPU, a tiny random model, seconds
@@ -32,8 +34,8 @@ sys.path.append(str(REPO / "bench"))
 
 from agent_driver import DriverConfig  # noqa: E402
 from agent_markdown import render_md  # noqa: E402
-from agent_phases import (RunSetup, engine_checks, fp32_check, fp32_sample,  # noqa: E402
-                          model_info, run_policy)
+from agent_phases import (RunSetup, check_sample, engine_checks, model_info,  # noqa: E402
+                          run_policy, sample_check)
 from agent_report import headline, plot, summarize  # noqa: E402
 from agent_server import ServerSpec  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
@@ -87,6 +89,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--fp32-sessions", type=int, default=3, help="0 skips the fp32 server run")
     c.add_argument("--fp32-turns", type=int, default=3)
     c.add_argument("--fp32-pause-s", type=float, default=1.0)
+    c.add_argument("--sample-sessions", type=int, default=3,
+                   help="a 16-bit run's own sample check, one session at a time; 0 skips it")
+    c.add_argument("--sample-turns", type=int, default=3)
+    c.add_argument("--sample-pause-s", type=float, default=1.0)
     c.add_argument("--peer-page-size", type=int, default=256)
     p.add_argument("--deadline-s", type=float, default=60.0, help="per replay")
     p.add_argument("--time-budget-s", type=float, default=100_000.0,
@@ -109,7 +115,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # rough seconds of each phase on the H200, to share the time budget out
-EST = {"start": 20.0, "checks": 35.0, "fp32": 60.0, "hf": 100.0, "hf_min": 70.0,
+EST = {"start": 20.0, "checks": 35.0, "fp32": 60.0, "sample": 75.0, "hf": 100.0, "hf_min": 70.0,
        "hf_build": 30.0, "report": 10.0}
 
 
@@ -191,8 +197,8 @@ def main(argv=None) -> int:
     clock = TimeBudget(t_start, a.time_budget_s)
     with tempfile.TemporaryDirectory(prefix="agentkv-replay-") as tmp:
         setup = RunSetup(spec, wl, DriverConfig(a.concurrency, a.deadline_s), Path(tmp))
-        later = (0 if a.no_checks else EST["checks"] + (EST["fp32"] if a.fp32_sessions else 0)) \
-            + (0 if a.no_hf else EST["hf"])
+        later = (0 if a.no_checks else EST["checks"] + (EST["fp32"] if a.fp32_sessions else 0)
+                 + (EST["sample"] if own_sample(a) else 0)) + (0 if a.no_hf else EST["hf"])
         for i, pol in enumerate(a.policies):
             share = (clock.left() - later) / (len(a.policies) - i) - EST["start"]
             run = replace(setup, driver=replace(setup.driver,
@@ -200,7 +206,8 @@ def main(argv=None) -> int:
             guarded(doc, log, f"policy {pol}", lambda: _policy(run, pol, a, results, doc, log))
             save()
         if not a.no_checks:
-            engine_phase(a, setup, results, doc, info, device, log)
+            sample = sample_phase(a, setup, doc, log)
+            engine_phase(a, setup, results, doc, info, device, log, sample)
             save()
         if not a.no_hf:
             peer = peer_phase(a, wl, blocks, device, results, doc, log, clock)
@@ -233,13 +240,41 @@ def _policy(setup: RunSetup, pol: str, a, results: dict, doc: dict, log) -> None
     results[pol], doc["policies"][pol] = run_policy(setup, pol, log, a.warm_tokens)
 
 
-def engine_phase(a, setup: RunSetup, results: dict, doc: dict, info, device: str, log) -> None:
-    """recompute vs agent tokens of the run, each divergence's top-2 gap, the KV round trip."""
+def own_sample(a) -> bool:
+    """A 16-bit run checks its own sample, one session at a time (fp32 runs need not)."""
+    return not a.no_checks and a.sample_sessions > 0 and a.dtype not in ("fp32", "float32")
+
+
+def sample_phase(a, setup: RunSetup, doc: dict, log):
+    """The run's model and dtype on a sample, one session at a time, recompute vs agent."""
+    if not own_sample(a):
+        return None
+    sample = check_sample(setup.workload, a.sample_sessions, a.sample_turns, a.sample_pause_s)
+    got = guarded(doc, log, f"{a.dtype} sample check",
+                  lambda: sample_check(setup, a.model, a.dtype, sample, 1, log))
+    if got is None:
+        return None
+    cmp, doc["checks"]["sample_run"] = got
+    return cmp
+
+
+def engine_phase(a, setup: RunSetup, results: dict, doc: dict, info, device: str, log,
+                 sample=None) -> None:
+    """recompute vs agent tokens of the run and of its sample, each divergence's top-2 gap,
+    the KV round trip."""
     comparisons = []
     if "recompute" in results and "agent" in results:
-        comparisons.append(compare_outputs(f"{a.dtype}: recompute vs agent (the run above)",
-                                           setup.workload.sessions, results["recompute"],
-                                           results["agent"]))
+        whole = compare_outputs(f"{a.dtype}: recompute vs agent (the run above)",
+                                setup.workload.sessions, results["recompute"],
+                                results["agent"])
+        if sample is not None:
+            # 16 bits, sessions at once: the servers batch different turns together, so even a
+            # turn that reuses nothing rounds differently; the sample above is the check.
+            whole.counted = False
+            whole.label += f", {a.concurrency} sessions at once: reported, not counted"
+        comparisons.append(whole)
+    if sample is not None:
+        comparisons.append(sample)
     prompts = [list(s.turns[0].input_ids[:2048]) for s in setup.workload.sessions[:3]]
     doc["checks"]["kv_roundtrip"] = guarded(
         doc, log, "tie check and KV round trip", lambda: engine_checks(
@@ -256,9 +291,9 @@ def fp32_phase(a, setup: RunSetup, doc: dict, device: str, log, clock: "TimeBudg
         doc["notes"].append(f"the fp32 token check was not run: {clock.left():.0f} s of the "
                             f"{a.time_budget_s:g} s budget were left")
         return
-    sample = fp32_sample(setup.workload, a.fp32_sessions, a.fp32_turns, a.fp32_pause_s)
+    sample = check_sample(setup.workload, a.fp32_sessions, a.fp32_turns, a.fp32_pause_s)
     got = guarded(doc, log, "fp32 token check",
-                  lambda: fp32_check(setup, a.fp32_model, sample, log))
+                  lambda: sample_check(setup, a.fp32_model, "fp32", sample, len(sample), log))
     if got is None:
         return
     cmp, doc["checks"]["fp32_run"] = got
@@ -274,9 +309,12 @@ def wrong_tokens(doc: dict) -> int:
     c = doc["checks"]
     n = sum(s["checksum_failures"] for s in doc["policies"].values())
     for t in c.get("token_comparisons", []):
+        if not t.get("counted", True):
+            continue
         n += t["divergences"] if t["label"].startswith("fp32") else t["non_tie_divergences"]
     n += (c.get("kv_roundtrip") or {}).get("mismatches", 0)
     n += (c.get("fp32_run") or {}).get("checksum_failures", 0)
+    n += (c.get("sample_run") or {}).get("checksum_failures", 0)
     return n
 
 
