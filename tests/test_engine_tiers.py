@@ -56,19 +56,26 @@ def test_tokens_identical_computed_gpu_cpu_disk(folder, tmp_path):
     eng.tiers.close()
 
 
-def test_a_prefix_load_waits_for_room_and_starts_once(folder):
-    """A waiting prompt whose prefix sits on the CPU, while a running request holds most of the
-    GPU: it waits in line without starting a load (a partial one would leave a gap and make the
-    rest a recompute), then loads its whole prefix once, when the running request's blocks free."""
+def small_engine_with_a_prompt_on_cpu(folder, seed):
+    """24 GPU blocks; a 150-token prompt (9 full blocks) run once, its KV on the CPU only.
+    Returns the engine, its generator, the prompt and the prompt's output."""
     eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
                               num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01))
-    g = torch.Generator().manual_seed(11)
-    prompt = torch.randint(3, 512, (150,), generator=g).tolist()     # 9 full blocks + 6 tokens
+    g = torch.Generator().manual_seed(seed)
+    prompt = torch.randint(3, 512, (150,), generator=g).tolist()
     hashes = chain_hashes(prompt, 16, eng.fingerprint)
     alone = eng.generate([prompt], PARAMS)[0]
     eng.tiers.offload(hashes, "cpu").wait()
     eng.tiers.poll()
     assert eng.tiers.evict(hashes, "gpu") == 9
+    return eng, g, prompt, alone
+
+
+def test_a_prefix_load_waits_for_room_and_starts_once(folder):
+    """A waiting prompt whose prefix sits on the CPU, while a running request holds most of the
+    GPU: it waits in line without starting a load (a partial one would leave a gap and make the
+    rest a recompute), then loads its whole prefix once, when the running request's blocks free."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 11)
 
     starts, refused = [], []
     prefetch = eng.tiers.prefetch
@@ -101,15 +108,7 @@ def test_a_prefix_held_for_a_later_request_yields_when_nothing_runs(folder):
     with nothing running, no other blocks free up, so the later request's load is released
     (and loaded again when its turn comes)."""
     from runtime.prefix_loader import LoadState
-    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
-                              num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01))
-    g = torch.Generator().manual_seed(12)
-    later = torch.randint(3, 512, (150,), generator=g).tolist()      # 9 full blocks + 6 tokens
-    hashes = chain_hashes(later, 16, eng.fingerprint)
-    alone = eng.generate([later], PARAMS)[0]
-    eng.tiers.offload(hashes, "cpu").wait()
-    eng.tiers.poll()
-    assert eng.tiers.evict(hashes, "gpu") == 9
+    eng, g, later, alone = small_engine_with_a_prompt_on_cpu(folder, 12)
 
     rid_later = eng.add_request(later, PARAMS, priority=10.0)
     req_later = eng.requests[rid_later]
