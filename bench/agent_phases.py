@@ -55,6 +55,7 @@ class RunSetup:
     workload: Workload
     driver: DriverConfig
     work_dir: Path
+    log_dir: Path | None = None          # each server's log is copied here when it stops
 
 
 def _warm_up(backend: GrpcBackend, vocab: int, long_tokens: int) -> None:
@@ -90,6 +91,9 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
         backend.shutdown()
         srv.stop()
         shutil.rmtree(srv.data_dir, ignore_errors=True)      # its disk tier: room for the next
+        if setup.log_dir is not None and srv.log_path.exists():
+            setup.log_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copy(srv.log_path, setup.log_dir / f"{setup.work_dir.name}-{policy}.log")
     failures = counter_delta(before, after, "agentkv:kv_checksum_failures")
     info = {"server_start_s": round(srv.start_s, 2),
             "phase_s": round(time.perf_counter() - t0, 2),

@@ -94,6 +94,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--sample-turns", type=int, default=3)
     c.add_argument("--sample-pause-s", type=float, default=1.0)
     c.add_argument("--peer-page-size", type=int, default=256)
+    p.add_argument("--server-logs", default=None, help="copy every server's log to this folder")
+    p.add_argument("--server-log-level", default="WARNING")
     p.add_argument("--deadline-s", type=float, default=60.0, help="per replay")
     p.add_argument("--time-budget-s", type=float, default=100_000.0,
                    help="the whole run: replay deadlines are shortened and the fp32 check and "
@@ -167,7 +169,8 @@ def main(argv=None) -> int:
                                             * wsum["concurrent_working_set_tokens"] / 16))
     spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
                       cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
-                      pause_prior_scale=1.0 / a.time_compression)
+                      pause_prior_scale=1.0 / a.time_compression,
+                      log_level=a.server_log_level)
     budget = {"gpu_kv_blocks": blocks, "gpu_kv_tokens": blocks * 16,
               "gpu_kv_gib": round(blocks * 16 * info.kv_bytes_per_token / 2**30, 3),
               "kv_bytes_per_token": info.kv_bytes_per_token,
@@ -196,7 +199,8 @@ def main(argv=None) -> int:
     peer = None
     clock = TimeBudget(t_start, a.time_budget_s)
     with tempfile.TemporaryDirectory(prefix="agentkv-replay-") as tmp:
-        setup = RunSetup(spec, wl, DriverConfig(a.concurrency, a.deadline_s), Path(tmp))
+        setup = RunSetup(spec, wl, DriverConfig(a.concurrency, a.deadline_s), Path(tmp),
+                         Path(a.server_logs) if a.server_logs else None)
         later = (0 if a.no_checks else EST["checks"] + (EST["fp32"] if a.fp32_sessions else 0)
                  + (EST["sample"] if own_sample(a) else 0)) + (0 if a.no_hf else EST["hf"])
         for i, pol in enumerate(a.policies):

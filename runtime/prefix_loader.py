@@ -67,6 +67,7 @@ class PrefixLoader:
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
+        self._waiting_since: dict[str, float] = {}       # requests waiting for room to load
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
     def ready(self, req: Request) -> LoadState:
@@ -110,7 +111,15 @@ class PrefixLoader:
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
         if handle is None:
+            if rid not in self._waiting_since:
+                self._waiting_since[rid] = time.perf_counter()
+                log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d)",
+                         rid, len(below), self.pool.num_free_blocks, self.pool.num_blocks)
             return LoadState.NO_ROOM
+        since = self._waiting_since.pop(rid, None)
+        if since is not None:
+            log.info("request %s: loading %d prefix blocks after %.3f s waiting for room", rid,
+                     len(below), time.perf_counter() - since)
         self._checked.add(rid)
         order = [(loc.hash, "cpu" if loc.cpu_slot is not None else "disk") for loc in below]
         self._loads[rid] = load = _Load(handle, time.perf_counter(), order, nbytes)
@@ -167,6 +176,7 @@ class PrefixLoader:
     def forget(self, req: Request) -> None:
         """The request left before admission (aborted): release whatever was loaded for it."""
         self._checked.discard(req.request_id)
+        self._waiting_since.pop(req.request_id, None)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
             if not load.handle.ready():
