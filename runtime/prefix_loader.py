@@ -61,13 +61,19 @@ class _Load:
     finished: bool = False
 
 
+@dataclass
+class _Wait:
+    since: float
+    held: list[int]          # the request's GPU prefix, held so that the wait cannot evict it
+
+
 class PrefixLoader:
     def __init__(self, tiers: TieredKVStore, pool: BlockPool, block_size: int,
                  fingerprint: bytes, rates: Rates):
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
-        self._waiting_since: dict[str, float] = {}       # requests waiting for room to load
+        self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
     def ready(self, req: Request) -> LoadState:
@@ -91,6 +97,7 @@ class PrefixLoader:
             g += 1
         below = self.tiers.lookup(hashes[g:])
         if not below:
+            self._unwait(rid)
             self._checked.add(rid)
             return LoadState.READY
         tokens = {"cpu": 0, "disk": 0}
@@ -104,6 +111,7 @@ class PrefixLoader:
         if load_s >= recompute_s:
             log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
                       sum(tokens.values()), recompute_s, load_s)
+            self._unwait(rid)
             self._checked.add(rid)
             return LoadState.READY
         # The GPU prefix is held with the loaded blocks, so making room cannot evict it; a load
@@ -111,12 +119,17 @@ class PrefixLoader:
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
         if handle is None:
-            if rid not in self._waiting_since:
-                self._waiting_since[rid] = time.perf_counter()
-                log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d)",
-                         rid, len(below), self.pool.num_free_blocks, self.pool.num_blocks)
+            if rid not in self._waiting:
+                # Hold the GPU prefix while waiting: others' work would evict it otherwise,
+                # turning cheap hits into a longer load.
+                held = [self.pool.lookup_hash(h) for h in hashes[:g]]
+                self.pool.incref(held)
+                self._waiting[rid] = _Wait(time.perf_counter(), held)
+                log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d, "
+                         "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
+                         self.pool.num_blocks, g)
             return LoadState.NO_ROOM
-        since = self._waiting_since.pop(rid, None)
+        since = self._unwait(rid)          # the load holds the GPU prefix now
         if since is not None:
             log.info("request %s: loading %d prefix blocks after %.3f s waiting for room", rid,
                      len(below), time.perf_counter() - since)
@@ -127,6 +140,14 @@ class PrefixLoader:
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
+
+    def _unwait(self, rid: str) -> float | None:
+        """Drop the hold of a request's wait for room; returns when the wait began."""
+        w = self._waiting.pop(rid, None)
+        if w is None:
+            return None
+        self.pool.free(w.held)
+        return w.since
 
     def _finish(self, req: Request, load: _Load) -> None:
         if load.finished:
@@ -150,6 +171,7 @@ class PrefixLoader:
     def after_admit(self, req: Request) -> None:
         """The request was admitted and holds its own references: drop the loader's."""
         self._checked.discard(req.request_id)
+        self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
             self.pool.free(load.held)
@@ -157,10 +179,14 @@ class PrefixLoader:
                 self.loaded_tokens[t] += n
 
     def release_others(self, keep: Request) -> int:
-        """Nothing runs and `keep` cannot be admitted: drop the finished loads held for the
-        other waiting requests (they check again when their turn comes), so that held prefixes
+        """Nothing runs and `keep` cannot be admitted: drop the finished loads and the waits'
+        held prefixes of the other waiting requests (they check again when their turn comes), so that held prefixes
         never wait on each other. Returns the blocks released."""
         freed = 0
+        for rid, w in list(self._waiting.items()):
+            if rid != keep.request_id:
+                self._unwait(rid)
+                freed += len(w.held)
         for rid, load in list(self._loads.items()):
             if rid == keep.request_id or not load.finished:
                 continue
@@ -176,7 +202,7 @@ class PrefixLoader:
     def forget(self, req: Request) -> None:
         """The request left before admission (aborted): release whatever was loaded for it."""
         self._checked.discard(req.request_id)
-        self._waiting_since.pop(req.request_id, None)
+        self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
             if not load.handle.ready():

@@ -127,3 +127,31 @@ def test_a_prefix_held_for_a_later_request_yields_when_nothing_runs(folder):
     assert req_later.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}   # loaded again
     assert req_first is None or req_first.num_preemptions == 0
     eng.tiers.close()
+
+
+def test_a_wait_for_room_holds_the_gpu_part_of_the_prefix(folder):
+    """While a prompt waits for room to load the CPU part of its prefix, the part already on the
+    GPU is held for it, so the running request's growth cannot evict it."""
+    from runtime.prefix_loader import LoadState
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 13)
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)
+    eng.tiers.prefetch(hashes[:5]).wait()              # the first 5 blocks back on the GPU
+    eng.tiers.poll()
+    front = [eng.pool.lookup_hash(h) for h in hashes[:5]]
+    assert None not in front
+    big = torch.randint(3, 512, (250,), generator=g).tolist()     # 16 blocks, 19 at its end
+    eng.add_request(big, SamplingParams(max_tokens=50, ignore_eos=True))
+    eng.step()
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    waited = False
+    while eng.has_unfinished():
+        if req.status.name == "WAITING" and eng.scheduler.loader.ready(req) is LoadState.NO_ROOM:
+            waited = True
+            assert all(eng.pool.ref_count(b) >= 1 for b in front)
+        eng.step()
+        eng.pool.check_invariants()
+    assert waited
+    assert req.kv_source == {"gpu": 80, "cpu": 64, "recomputed": 6}
+    assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
