@@ -275,7 +275,7 @@ class TieredKVStore:
         if hold:     # first: held blocks are no longer free, so they must not count as room
             self.pool.incref(present.values())
             gpu_blocks.update(present)
-            # a waiting turn's prefix: optional pins of paused sessions yield to it
+            # a waiting turn's prefix: sessions' optional pins yield to it
             if not self.pool.ensure_free(len(src_cpu) + len(src_disk)) and whole:
                 self.pool.free(present.values())
                 return None

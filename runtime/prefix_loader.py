@@ -4,7 +4,7 @@ Before a waiting request is admitted, the loader looks past its GPU prefix-cache
 blocks of its prompt sit on the CPU or disk tier and loading them is faster than recomputing them
 (by the measured transfer bandwidths and the measured prefill speed), it starts a prefetch and
 keeps that request waiting — others are scheduled meanwhile — until the blocks are on the GPU.
-A load starts only when all of it fits (pins of paused sessions yield first); until then the
+A load starts only when all of it fits (sessions' pins yield first); until then the
 request waits in line, so a partial load never leaves a gap that turns the rest into a recompute.
 The prefetched blocks, and the GPU prefix before them, are held for the request until its
 admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
@@ -65,6 +65,7 @@ class _Load:
 class _Wait:
     since: float
     held: list[int]          # the request's GPU prefix, held so that the wait cannot evict it
+    hashes: list[bytes]      # its prompt's block hashes (the prompt does not change meanwhile)
 
 
 class PrefixLoader:
@@ -90,16 +91,18 @@ class PrefixLoader:
             return LoadState.READY
         if rid in self._checked or req.num_computed_tokens or req.num_preemptions:
             return LoadState.READY
-        usable = (req.num_tokens - 1) // self.bs
-        hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
+        wait = self._waiting.get(rid)
+        if wait is not None:
+            hashes = wait.hashes
+        else:
+            usable = (req.num_tokens - 1) // self.bs
+            hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
         g = 0
         while g < len(hashes) and self.pool.lookup_hash(hashes[g]) is not None:
             g += 1
         below = self.tiers.lookup(hashes[g:])
         if not below:
-            self._unwait(rid)
-            self._checked.add(rid)
-            return LoadState.READY
+            return self._settled(rid)
         tokens = {"cpu": 0, "disk": 0}
         for loc in below:
             tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
@@ -111,20 +114,18 @@ class PrefixLoader:
         if load_s >= recompute_s:
             log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
                       sum(tokens.values()), recompute_s, load_s)
-            self._unwait(rid)
-            self._checked.add(rid)
-            return LoadState.READY
+            return self._settled(rid)
         # The GPU prefix is held with the loaded blocks, so making room cannot evict it; a load
         # that does not fit whole would leave a gap the prefix match stops at: wait for room.
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
         if handle is None:
-            if rid not in self._waiting:
+            if wait is None:
                 # Hold the GPU prefix while waiting: others' work would evict it otherwise,
                 # turning cheap hits into a longer load.
                 held = [self.pool.lookup_hash(h) for h in hashes[:g]]
                 self.pool.incref(held)
-                self._waiting[rid] = _Wait(time.perf_counter(), held)
+                self._waiting[rid] = _Wait(time.perf_counter(), held, hashes)
                 log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d, "
                          "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
                          self.pool.num_blocks, g)
@@ -139,6 +140,12 @@ class PrefixLoader:
         if not handle.ready():
             return LoadState.LOADING
         self._finish(req, load)
+        return LoadState.READY
+
+    def _settled(self, rid: str) -> LoadState:
+        """Nothing to load for `rid`: admit it as it is, once."""
+        self._unwait(rid)
+        self._checked.add(rid)
         return LoadState.READY
 
     def _unwait(self, rid: str) -> float | None:
