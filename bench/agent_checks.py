@@ -3,11 +3,7 @@
 - `compare_outputs`: the greedy tokens of two replays of the same sessions (say `recompute` and
   `agent`), turn by turn. A session is compared up to its first differing token (after it the
   contexts differ); each such place is a `Divergence`, with the context that led to it.
-- `check_ties`: at each divergence, the top-2 log-probabilities of the next token computed from
-  scratch by an in-process engine. In bf16, two ways of computing the same KV round differently,
-  so the two runs may part where the two most likely tokens tie within bf16 rounding: a
-  divergence is a tie when both tokens are the top two and their gap is <= 2**-4 (a few bf16
-  ulps of a logit; the rule of tests/test_engine_triton.py). Anything else is a wrong token.
+- `agent_ties.py` judges each such place: a tie within bf16 rounding, or a wrong token.
 - `kv_roundtrip`: blocks computed on the GPU, copied to CPU and disk, evicted, and loaded back
   from each tier: every block's xxh3 checksum after the load equals the one before the save.
 """
@@ -21,9 +17,6 @@ import torch
 from agent_driver import ReplayResult
 from agent_workload import ReplaySession
 
-TIE_GAP = 2.0 ** -4
-
-
 @dataclass
 class Divergence:
     session: str
@@ -32,8 +25,12 @@ class Divergence:
     token_a: int
     token_b: int
     context: list[int] = field(repr=False)   # run A's context up to the differing token
-    top2: list[tuple[int, float]] | None = None
-    gap: float | None = None
+    top2: list[tuple[int, float]] | None = None      # the run's dtype, from scratch
+    gap: float | None = None                          # its top-2 logprob gap
+    ref_top2: list[tuple[int, float]] | None = None  # the fp32 reference (agent_ties.py)
+    ref_margin: float | None = None    # fp32: top-1 less the lower of token_a / token_b
+    band: float | None = None          # how far rounding moved the top tokens' gaps here
+    rule: str | None = None
     is_tie: bool | None = None
 
     def row(self) -> dict:
@@ -98,23 +95,6 @@ def compare_outputs(label: str, sessions: list[ReplaySession], a: ReplayResult,
             context += ta[i]
         out.identical_sessions += same
     return out
-
-
-def check_ties(comparisons: list[TokenComparison], engine, log=print) -> None:
-    """Fill in top2 / gap / is_tie of every divergence, from one engine (run from scratch)."""
-    from runtime import SamplingParams
-    divs = [d for c in comparisons for d in c.divergences]
-    if not divs:
-        return
-    outs = engine.generate([d.context for d in divs],
-                           SamplingParams(max_tokens=1, ignore_eos=True, top_logprobs=2))
-    for d, o in zip(divs, outs):
-        (t1, l1), (t2, l2) = o.top_logprobs[0][:2]
-        d.top2 = [(int(t1), float(l1)), (int(t2), float(l2))]
-        d.gap = float(l1 - l2)
-        d.is_tie = {d.token_a, d.token_b} <= {t1, t2} and d.gap <= TIE_GAP
-        log(f"[check] {d.session} turn {d.turn} token {d.position}: {d.token_a} vs "
-            f"{d.token_b}, top-2 gap {d.gap:.4f} -> {'tie' if d.is_tie else 'NOT A TIE'}")
 
 
 def _block_sums(engine, blocks: dict[bytes, int]) -> dict[bytes, int]:

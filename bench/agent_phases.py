@@ -14,11 +14,11 @@ from typing import Callable
 
 import numpy as np
 
-from agent_checks import (TokenComparison, check_ties, compare_outputs, free_engine,
-                          kv_roundtrip)
+from agent_checks import TokenComparison, compare_outputs, free_engine, kv_roundtrip
 from agent_driver import DriverConfig, GrpcBackend, ReplayResult, replay
 from agent_report import counter_delta, summarize, tier_bytes
 from agent_server import AgentServer, GpuMonitor, ServerSpec
+from agent_ties import check_ties, reference_model, reference_tops, run_tops
 from agent_workload import ReplaySession, ReplayTurn, Workload
 
 Log = Callable[[str], None]
@@ -175,19 +175,48 @@ def sample_check(setup: RunSetup, model: str, dtype: str, sample: list[ReplaySes
 def engine_checks(model: str, dtype: str, device: str, comparisons: list[TokenComparison],
                   prompts: list[list[int]], kv_bytes_per_token: int, max_context: int,
                   log: Log) -> dict:
-    """Tie check of every divergence and the KV round trip, on one in-process engine."""
+    """Tie check of every divergence and the KV round trip, on one in-process engine; a 16-bit
+    run's counted divergences also on its fp32 reference (agent_ties.py)."""
     from runtime import Engine, EngineConfig
     t0 = time.perf_counter()
     need = sum(len(p) for p in prompts) * kv_bytes_per_token
+    blocks = max(512, (max_context + 64) // 16 + 64)
     with tempfile.TemporaryDirectory(prefix="agentkv-kvcheck-") as tmp:
-        eng = Engine(EngineConfig(model=model, device=device, dtype=dtype,
-                                  num_gpu_blocks=max(512, (max_context + 64) // 16 + 64),
+        eng = Engine(EngineConfig(model=model, device=device, dtype=dtype, num_gpu_blocks=blocks,
                                   cpu_cache_gb=2 * need / 2**30 + 0.01, disk_cache_path=tmp,
                                   disk_cache_gb=3 * need / 2**30 + 0.05))
         build_s = time.perf_counter() - t0
-        check_ties(comparisons, eng, log)
+        tops = run_tops(comparisons, eng)
         rt = kv_roundtrip(eng, prompts, log)
         free_engine(eng)
     rt["engine_build_s"] = round(build_s, 2)
+    ref, rt["tie_reference"] = reference_phase(model, dtype, device, comparisons, blocks, log)
+    check_ties(comparisons, tops, ref, log)
     rt["phase_s"] = round(time.perf_counter() - t0, 2)
     return rt
+
+
+def reference_phase(model: str, dtype: str, device: str, comparisons: list[TokenComparison],
+                    blocks: int, log: Log) -> tuple[dict | None, dict | None]:
+    """The counted divergences' top-20 on the same weights in fp32. If that engine cannot be
+    built or run, the places keep the top-2 rule and the reason is reported."""
+    from runtime import Engine, EngineConfig
+    ref_model = reference_model(model, dtype)
+    if ref_model is None or not any(c.counted and c.divergences for c in comparisons):
+        return None, None
+    t0 = time.perf_counter()
+    info = {"model": ref_model, "dtype": "fp32"}
+    try:
+        eng = Engine(EngineConfig(model=ref_model, device=device, dtype="fp32",
+                                  num_gpu_blocks=blocks, cuda_graphs=False))
+        try:
+            ref = reference_tops(comparisons, eng)
+        finally:
+            free_engine(eng)
+    except Exception as e:                  # noqa: BLE001 - reported; the top-2 rule stands
+        log(f"[check] the fp32 reference {ref_model} failed ({type(e).__name__}: {e}); "
+            "the places keep the top-2 rule")
+        return None, {**info, "error": f"{type(e).__name__}: {e}"}
+    info.update(contexts=len(ref), seconds=round(time.perf_counter() - t0, 2))
+    log(f"[check] fp32 reference {ref_model}: {len(ref)} places in {info['seconds']} s")
+    return ref, info

@@ -8,7 +8,8 @@ at a bounded number of concurrent sessions with tool and human pauses compressed
 Hugging Face transformers' continuous batching serves the same turns statelessly
 (bench/hf_session_peer.py), and the wrong-token checks run (bench/agent_checks.py): greedy tokens
 of recompute vs agent on a sample replayed one session at a time in the run's dtype (bf16:
-differences only at top-2 ties) and in an fp32 run, the same comparison over the whole run
+differences only where the tokens tie within the rounding measured there against the same
+weights in fp32, bench/agent_ties.py) and in an fp32 run, the same comparison over the whole run
 (reported; in 16 bits its batches differ between the servers, so it is not counted), and KV
 bytes identical after a round trip through CPU and disk.
 
@@ -117,8 +118,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 # rough seconds of each phase on the H200, to share the time budget out
-EST = {"start": 20.0, "checks": 35.0, "fp32": 60.0, "sample": 75.0, "hf": 100.0, "hf_min": 70.0,
-       "hf_build": 30.0, "report": 10.0}
+EST = {"start": 20.0, "checks": 35.0, "fp32": 60.0, "sample": 75.0, "reference": 40.0,
+       "hf": 100.0, "hf_min": 70.0, "hf_build": 30.0, "report": 10.0}
 
 
 class TimeBudget:
@@ -202,7 +203,8 @@ def main(argv=None) -> int:
         setup = RunSetup(spec, wl, DriverConfig(a.concurrency, a.deadline_s), Path(tmp),
                          Path(a.server_logs) if a.server_logs else None)
         later = (0 if a.no_checks else EST["checks"] + (EST["fp32"] if a.fp32_sessions else 0)
-                 + (EST["sample"] if own_sample(a) else 0)) + (0 if a.no_hf else EST["hf"])
+                 + (EST["sample"] + EST["reference"] if own_sample(a) else 0)
+                 ) + (0 if a.no_hf else EST["hf"])
         for i, pol in enumerate(a.policies):
             share = (clock.left() - later) / (len(a.policies) - i) - EST["start"]
             run = replace(setup, driver=replace(setup.driver,

@@ -6,7 +6,9 @@ import pytest
 
 sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
 
-from agent_checks import TIE_GAP, check_ties, compare_outputs  # noqa: E402
+from agent_checks import Divergence, compare_outputs  # noqa: E402
+from agent_ties import (TIE_GAP, check_ties, judge, reference_model, reference_tops,  # noqa: E402
+                        run_tops)
 from agent_driver import DriverConfig, ReplayResult, TurnRecord, replay  # noqa: E402
 from agent_workload import WorkloadConfig, build_workload  # noqa: E402
 
@@ -83,26 +85,104 @@ def test_compare_outputs_stops_each_session_at_its_first_difference():
     assert c.tokens_compared == 3 * len(s0.turns) + 3 + 2
 
 
-def test_tie_rule_on_a_real_engine():
-    from runtime import Engine, EngineConfig, SamplingParams
-    eng = Engine(EngineConfig(model="shape:tiny-random", device="cpu", dtype="fp32",
-                              num_gpu_blocks=64))
+def _one_turn_divergences(eng, tokens_b):
+    """One session's first turn; run A picks the engine's top token, each run B another."""
+    from runtime import SamplingParams
     w = build_workload(WorkloadConfig(**{**CFG.__dict__, "sessions": 1}), 4096)
     ctx = list(w.sessions[0].turns[0].input_ids)
-    top = eng.generate([ctx], SamplingParams(max_tokens=1, ignore_eos=True, top_logprobs=3))[0]
-    (t1, l1), (t2, l2), (t3, _) = top.top_logprobs[0]
+    top = eng.generate([ctx], SamplingParams(max_tokens=1, ignore_eos=True, top_logprobs=20))[0]
     sid = w.sessions[0].session_id
     one = w.sessions[0].__class__(sid, w.sessions[0].turns[:1])
-    a = _result({sid: [[t1]]})
-    pairs = {"top2": _result({sid: [[t2]]}), "third": _result({sid: [[t3]]})}
-    cmps = [compare_outputs(k, [one], a, b) for k, b in pairs.items()]
+    a = _result({sid: [[top.top_logprobs[0][0][0]]]})
+    cmps = [compare_outputs(f"b{i}", [one], a, _result({sid: [[top.top_logprobs[0][i][0]]]}))
+            for i in tokens_b]
     for c in cmps:
         assert len(c.divergences) == 1 and c.divergences[0].context == ctx
-    check_ties(cmps, eng, log=lambda m: None)
+    return cmps, top.top_logprobs[0]
+
+
+def test_top2_rule_on_a_real_engine():
+    from runtime import Engine, EngineConfig
+    eng = Engine(EngineConfig(model="shape:tiny-random", device="cpu", dtype="fp32",
+                              num_gpu_blocks=64))
+    cmps, top = _one_turn_divergences(eng, (1, 2))
+    (_, l1), (_, l2) = top[:2]
+    check_ties(cmps, run_tops(cmps, eng), None, log=lambda m: None)
     top2, third = (c.divergences[0] for c in cmps)
     assert top2.gap == pytest.approx(l1 - l2, abs=1e-4) and third.gap == top2.gap
-    assert top2.is_tie == (l1 - l2 <= TIE_GAP)
+    assert top2.is_tie == (l1 - l2 <= TIE_GAP) and top2.rule == "top-2 gap <= 2^-4"
     assert third.is_tie is False                  # not among the two most likely tokens
+
+
+def _div(a, b):
+    return Divergence("s", 0, 0, a, b, [1, 2, 3])
+
+
+def test_reference_rule_judges_the_fp32_margin_against_the_measured_band():
+    ref = [(7, -1.00), (8, -1.05), (9, -1.30), (10, -2.0)]
+    run = [(8, -0.98), (7, -1.02), (9, -1.31), (10, -1.99)]     # rounding moved 7 / 8 by 0.04
+    d = _div(7, 8)
+    judge(d, run, ref)                  # eps: 0.03, -0.02, 0.07, -0.01 -> band 0.09
+    assert d.band == pytest.approx(0.09) and d.ref_margin == pytest.approx(0.05)
+    assert d.is_tie and d.ref_top2 == [(7, -1.00), (8, -1.05)]
+    assert d.gap == pytest.approx(0.04) and d.rule == "fp32 margin <= bf16 band"
+    far = _div(7, 9)                    # 0.30 below the top in fp32: no rounding explains it
+    judge(far, run, ref)
+    assert far.ref_margin == pytest.approx(0.30) and far.is_tie is False
+    absent = _div(7, 11)                # not in the fp32 top-20 at all
+    judge(absent, run, ref)
+    assert absent.ref_margin is None and absent.is_tie is False
+    exact = _div(7, 8)                  # identical logprobs: no rounding, no tie
+    judge(exact, ref, ref)
+    assert exact.band == 0.0 and exact.is_tie is False
+
+
+def test_reference_model_has_the_runs_weights_in_fp32():
+    from runtime.models.loader import load_model
+    assert reference_model("shape:llama3-8b", "bf16") == "shape:llama3-8b@bf16"
+    assert reference_model("shape:llama3-8b@bf16", "bfloat16") == "shape:llama3-8b@bf16"
+    assert reference_model("/models/llama", "fp16") == "/models/llama"
+    assert reference_model("shape:llama3-8b", "fp32") is None
+    import torch
+    run = load_model("shape:tiny-random", torch.bfloat16, torch.device("cpu")).model
+    ref = load_model("shape:tiny-random@bf16", torch.float32, torch.device("cpu")).model
+    own = load_model("shape:tiny-random", torch.float32, torch.device("cpu")).model
+    pr, pf, po = (dict(m.named_parameters()) for m in (run, ref, own))
+    assert pr.keys() == pf.keys() and len(pr) > 5
+    for name, p in pr.items():
+        assert pf[name].dtype == torch.float32
+        assert torch.equal(p.float(), pf[name]), name
+    w = "layers.0.mlp.down_proj.weight" if "layers.0.mlp.down_proj.weight" in po else next(
+        n for n, p in po.items() if p.dim() == 2)
+    assert not torch.equal(po[w], pf[w])            # fp32-drawn weights are another model
+    with pytest.raises(ValueError, match="unknown weight dtype"):
+        load_model("shape:tiny-random@fp8", torch.float32, torch.device("cpu"))
+
+
+def test_bf16_places_judged_on_the_fp32_reference_of_the_same_weights():
+    from runtime import Engine, EngineConfig
+    eng = Engine(EngineConfig(model="shape:tiny-random", device="cpu", dtype="bf16",
+                              num_gpu_blocks=64))
+    cmps, _ = _one_turn_divergences(eng, (1, 19))
+    cmps[1].counted = False
+    tops = run_tops(cmps, eng)
+    ref_eng = Engine(EngineConfig(model=reference_model("shape:tiny-random", "bf16"),
+                                  device="cpu", dtype="fp32", num_gpu_blocks=64))
+    ref = reference_tops(cmps, ref_eng)
+    assert list(ref) == [0]                         # only counted places get the reference
+    lines = []
+    check_ties(cmps, tops, ref, log=lines.append)
+    near, far = (c.divergences[0] for c in cmps)
+    exact = dict(ref[0])
+    assert near.rule == "fp32 margin <= bf16 band" and far.rule == "top-2 gap <= 2^-4"
+    assert near.band is not None and near.band > 0   # bf16 rounding moved the top tokens
+    lo = min(exact[t] for t in (near.token_a, near.token_b) if t in exact)
+    if {near.token_a, near.token_b} <= exact.keys():
+        assert near.ref_margin == pytest.approx(ref[0][0][1] - lo)
+        assert near.is_tie == (near.ref_margin <= near.band)
+    else:
+        assert near.ref_margin is None and near.is_tie is False
+    assert far.is_tie is False and len(lines) == 2 and "vs band" in lines[0]
 
 
 def test_transformers_peer_resends_history_and_streams(tmp_path):
@@ -153,3 +233,22 @@ def test_wrong_tokens_counts_fp32_differences_16_bit_non_ties_and_checksums():
     assert agent_replay.own_sample(args)
     assert not agent_replay.own_sample(agent_replay.parse_args(["--dtype", "fp32"]))
     assert not agent_replay.own_sample(agent_replay.parse_args(["--sample-sessions", "0"]))
+
+
+def test_engine_checks_judge_counted_16_bit_places_on_the_fp32_reference():
+    from agent_phases import engine_checks
+    from runtime import Engine, EngineConfig
+    eng = Engine(EngineConfig(model="shape:tiny-random", device="cpu", dtype="bf16",
+                              num_gpu_blocks=64))
+    cmps, _ = _one_turn_divergences(eng, (1, 19))
+    cmps[1].counted = False
+    lines = []
+    rt = engine_checks("shape:tiny-random", "bf16", "cpu", cmps, [], 0, 1024, lines.append)
+    assert rt["tie_reference"]["model"] == "shape:tiny-random@bf16"
+    assert rt["tie_reference"]["contexts"] == 1 and "error" not in rt["tie_reference"]
+    assert cmps[0].divergences[0].rule == "fp32 margin <= bf16 band"
+    assert cmps[1].divergences[0].rule == "top-2 gap <= 2^-4"
+    assert any("fp32 reference shape:tiny-random@bf16: 1 places" in m for m in lines)
+    # an fp32 run has no reference: its places are wrong tokens whatever their gap
+    assert engine_checks("shape:tiny-random", "fp32", "cpu", cmps, [], 0, 1024,
+                         lines.append)["tie_reference"] is None

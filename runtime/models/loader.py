@@ -96,14 +96,18 @@ def _fused_offset(arch: ModelArch, part: str) -> tuple[int, int]:
 
 def load_random_shape(name: str, dtype: torch.dtype, device: torch.device, seed: int = 0
                       ) -> LoadedModel:
-    """A named shape (runtime/models/shapes.py) with random weights built on the device."""
-    from runtime.models.shapes import init_random_, shape_config, shape_fingerprint
-    cfg = shape_config(name)
+    """A named shape (runtime/models/shapes.py) with random weights built on the device.
+    `NAME@bf16` draws the weights in bf16 and runs them in `dtype`: an fp32 model whose weights
+    are exactly those of the bf16 one (the reference of the bf16 tie check)."""
+    from runtime.models.shapes import init_random_, parse_shape, shape_config, shape_fingerprint
+    shape, weight_dtype = parse_shape(name)
+    cfg = shape_config(shape)
     arch = arch_from_config(cfg)
     with torch.device("meta"):
         net = LlamaFamilyModel(arch)
-    net = net.to_empty(device=device).to(dtype)
+    net = net.to_empty(device=device).to(weight_dtype or dtype)
     init_random_(net, seed)
+    net = net.to(dtype)
     net.eval().requires_grad_(False)
     _rebuild_rope(net, arch, device)
     return LoadedModel(net, arch, cfg, shape_fingerprint(name, seed, dtype), Path(f"shape:{name}"))

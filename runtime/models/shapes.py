@@ -31,8 +31,21 @@ SHAPES: dict[str, dict] = {
 }
 
 
+WEIGHT_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def parse_shape(name: str) -> tuple[str, torch.dtype | None]:
+    """`llama3-8b` or `llama3-8b@bf16` (weights drawn in bf16, whatever dtype runs them)."""
+    shape, at, wd = name.partition("@")
+    if at and wd not in WEIGHT_DTYPES:
+        raise ValueError(f"unknown weight dtype {wd!r} in shape {name!r}; known: "
+                         f"{', '.join(WEIGHT_DTYPES)}")
+    return shape, WEIGHT_DTYPES[wd] if at else None
+
+
 def shape_config(name: str):
     from transformers import LlamaConfig
+    name = parse_shape(name)[0]
     if name not in SHAPES:
         raise ValueError(f"unknown model shape {name!r}; known: {', '.join(SHAPES)}")
     return LlamaConfig(**SHAPES[name], architectures=["LlamaForCausalLM"], eos_token_id=None)
