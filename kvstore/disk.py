@@ -277,3 +277,19 @@ class DiskStore(DiskWriter, DiskRoom, DiskReader):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def drop_blocks(env: lmdb.Environment) -> int:
+    """Delete the KV block databases from `env`, an environment no disk tier uses any more (a
+    data directory that held its blocks before they moved to their own environment). Returns
+    the values dropped; 0 when there were none."""
+    dropped = 0
+    with env.begin(write=True) as txn:
+        for name in (BLOCKS_DB, META_DB):
+            try:
+                db = env.open_db(name.encode(), txn=txn, create=False)
+            except lmdb.NotFoundError:
+                continue
+            dropped += txn.stat(db)["entries"] if name == BLOCKS_DB else 0
+            txn.drop(db, delete=True)
+    return dropped

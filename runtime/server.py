@@ -103,6 +103,7 @@ class AgentKVServer:
         data_dir = cfg.resolved_data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         self.store = SessionStore(str(data_dir))
+        await loop.run_in_executor(None, self._drop_old_blocks, engine, data_dir)
         if self.estimator is None:           # what earlier runs learned of pause lengths
             self.estimator = load_estimator(self.store.env)
             if cfg.pause_prior_scale != 1.0:
@@ -194,6 +195,18 @@ class AgentKVServer:
                     log.info("%d idle sessions expired", len(expired))
             except Exception:
                 log.exception("expiring idle sessions failed")
+
+    def _drop_old_blocks(self, engine: Engine, data_dir: Path) -> None:
+        """KV blocks an earlier version kept in the sessions' environment are dropped once the
+        disk tier lives elsewhere (a cache: they are recomputed or reloaded from its tier)."""
+        from kvstore.disk import drop_blocks
+        disk = engine.config.disk_cache_path
+        if disk and Path(disk).resolve() == data_dir.resolve():
+            return
+        n = drop_blocks(self.store.env)
+        if n:
+            log.info("dropped %d KV blocks an older layout kept in %s (the disk tier is now "
+                     "%s)", n, data_dir, disk or "off")
 
     def _read_engine(self) -> dict | None:
         et = self.engine_thread

@@ -13,6 +13,9 @@ from runtime.limits import Limits
 POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
 
 
+KV_SUBDIR = "kv"      # the default disk KV tier's environment, inside the data directory
+
+
 def default_data_dir() -> Path:
     """``$XDG_DATA_HOME/agentkv``, or ``~/.local/share/agentkv`` when XDG_DATA_HOME is unset."""
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local",
@@ -24,8 +27,9 @@ def default_data_dir() -> Path:
 class ServerConfig:
     """Everything `agentkv serve` sets.
 
-    data_dir: the LMDB environment holding the sessions (and the disk KV tier, when
-    engine.disk_cache_path is unset and engine.disk_cache_gb > 0). policy: the KV cache policy
+    data_dir: the LMDB environment holding the sessions; the disk KV tier, when
+    engine.disk_cache_path is unset and engine.disk_cache_gb > 0, is its own environment in
+    `data_dir/kv` (`KV_SUBDIR`), so a session's commit never waits behind a block batch's. policy: the KV cache policy
     (recompute | lru | lru_cpu | ttl | agent) the policy hook factory is built with.
     api_key_file: JSON or TOML key -> tenant file; AGENTKV_API_KEYS adds to it (unless
     api_keys_from_env is False); no keys at all: open, one tenant "default".
@@ -73,9 +77,11 @@ class ServerConfig:
         return Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
 
     def engine_config(self) -> EngineConfig:
-        """The engine's config, with the disk tier in the data directory when no path is given."""
+        """The engine's config, with the disk tier in `data_dir/kv` when no path is given: LMDB
+        has one writer per environment, and a KV batch's commit holds it for up to a few
+        hundred ms (kvstore/disk_write.py), which a turn's commit must not wait for."""
         e = self.engine
         if e.disk_cache_gb > 0 and not e.disk_cache_path:
             from dataclasses import replace
-            return replace(e, disk_cache_path=str(self.resolved_data_dir))
+            return replace(e, disk_cache_path=str(self.resolved_data_dir / KV_SUBDIR))
         return e

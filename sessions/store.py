@@ -1,7 +1,9 @@
 """Sessions in LMDB: metadata, token logs in chunks, and a per-tenant index.
 
-The environment is the data directory's one LMDB environment, shared with the disk KV tier
-(`kvstore.disk.open_environment` keeps one per path and process). Named databases:
+The environment is the data directory's LMDB environment (`kvstore.disk.open_environment`
+keeps one per path and process). The server's disk KV tier has its own environment in
+`<data_dir>/kv`, so a turn's commit never waits for LMDB's writer lock behind a block batch;
+a store given the disk tier's path shares its environment. Named databases:
 
     sessions            session_id                          -> msgpack record (no token log)
     token_logs          session_id "/" chunk_index (u32 BE) -> token ids, u32 little-endian

@@ -67,15 +67,15 @@ def test_corrupted_disk_blocks_are_recomputed_not_used(tmp_path):
         s.pause("ask_user", expected_s=3 * 3600, human=True)     # spilled to disk
         sid = s.id
         c.close()
-    # flip one byte in the payload of every stored block
-    env = open_environment(str(data), 1 << 31)
+    # flip one byte in the payload of every stored block (the tier's own environment)
+    env = open_environment(str(data / "kv"), 1 << 31)
     db = env.open_db(b"kv_blocks")
     with env.begin(write=True, db=db) as txn:
         items = [(k, bytearray(v)) for k, v in txn.cursor()]
         for k, v in items:
             v[-5] ^= 0x40
             txn.put(k, bytes(v))
-    release_environment(str(data))
+    release_environment(str(data / "kv"))
     assert items, "the pause spilled nothing to disk"
     with running_server(config(data)) as st:
         c = AgentKVClient(f"127.0.0.1:{st.server.port}")

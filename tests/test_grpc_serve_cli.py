@@ -33,8 +33,9 @@ def test_every_option_reaches_the_config(tmp_path):
     assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
                                                                    "bf16", 0.5)
     assert (e.cpu_cache_gb, e.disk_cache_gb, e.disk_cache_path) == (4, 16, None)
-    # the disk tier lives in the data directory unless --disk-cache-path says otherwise
-    assert cfg.engine_config().disk_cache_path == str(tmp_path)
+    # the disk tier is its own environment in the data directory unless --disk-cache-path
+    # says otherwise
+    assert cfg.engine_config().disk_cache_path == str(tmp_path / "kv")
     assert (cfg.host, cfg.port, cfg.policy, cfg.api_key_file) == ("0.0.0.0", 0, "lru_cpu",
                                                                   "k.toml")
     assert cfg.metrics_port == 9100
