@@ -13,6 +13,7 @@ counts the fewest bytes the op must move (each input read once, each output writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import math
@@ -553,6 +554,8 @@ def main() -> None:
     ap.add_argument("--commit", default=None, help="git sha to record (default: git rev-parse)")
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="tokens per KV page (default 16; --smoke keeps its own)")
     ap.add_argument("--jobs", type=int, default=0,
                     help="compile the attention variants ahead in this many processes (GPU)")
     args = ap.parse_args()
@@ -563,6 +566,10 @@ def main() -> None:
     if not cuda and not args.smoke:
         sys.exit("no CUDA device: run with --smoke for a CPU sanity check")
     sizes = SMOKE if args.smoke else Sizes()
+    if args.block_size is not None:
+        if args.block_size <= 0 or args.block_size & (args.block_size - 1):
+            sys.exit(f"--block-size must be a positive power of two, got {args.block_size}")
+        sizes = dataclasses.replace(sizes, block_size=args.block_size)
     device = "cuda" if cuda else "cpu"
     torch.manual_seed(0)
     b = Bench(sizes, device, torch.bfloat16, variants=not args.no_variants and not args.smoke)
@@ -611,6 +618,7 @@ def main() -> None:
         "date": today.isoformat(),
         "command": "python bench/kernels.py " + " ".join(sys.argv[1:]),
         "ceilings": {"copy_GBps": round(b.copy_gbps, 1)},
+        "block_size": sizes.block_size,
         "metrics": {k: {"value": None if v != v else round(v, 3), "goal": GOALS[k]}
                     for k, v in metrics.items()},
         "rows": b.rows,
@@ -619,7 +627,8 @@ def main() -> None:
         Path(tempfile.mkdtemp(prefix="kernels-bench-")) if args.smoke else ROOT / "bench/results")
     out_dir.mkdir(parents=True, exist_ok=True)
     hw = "h200" if "H200" in hardware else hardware.lower().replace("nvidia ", "").replace(" ", "")
-    path = out_dir / f"kernels-{hw}-{today.strftime('%Y%m%d')}.json"
+    page = "" if sizes.block_size == 16 else f"-bs{sizes.block_size}"
+    path = out_dir / f"kernels-{hw}-{today.strftime('%Y%m%d')}{page}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
 
     print(f"\ncopy ceiling {b.copy_gbps:.0f} GB/s   ->  {path}")

@@ -26,8 +26,9 @@ def folder(tmp_path_factory):
     return save_model("llama", tmp_path_factory.mktemp("tri") / "model", **kw)
 
 
-def run(folder, backend, dtype, prompts, top=0):
-    eng = Engine(EngineConfig(model=str(folder), device=DEVICE, dtype=dtype, num_gpu_blocks=256,
+def run(folder, backend, dtype, prompts, top=0, block_size=16):
+    eng = Engine(EngineConfig(model=str(folder), device=DEVICE, dtype=dtype,
+                              num_gpu_blocks=256 * 16 // block_size, block_size=block_size,
                               max_num_batched_tokens=64, kernel_backend=backend))
     return eng.generate(prompts, SamplingParams(max_tokens=NEW, ignore_eos=True,
                                                 top_logprobs=top))
@@ -38,18 +39,20 @@ def prompts():
     return [torch.randint(3, 512, (n,), generator=g).tolist() for n in LENGTHS]
 
 
-def test_fp32_tokens_identical(folder):
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_fp32_tokens_identical(folder, block_size):
     p = prompts()
-    ref = run(folder, "torch", "float32", p)
-    tri = run(folder, "triton", "float32", p)
+    ref = run(folder, "torch", "float32", p, block_size=block_size)
+    tri = run(folder, "triton", "float32", p, block_size=block_size)
     for a, b in zip(ref, tri):
         assert a.token_ids == b.token_ids
 
 
-def test_bf16_differences_are_ties(folder):
+@pytest.mark.parametrize("block_size", [16, 64])
+def test_bf16_differences_are_ties(folder, block_size):
     p = prompts()
-    ref = run(folder, "torch", "bfloat16", p, top=4)
-    tri = run(folder, "triton", "bfloat16", p, top=4)
+    ref = run(folder, "torch", "bfloat16", p, top=4, block_size=block_size)
+    tri = run(folder, "triton", "bfloat16", p, top=4, block_size=block_size)
     ties = []
     for i, (a, b) in enumerate(zip(ref, tri)):
         for pos, (x, y) in enumerate(zip(a.token_ids, b.token_ids)):

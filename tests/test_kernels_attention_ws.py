@@ -158,6 +158,17 @@ def test_ws_kernel_configs(cfg):
 
 
 @needs_ws
+@pytest.mark.parametrize("block_size", [32, 64, 128])
+@pytest.mark.parametrize("cfg", [None, PrefillWSConfig(tma=True), PrefillWSConfig(**TWO),
+                                 PrefillWSConfig(**dict(TWO, tma=True))])
+def test_ws_kernel_large_pages(block_size, cfg):
+    """Pages of 32 to 128 tokens: a K/V step is one page, part of one, or two (TMA boxes of
+    min(page, step) rows), over the same boundaries and a long context."""
+    shape = (32, 8, 128, block_size, torch.bfloat16)
+    check_prefill_kernel(MIXED + BOUNDARY + [(700, 3000)], shape, cfg, seed=27 + block_size)
+
+
+@needs_ws
 @pytest.mark.parametrize("seqs", [
     [(2048, 2048)] * 4,                          # the benchmark's 4 x 2K: 16 rounds per program
     [(4096, 6000), (100, 300), (1, 5000)],       # extends after long context, a decode token
