@@ -6,9 +6,16 @@ long prompt is split into chunks over several steps, a decoding request takes on
 kinds share a step. A request samples a token only in the step that brings it level with its
 token count. When blocks run out, the running request that comes last in priority order is
 preempted: its blocks are released (full ones stay cached) and it recomputes later.
+
+Priority order is the request's `priority` (the policy's admission key) or else its arrival. A
+waiting request that outranks a running one still in prefill goes first: the running prefill
+yields its chunk for the step and runs on the budget the admissions leave. With arrival order
+(FCFS) nothing waiting outranks what runs, so only a policy's boost (a resumed session's turn
+under `agent`) makes a turn jump a long prefill that is under way.
 """
 from __future__ import annotations
 
+import heapq
 import itertools
 from dataclasses import dataclass, field
 
@@ -98,10 +105,19 @@ class Scheduler:
         out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         self.running.sort(key=self._key)
+        self.waiting.sort(key=self._key)
+        # A running prefill that the head of the queue outranks (a resumed session's turn,
+        # under a policy that boosts those) yields its chunk to the queue (_queue_pass).
+        head = self._key(self.waiting[0]) if self.waiting else None
+        deferred: list[Request] = []
         i = 0
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = min(req.num_tokens - req.num_computed_tokens, budget)
+            if n > 1 and head is not None and head < self._key(req):
+                deferred.append(req)
+                i += 1
+                continue
             while not self._grow(req, n):
                 victim = self.running[-1]
                 self._preempt(victim)
@@ -113,20 +129,44 @@ class Scheduler:
             out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
             budget -= n
             i += 1
-        if not out.preempted:
-            self.waiting.sort(key=self._key)
-            for req in list(self.waiting):
-                if budget <= 0 or len(self.running) >= self.config.max_num_seqs:
-                    break
-                state = LoadState.READY if self.loader is None else self.loader.ready(req)
-                if state is LoadState.LOADING:
-                    continue          # its prefix is still being loaded: let others go first
-                if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
-                    if self.loader is not None and not self.running:
-                        self.loader.release_others(req)   # nothing else will free blocks
-                    break
-                budget = self.config.max_num_batched_tokens - out.num_tokens
+        self._queue_pass(deferred, admit=not out.preempted, out=out)
         return out
+
+    def _queue_pass(self, deferred: list[Request], admit: bool, out: SchedulerOutput) -> None:
+        """The queue and the yielded prefills, merged in priority order, on the step's budget
+        left. A yielded prefill that cannot grow waits for the next step with the blocks it
+        holds (nothing that outranks it is preempted for it). A step in which a turn that
+        jumped a prefill samples its first token carries nothing ranked after that prefill,
+        so the step (that turn's time to first token) stays short."""
+        cap = self.config.max_num_batched_tokens
+        jumped = self._key(deferred[0]) if deferred else None
+        short = False
+        for req in heapq.merge(deferred, list(self.waiting) if admit else [], key=self._key):
+            budget = cap - out.num_tokens
+            if budget <= 0:
+                break
+            if short and self._key(req) >= jumped:
+                break
+            if req.status is RequestStatus.RUNNING:          # a yielded prefill
+                n = min(req.num_tokens - req.num_computed_tokens, budget)
+                if self._grow(req, n):
+                    out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
+                continue
+            if req in deferred or not admit:
+                continue                  # preempted above, as the last in priority
+            if len(self.running) >= self.config.max_num_seqs:
+                admit = False
+                continue
+            state = LoadState.READY if self.loader is None else self.loader.ready(req)
+            if state is LoadState.LOADING:
+                continue                  # its prefix is still being loaded: let others go first
+            if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
+                if self.loader is not None and not self.running:
+                    self.loader.release_others(req)   # nothing else will free blocks
+                admit = False             # the queue waits behind it; yielded prefills go on
+                continue
+            if jumped is not None and self._key(req) < jumped and out.scheduled[-1].samples:
+                short = True
 
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         bs = self.config.block_size

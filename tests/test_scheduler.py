@@ -105,3 +105,70 @@ def test_finish_releases_every_block():
     assert a.status is RequestStatus.FINISHED and a.finish_reason is FinishReason.ABORT
     assert pool.num_free_blocks == 6
     pool.check_invariants()
+
+
+def test_an_outranking_turn_goes_ahead_of_a_running_prefill():
+    """A resumed turn (smaller priority key) arriving while a long first turn is mid-prefill
+    takes its whole prompt in the next step; the prefill runs on what is left of the budget."""
+    s, pool = make(num_blocks=12, budget=8, bs=4)
+    a = Request("a", list(range(100, 120)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 8 of 20 prompt tokens, blocks 0 and 1
+    assert a.block_ids == [0, 1] and a.num_computed_tokens == 8
+    b = Request("b", list(range(300, 303)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(b)
+    out = s.schedule()                    # b's first token: a sits the short step out
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 3)]
+    assert b.block_ids == [2] and out.scheduled[0].samples
+    assert a.status is RequestStatus.RUNNING and a.block_ids == [0, 1]
+    run_step(s, out)
+    out = s.schedule()                    # b decodes first (it ranks first), a goes on
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 1), ("a", 7)]
+    assert a.block_ids == [0, 1, 3, 4]
+    pool.check_invariants()
+
+
+def test_the_first_token_step_carries_only_what_outranks_the_jumped_prefill():
+    """c arrived before the step but ranks after the prefill b jumped: it waits too."""
+    s, pool = make(num_blocks=16, budget=8, bs=4)
+    a = Request("a", list(range(100, 124)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())
+    b = Request("b", list(range(300, 306)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    c = Request("c", list(range(400, 403)), SamplingParams(max_tokens=4), 1.0, priority=9.0)
+    s.add(b)
+    s.add(c)
+    out = s.schedule()                    # b (6, samples): a and c, ranked after a, sit out
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 6)]
+    run_step(s, out)
+    out = s.schedule()                    # b decodes, a's chunk, c gets nothing of the budget
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 1), ("a", 7)]
+    assert c.status is RequestStatus.WAITING
+    pool.check_invariants()
+
+
+def test_fcfs_keeps_a_running_prefill_ahead_of_later_arrivals():
+    s, _ = make(num_blocks=12, budget=8, bs=4)
+    a, b = req("a", 20), Request("b", [300, 301, 302], SamplingParams(max_tokens=4), 1.0)
+    s.add(a)
+    run_step(s, s.schedule())
+    s.add(b)
+    out = s.schedule()                    # a arrived first: its chunk takes the whole budget
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 8)]
+    assert b.status is RequestStatus.WAITING
+
+
+def test_a_yielded_prefill_without_room_waits_with_its_blocks():
+    """The outranking turn takes the last free blocks; the yielded prefill cannot grow, is not
+    scheduled and keeps what it holds; nobody is preempted for it."""
+    s, pool = make(num_blocks=4, budget=8, bs=4)
+    a = Request("a", list(range(100, 120)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a holds blocks 0, 1
+    b = Request("b", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(b)
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 8)]
+    assert out.preempted == [] and b.block_ids == [2, 3] and a.block_ids == [0, 1]
+    assert a.status is RequestStatus.RUNNING and a.num_computed_tokens == 8
+    pool.check_invariants()
