@@ -50,7 +50,8 @@ class KVController:
         self._owners: dict[BlockHash, set[str]] = {}     # hash -> live sessions holding it
         self._pin_count: dict[BlockHash, int] = {}
         # private blocks of closed sessions whose copies to CPU/disk were still in flight at
-        # close: evicted again once they land (tick), so no tier keeps a closed session's KV
+        # close (the copy holds the GPU blocks too): evicted again once they land (tick), so no
+        # tier keeps a closed session's KV
         self._closed_blocks: list[BlockHash] = []
         self.decisions: dict[str, int] = {}
         self.pins_reclaimed = 0                          # sessions whose pins yielded
@@ -148,8 +149,7 @@ class KVController:
             tiers = self.engine.tiers
             tiers.poll()
             gone = [h for h in self._closed_blocks if not self._owners.get(h)]
-            tiers.evict(gone, "cpu")
-            tiers.evict(gone, "disk")
+            self._evict_everywhere(gone)     # the GPU too: a copy's hold kept them at close
             if tiers.transfer is None or not tiers.transfer.in_flight_bytes:
                 self._closed_blocks = []
         for s in self.sessions.values():
@@ -197,9 +197,9 @@ class KVController:
             if plan.ttl_s > 0:       # pinned for the TTL; 0: plain prefix cache, evictable
                 self._pin(s, private)
                 s.pinned_until = self.clock() + plan.ttl_s
-            if self.policy.name == "lru_cpu" and tiers is not None and tiers.host is not None:
-                # its GPU evictions go to CPU memory; the pool reuses an evicted block at
-                # once and cannot copy it then, so the copy is written through now
+            if plan.insure_cpu and tiers is not None and tiers.host is not None:
+                # the pool reuses an evicted block at once and cannot copy it then, so a copy
+                # that makes the eviction free is written through now
                 tiers.offload(private, "cpu")
             return
         if tiers is None:

@@ -56,9 +56,11 @@ def test_short_pause_stays_pinned_medium_goes_to_cpu_hours_go_to_disk(folder, tm
     eng, ctl, clock = setup(folder, tmp_path)
     a, b, c = (turn(eng, ctl, s, i) for i, s in enumerate("abc"))
     short = ctl.pause("a", "read", 0.05, False, PauseForecast(0.04, 0.2, "hint"))
-    assert short.placement.value == "keep_gpu"
-    assert all(eng.pool.ref_count(eng.pool.lookup_hash(h)) == 1
-               for h in chain_hashes(a, 16, eng.fingerprint))          # pinned
+    assert short.placement.value == "keep_gpu" and short.insure_cpu
+    settle(eng)                                                        # the insurance copy
+    ha = chain_hashes(a, 16, eng.fingerprint)
+    assert all(eng.pool.ref_count(eng.pool.lookup_hash(h)) == 1 for h in ha)   # pinned
+    assert all("cpu" in eng.tiers.locate(h).tiers for h in ha)
     medium = ctl.pause("b", "web_search", 30.0, False, PauseForecast(30.0, 60.0, "hint"))
     assert medium.placement.value in ("write_cpu", "offload_cpu")
     hours = ctl.pause("c", "ask_user", None, True, PauseForecast(3 * 3600, 12 * 3600, "hint"))
@@ -141,9 +143,12 @@ def test_close_while_pinned_releases_every_block(folder, tmp_path):
         assert plan.placement.value == "keep_gpu"
     ctl.close("p")                       # its pinned blocks are unpinned as nobody's
     ctl.close("q")
-    settle(eng)
+    settle(eng)                          # the insurance copies to CPU land ...
+    ctl.tick()                           # ... and what they held is evicted everywhere
     assert all(eng.pool.ref_count(b) == 0 for b in range(eng.pool.num_blocks))
     assert not any(any(on_gpu(eng, log)) for log in logs)
+    assert not any(eng.tiers.locate(h).tiers for log in logs
+                   for h in chain_hashes(log, 16, eng.fingerprint))
     eng.pool.check_invariants()
     eng.tiers.close()
 

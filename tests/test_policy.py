@@ -58,6 +58,7 @@ def test_short_pause_stays_on_gpu():
     assert plan.placement is Placement.KEEP_GPU and plan.keeps_gpu
     assert not plan.writes_cpu and not plan.writes_disk and plan.prefetch_at is None
     assert plan.ttl_s == pytest.approx(SHORT.p90_s)
+    assert plan.insure_cpu            # a CPU copy makes a yielded pin's eviction free
 
 
 def test_short_pause_on_a_busy_gpu_is_written_through():
@@ -70,7 +71,8 @@ def test_short_pause_on_a_busy_gpu_is_written_through():
         is Placement.KEEP_GPU
     no_cpu = TierUsage(int(0.9 * COST.gpu_capacity_tokens), COST.gpu_capacity_tokens, 0, 0, 0,
                        COST.disk_capacity_tokens)
-    assert pol.on_pause(view("s"), SHORT, 100.0, no_cpu).placement is Placement.KEEP_GPU
+    bare = pol.on_pause(view("s"), SHORT, 100.0, no_cpu)
+    assert bare.placement is Placement.KEEP_GPU and not bare.insure_cpu
 
 
 def test_medium_pause_goes_to_cpu_and_is_prefetched():

@@ -8,9 +8,13 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   always worth keeping;
 - keep on the GPU (no copies) when the pause is short next to a CPU reload: p90 below
   `keep_s = max(keep_min_s, keep_factor * load_cpu)`; nothing could be moved out and back in
-  time, and the GPU-memory-time is small; pinned for p90, but a pin yields to a turn short of
-  room (the controller's reclaim), so once the GPU is `keep_insure_pressure` used the blocks
-  are written through to CPU as well (WRITE_CPU) and protected by the eviction order alone;
+  time, and the GPU-memory-time is small; pinned for p90, with a CPU copy written through
+  as insurance (`insure_cpu`): the pin yields to the first turn short of room (the
+  controller's reclaim) and the pool reuses an evicted block at once, too soon to copy it, and
+  the pool's use counts only running turns and pins, so a burst of first turns can find it
+  near empty at the pause and evict the session a moment later; the CPU copy, a duplicate, is
+  the first the CPU tier drops. Once the GPU is `keep_insure_pressure` used, the blocks are
+  not pinned at all (WRITE_CPU), protected by the eviction order alone;
 - a pause likely short but with a long tail (p50 below keep_s, p90 above): stay (ttl keep_s,
   advisory: the eviction order below already keeps sessions due back soon) and write through
   to CPU as insurance (only into room the eviction order gives it);
@@ -98,6 +102,7 @@ class AgentPolicy(CachePolicy):
                 return PlacementPlan(sid, Placement.WRITE_CPU, ttl_s=forecast.p90_s,
                                      reason=f"short, GPU {used:.0%} used: stay, with a CPU copy")
             return PlacementPlan(sid, Placement.KEEP_GPU, ttl_s=forecast.p90_s,
+                                 insure_cpu=t > 0 and tiers is not None and tiers.cpu_capacity > 0,
                                  reason=f"p90 {forecast.p90_s:.3g}s <= keep {keep:.3g}s")
         if forecast.p50_s <= keep:
             return PlacementPlan(sid, Placement.WRITE_CPU, ttl_s=keep,

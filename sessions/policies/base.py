@@ -35,7 +35,7 @@ from sessions.estimator import PauseEstimator, PauseForecast
 
 
 class Placement(enum.Enum):
-    KEEP_GPU = "keep_gpu"        # stay on the GPU, pinned for ttl_s; no copies are made
+    KEEP_GPU = "keep_gpu"        # stay on the GPU, pinned for ttl_s (a CPU copy if insure_cpu)
     WRITE_CPU = "write_cpu"      # copy to CPU now; the GPU copy stays until evicted (then free)
     OFFLOAD_CPU = "offload_cpu"  # copy to CPU, then free the GPU copy
     SPILL_DISK = "spill_disk"    # copy to CPU (kept if the CPU has room the policy's
@@ -56,7 +56,9 @@ class PlacementPlan:
     SPILL_DISK makes it a write-through to disk. write_back_disk: with WRITE_CPU/OFFLOAD_CPU,
     also write a disk copy behind the CPU one, at low priority (a later CPU eviction is then
     free). prefetch_at: absolute time (the engine's clock) at which to start loading the KV
-    back to the GPU, or None.
+    back to the GPU, or None. insure_cpu: with KEEP_GPU, write a CPU copy through as well (a
+    pin yields to a turn short of room and the pool reuses an evicted block at once, too soon
+    to copy it; the copy makes that eviction free).
     """
     session_id: str
     placement: Placement
@@ -64,6 +66,7 @@ class PlacementPlan:
     prefetch_at: float | None = None
     release_gpu: bool | None = None
     write_back_disk: bool = False
+    insure_cpu: bool = False
     reason: str = ""
 
     @property

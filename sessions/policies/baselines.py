@@ -43,7 +43,14 @@ class LRUPolicy(CachePolicy):
 
 
 class LRUCPUPolicy(LRUPolicy):
+    """LRU on the GPU, whose evictions land in CPU memory: the copy is written through at the
+    pause (the pool reuses an evicted block at once, too soon to copy it then)."""
     name = "lru_cpu"
+
+    def on_pause(self, view: SessionKVView, forecast: PauseForecast, now: float,
+                 tiers: TierUsage | None = None) -> PlacementPlan:
+        return PlacementPlan(view.session_id, Placement.KEEP_GPU, insure_cpu=True,
+                             reason="prefix cache, written through to CPU")
 
     def on_evict(self, view: SessionKVView, tier: str, now: float) -> Placement:
         return Placement.OFFLOAD_CPU if tier == "gpu" else Placement.DROP
