@@ -213,7 +213,11 @@ class Engine:
         if launched is not None:
             self._commit(launched)
             self._inflight = launched
-            if not self.async_scheduling:
+            if not self.async_scheduling or launched.prefill_tokens:
+                # A step that carries prefill work is long (tens of ms at real sizes) next to
+                # the host work the overlap hides (~1 ms): read it back before the next step is
+                # scheduled, so a turn that arrives meanwhile runs in the very next step rather
+                # than behind one already queued on the GPU. Decode-only steps stay overlapped.
                 outs += self._complete_inflight()
         return outs
 

@@ -154,3 +154,17 @@ def test_no_leaks_when_aborts_hit_pending_tokens(folder, seed):
     eng.pool.check_invariants()
     assert eng.pool.num_free_blocks == 20 and not eng.requests and aborted > 0
     assert all(eng.pool.ref_count(b) == 0 for b in range(20))
+
+
+def test_a_step_with_prefill_is_read_back_before_the_next_is_scheduled(folder):
+    """Prefill steps are long: their tokens come back in the same step() call, so a turn that
+    arrives meanwhile is not queued behind a second step. Decode-only steps stay overlapped."""
+    eng = make_engine(folder, True)
+    a = eng.add_request(rand_tokens(30, 1), SamplingParams(max_tokens=5, ignore_eos=True))
+    outs = eng.step()                     # a's whole prompt: its first token is read back now
+    assert [o.request_id for o in outs] == [a] and eng._inflight is None
+    assert eng.step() == []               # decode only: launched, read back one step later
+    assert eng._inflight is not None
+    b = eng.add_request(rand_tokens(20, 2), SamplingParams(max_tokens=5, ignore_eos=True))
+    outs = eng.step()                     # b's prefill beside a's decode: both read back now
+    assert sorted(o.request_id for o in outs) == sorted([a, a, b]) and eng._inflight is None
