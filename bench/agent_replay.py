@@ -64,6 +64,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-kv-fraction", type=float, default=0.5,
                    help="GPU KV budget as a fraction of the concurrent sessions' working set")
     p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="the servers' token budget per engine step")
     p.add_argument("--cpu-cache-gb", type=float, default=12.0)
     p.add_argument("--disk-cache-gb", type=float, default=24.0)
     g = p.add_argument_group("workload")
@@ -165,18 +168,21 @@ def main(argv=None) -> int:
         rounds_mean=a.rounds_mean, human_turn_prob=a.human_turn_prob)
     wl = build_workload(wcfg, info.vocab_size)
     wsum = wl.summary(a.concurrency)
-    floor = (wsum["final_context_max"] + a.max_output_tokens) // 16 + 16   # one session fits
+    bs = a.block_size
+    floor = (wsum["final_context_max"] + a.max_output_tokens) // bs + 16   # one session fits
     blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
-                                            * wsum["concurrent_working_set_tokens"] / 16))
+                                            * wsum["concurrent_working_set_tokens"] / bs))
     spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
+                      block_size=bs, max_num_batched_tokens=a.max_num_batched_tokens,
                       cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
                       pause_prior_scale=1.0 / a.time_compression,
                       log_level=a.server_log_level)
-    budget = {"gpu_kv_blocks": blocks, "gpu_kv_tokens": blocks * 16,
-              "gpu_kv_gib": round(blocks * 16 * info.kv_bytes_per_token / 2**30, 3),
+    budget = {"gpu_kv_blocks": blocks, "block_size": bs, "gpu_kv_tokens": blocks * bs,
+              "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
+              "max_num_batched_tokens": a.max_num_batched_tokens,
               "kv_bytes_per_token": info.kv_bytes_per_token,
               "fraction_of_concurrent_working_set":
-                  round(blocks * 16 / max(1, wsum["concurrent_working_set_tokens"]), 3),
+                  round(blocks * bs / max(1, wsum["concurrent_working_set_tokens"]), 3),
               "cpu_cache_gib": a.cpu_cache_gb, "disk_cache_gib": a.disk_cache_gb,
               "pause_prior_scale": 1.0 / a.time_compression}
     log(f"workload: {json.dumps(wsum)}")
@@ -348,7 +354,8 @@ def run_peer(a, wl, blocks: int, device: str, log, deadline_s: float):
     t0 = time.perf_counter()
     cfg = PeerConfig(shape=a.model.removeprefix("shape:"), device=device,
                      dtype={"bf16": "bfloat16", "fp32": "float32", "fp16": "float16"}.get(
-                         a.dtype, a.dtype), kv_tokens=blocks * 16, page_size=a.peer_page_size)
+                         a.dtype, a.dtype), kv_tokens=blocks * a.block_size,
+                     page_size=a.peer_page_size)
     backend = HFPeerBackend(cfg, log)
     log(f"[hf_cb] up in {backend.info['build_s']} s: {backend.info}")
     try:

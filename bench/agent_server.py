@@ -29,6 +29,8 @@ class ServerSpec:
     dtype: str = "auto"
     policy: str = "agent"
     num_gpu_blocks: int = 2048
+    block_size: int = 16
+    max_num_batched_tokens: int = 2048
     cpu_cache_gb: float = 0.0
     disk_cache_gb: float = 0.0
     max_concurrent_turns: int = 256
@@ -40,6 +42,8 @@ class ServerSpec:
                 "--device", self.device, "--dtype", self.dtype, "--port", "0",
                 "--metrics-port", "0", "--data-dir", str(data_dir), "--policy", self.policy,
                 "--num-gpu-blocks", str(self.num_gpu_blocks),
+                "--block-size", str(self.block_size),
+                "--max-num-batched-tokens", str(self.max_num_batched_tokens),
                 "--cpu-cache-gb", str(self.cpu_cache_gb),
                 "--disk-cache-gb", str(self.disk_cache_gb),
                 "--max-concurrent-turns", str(self.max_concurrent_turns),

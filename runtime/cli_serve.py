@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu-memory-fraction", type=float, default=0.85)
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks on the device (overrides --gpu-memory-fraction)")
+    p.add_argument("--block-size", type=int, default=16,
+                   help="tokens per KV block (a power of two)")
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048,
+                   help="token budget of one engine step (prefill chunk size)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")
     p.add_argument("--disk-cache-path", default=None,
                    help="LMDB folder of the disk KV tier (default: the data directory)")
@@ -66,7 +70,9 @@ def config_from_args(args):
 
     engine = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                           gpu_memory_fraction=args.gpu_memory_fraction,
-                          num_gpu_blocks=args.num_gpu_blocks, cpu_cache_gb=args.cpu_cache_gb,
+                          num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
+                          max_num_batched_tokens=args.max_num_batched_tokens,
+                          cpu_cache_gb=args.cpu_cache_gb,
                           disk_cache_path=args.disk_cache_path, disk_cache_gb=args.disk_cache_gb)
     limits = Limits(max_sessions_per_tenant=args.max_sessions_per_tenant,
                     max_concurrent_turns=args.max_concurrent_turns,

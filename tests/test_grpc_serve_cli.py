@@ -28,8 +28,10 @@ def test_every_option_reaches_the_config(tmp_path):
                 "cuda:1", "--dtype", "bf16", "--gpu-memory-fraction", "0.5", "--cpu-cache-gb",
                 "4", "--disk-cache-gb", "16", "--policy", "lru_cpu", "--api-keys", "k.toml",
                 "--data-dir", str(tmp_path), "--metrics-port", "9100",
-                "--max-concurrent-turns", "3", "--max-prompt-tokens", "1000")
+                "--max-concurrent-turns", "3", "--max-prompt-tokens", "1000",
+                "--block-size", "64", "--max-num-batched-tokens", "1024")
     e = cfg.engine
+    assert (e.block_size, e.max_num_batched_tokens) == (64, 1024)
     assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
                                                                    "bf16", 0.5)
     assert (e.cpu_cache_gb, e.disk_cache_gb, e.disk_cache_path) == (4, 16, None)
@@ -67,3 +69,10 @@ def test_server_scales_its_estimators_priors(tmp_path):
         assert (f.source, f.p50_s, f.p90_s) == ("prior", pytest.approx(0.075), pytest.approx(3.4))
     finally:
         st.stop()
+
+
+def test_engine_sizes_are_checked():
+    with pytest.raises(ValueError, match="block_size"):
+        parse("--block-size", "48")
+    with pytest.raises(ValueError, match="max_num_batched_tokens"):
+        parse("--max-num-batched-tokens", "0")
