@@ -74,6 +74,7 @@ class Engine:
         self.kv_spec = KVCacheSpec(self.arch.num_layers, self.arch.num_kv_heads, self.arch.head_dim,
                                    config.block_size, self.dtype)
         self.ops = get_kernel_ops(config.kernel_backend, self.device)
+        self.online = False      # set by EngineThread: requests may arrive between steps
         self.async_scheduling = (self.device.type == "cuda" if config.async_scheduling is None
                                  else config.async_scheduling)
         graph_sizes = self._graph_batch_sizes()
@@ -213,11 +214,12 @@ class Engine:
         if launched is not None:
             self._commit(launched)
             self._inflight = launched
-            if not self.async_scheduling or launched.prefill_tokens:
-                # A step that carries prefill work is long (tens of ms at real sizes) next to
-                # the host work the overlap hides (~1 ms): read it back before the next step is
-                # scheduled, so a turn that arrives meanwhile runs in the very next step rather
-                # than behind one already queued on the GPU. Decode-only steps stay overlapped.
+            if not self.async_scheduling or (launched.prefill_tokens and self.online):
+                # Online, a step that carries prefill work is long (tens of ms at real sizes)
+                # next to the host work the overlap hides (~1 ms): read it back before the next
+                # step is scheduled, so a turn that arrives meanwhile runs in the very next step
+                # rather than behind one already queued on the GPU. Decode-only steps, and every
+                # step of a batch whose requests are all in (nothing can arrive), stay overlapped.
                 outs += self._complete_inflight()
         return outs
 

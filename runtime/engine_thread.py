@@ -86,6 +86,7 @@ class EngineThread:
 
     def __init__(self, engine: Engine):
         self.engine = engine
+        engine.online = True      # turns arrive between steps: prefill steps are read back
         self._cmds: queue.Queue = queue.Queue()
         self._streams: dict[str, RequestStream] = {}
         self._thread: threading.Thread | None = None

@@ -157,9 +157,11 @@ def test_no_leaks_when_aborts_hit_pending_tokens(folder, seed):
 
 
 def test_a_step_with_prefill_is_read_back_before_the_next_is_scheduled(folder):
-    """Prefill steps are long: their tokens come back in the same step() call, so a turn that
-    arrives meanwhile is not queued behind a second step. Decode-only steps stay overlapped."""
+    """Online, prefill steps are long: their tokens come back in the same step() call, so a
+    turn that arrives meanwhile is not queued behind a second step. Decode-only steps stay
+    overlapped, and offline (every request in at once) prefill steps too."""
     eng = make_engine(folder, True)
+    eng.online = True                     # as EngineThread sets it
     a = eng.add_request(rand_tokens(30, 1), SamplingParams(max_tokens=5, ignore_eos=True))
     outs = eng.step()                     # a's whole prompt: its first token is read back now
     assert [o.request_id for o in outs] == [a] and eng._inflight is None
@@ -168,3 +170,6 @@ def test_a_step_with_prefill_is_read_back_before_the_next_is_scheduled(folder):
     b = eng.add_request(rand_tokens(20, 2), SamplingParams(max_tokens=5, ignore_eos=True))
     outs = eng.step()                     # b's prefill beside a's decode: both read back now
     assert sorted(o.request_id for o in outs) == sorted([a, a, b]) and eng._inflight is None
+    off = make_engine(folder, True)       # offline: generate() adds everything up front
+    off.add_request(rand_tokens(30, 1), SamplingParams(max_tokens=5, ignore_eos=True))
+    assert off.step() == [] and off._inflight is not None
