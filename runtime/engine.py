@@ -102,6 +102,8 @@ class Engine:
         if self.tiers is not None:
             self.scheduler.loader = PrefixLoader(self.tiers, self.pool, config.block_size,
                                                  self.fingerprint, self.rates)
+            self.scheduler.loader.reserve_blocks = min(  # one step's chunk, on a small pool less
+                -(-config.max_num_batched_tokens // config.block_size), self.pool.num_blocks // 8)
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         log.info("engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, %s kernels",

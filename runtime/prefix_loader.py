@@ -6,6 +6,10 @@ blocks of its prompt sit on the CPU or disk tier and loading them is faster than
 keeps that request waiting — others are scheduled meanwhile — until the blocks are on the GPU.
 A load starts only when all of it fits (sessions' pins yield first); until then the
 request waits in line, so a partial load never leaves a gap that turns the rest into a recompute.
+The wait is bounded: once a request has waited `max_wait_factor` times as long as recomputing
+its missing prefix would take, it loads the longest front part that fits now (leaving room for
+one step's chunk) and recomputes the rest, chunk by chunk, like any prompt (whose growth takes
+part in the scheduler's priority and preemption order, which a wait for room does not).
 The prefetched blocks, and the GPU prefix before them, are held for the request until its
 admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
 """
@@ -72,6 +76,8 @@ class PrefixLoader:
     def __init__(self, tiers: TieredKVStore, pool: BlockPool, block_size: int,
                  fingerprint: bytes, rates: Rates):
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
+        self.max_wait_factor = 1.0     # wait for whole-load room at most this x recompute time
+        self.reserve_blocks = 0        # blocks a partial load leaves free (one step's chunk)
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
@@ -119,6 +125,15 @@ class PrefixLoader:
         # that does not fit whole would leave a gap the prefix match stops at: wait for room.
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
+        if (handle is None and wait is not None
+                and time.perf_counter() - wait.since >= self.max_wait_factor * recompute_s):
+            handle, below = self._load_front(rid, hashes[:g], below, recompute_s)
+            if handle is None:
+                return self._settled(rid)      # nothing fits: recompute it all, chunk by chunk
+            tokens = {"cpu": 0, "disk": 0}
+            for loc in below:
+                tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
+            nbytes = {t: n * bpt for t, n in tokens.items()}
         if handle is None:
             if wait is None:
                 # Hold the GPU prefix while waiting: others' work would evict it otherwise,
@@ -141,6 +156,21 @@ class PrefixLoader:
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
+
+    def _load_front(self, rid: str, prefix: list[bytes], below: list, recompute_s: float):
+        """After a bounded wait: load the longest front part of `below` that fits now, leaving
+        `reserve_blocks` free. Returns (handle, the part loading) or (None, [])."""
+        self.pool.ensure_free(len(below) + self.reserve_blocks)     # pins yield first
+        k = min(len(below), self.pool.num_free_blocks - self.reserve_blocks)
+        handle = None
+        if k > 0:
+            handle = self.tiers.prefetch(prefix + [loc.hash for loc in below[:k]], hold=True,
+                                         whole=True)
+        log.info("request %s waited %.3f s (recomputing would take %.3f s) for room to load %d "
+                 "prefix blocks: loading %d, recomputing the rest", rid,
+                 time.perf_counter() - self._waiting[rid].since, recompute_s, len(below),
+                 k if handle is not None else 0)
+        return (handle, below[:k]) if handle is not None else (None, [])
 
     def _settled(self, rid: str) -> LoadState:
         """Nothing to load for `rid`: admit it as it is, once."""

@@ -1,4 +1,6 @@
 """The engine loads a prompt's prefix from the CPU or disk tier, and the tokens do not change."""
+import math
+
 import pytest
 import torch
 
@@ -68,6 +70,7 @@ def small_engine_with_a_prompt_on_cpu(folder, seed):
     eng.tiers.offload(hashes, "cpu").wait()
     eng.tiers.poll()
     assert eng.tiers.evict(hashes, "gpu") == 9
+    eng.scheduler.loader.max_wait_factor = math.inf   # these tests wait for whole loads
     return eng, g, prompt, alone
 
 
@@ -153,5 +156,26 @@ def test_a_wait_for_room_holds_the_gpu_part_of_the_prefix(folder):
         eng.pool.check_invariants()
     assert waited
     assert req.kv_source == {"gpu": 80, "cpu": 64, "recomputed": 6}
+    assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
+
+
+def test_a_bounded_wait_loads_the_front_that_fits_and_recomputes_the_rest(folder):
+    """Once a prompt has waited for room as long as recomputing its CPU prefix would take (here
+    at once), it loads the front of the prefix that fits, leaving one chunk's blocks free, and
+    recomputes the rest like any prompt: it never waits on room for the whole load again."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 11)
+    loader = eng.scheduler.loader
+    loader.max_wait_factor = 0.0
+    assert loader.reserve_blocks == 3                 # 24 blocks // 8, under one 2048 chunk
+    big = torch.randint(3, 512, (250,), generator=g).tolist()       # 16 blocks, 18 at its end
+    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
+    eng.step()                                    # the big prompt runs: 8 blocks free, 9 wanted
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+        eng.pool.check_invariants()
+    assert req.kv_source == {"gpu": 0, "cpu": 80, "recomputed": 70}   # 8 free - 3 kept: 5
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()

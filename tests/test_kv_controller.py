@@ -161,6 +161,7 @@ def test_pins_of_paused_sessions_yield_to_a_turn_short_of_room(folder, tmp_path)
     for sid, f in (("soon", PauseForecast(0.02, 0.1, "hint")),
                    ("late", PauseForecast(0.5, 0.9, "hint"))):
         assert ctl.pause(sid, "read", None, False, f).placement.value == "keep_gpu"
+    settle(eng)                  # their insurance copies to CPU land (a copy holds its blocks)
     assert eng.pool.num_free_blocks == 14
     # 250 prompt tokens + 1 sampled need 16 blocks: 2 more than are free, so one session's pins
     # yield, the one predicted back last; nothing running is preempted
@@ -187,6 +188,7 @@ def test_pins_of_resumed_sessions_yield_to_another_turn_short_of_room(folder, tm
         assert ctl.pause(sid, "read", None, False,
                          PauseForecast(0.02, 0.1, "hint")).placement.value == "keep_gpu"
         ctl.resume(sid)
+    settle(eng)                  # their insurance copies to CPU land (a copy holds its blocks)
     assert ctl.sessions["a"].paused_at is None and ctl.sessions["a"].pinned
     assert eng.pool.num_free_blocks == 14
     prompt = torch.randint(3, 512, (250,), generator=torch.Generator().manual_seed(42)).tolist()
