@@ -74,6 +74,20 @@ def small_engine_with_a_prompt_on_cpu(folder, seed):
     return eng, g, prompt, alone
 
 
+def run_behind_a_big_prompt(eng, g, prompt):
+    """A 250-token prompt runs (16 blocks, 18 at its end: 8 free, 9 wanted), then `prompt`
+    arrives; both run to the end. Returns the prompt's request."""
+    big = torch.randint(3, 512, (250,), generator=g).tolist()
+    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
+    eng.step()
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+        eng.pool.check_invariants()
+    return req
+
+
 def test_a_prefix_load_waits_for_room_and_starts_once(folder):
     """A waiting prompt whose prefix sits on the CPU, while a running request holds most of the
     GPU: it waits in line without starting a load (a partial one would leave a gap and make the
@@ -89,14 +103,7 @@ def test_a_prefix_load_waits_for_room_and_starts_once(folder):
         return handle
     eng.tiers.prefetch = counting
 
-    big = torch.randint(3, 512, (250,), generator=g).tolist()       # 16 blocks, 18 at its end
-    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
-    eng.step()                                    # the big prompt runs: 8 blocks free, 9 wanted
-    rid = eng.add_request(prompt, PARAMS)
-    req = eng.requests[rid]
-    while eng.has_unfinished():
-        eng.step()
-        eng.pool.check_invariants()
+    req = run_behind_a_big_prompt(eng, g, prompt)
     assert refused, "the load should have waited for room at least once"
     assert len(starts) == 1
     assert req.num_preemptions == 0
@@ -168,14 +175,7 @@ def test_a_bounded_wait_loads_the_front_that_fits_and_recomputes_the_rest(folder
     loader = eng.scheduler.loader
     loader.max_wait_factor = 0.0
     assert loader.reserve_blocks == 3                 # 24 blocks // 8, under one 2048 chunk
-    big = torch.randint(3, 512, (250,), generator=g).tolist()       # 16 blocks, 18 at its end
-    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
-    eng.step()                                    # the big prompt runs: 8 blocks free, 9 wanted
-    rid = eng.add_request(prompt, PARAMS)
-    req = eng.requests[rid]
-    while eng.has_unfinished():
-        eng.step()
-        eng.pool.check_invariants()
+    req = run_behind_a_big_prompt(eng, g, prompt)
     assert req.kv_source == {"gpu": 0, "cpu": 80, "recomputed": 70}   # 8 free - 3 kept: 5
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
