@@ -24,8 +24,12 @@ def render_md(doc: dict) -> str:
         f"# agent_replay, {doc['date']} (commit {doc['commit'][:12]})", "",
         f"`{doc['command']}` on {doc['hardware']}, {doc.get('wall_s', '-')} s in all. Model "
         f"`{doc['model']['name']}` ({doc['model']['dtype']}, random weights built on the "
-        "device). Every policy ran on a fresh `agentkv serve` process over gRPC; the peer is "
-        "Hugging Face transformers' continuous batching, served statelessly.", "",
+        "device). Every policy ran on a fresh `agentkv serve` process over gRPC"
+        + ("; the peer is Hugging Face transformers' continuous batching, served statelessly."
+           if doc.get("peer") else "; no peer in this run.")
+        + ("" if doc["checks"].get("token_comparisons") or doc["checks"].get("kv_roundtrip")
+           else " The wrong-token checks were not run: `wrong_tokens` counts only the servers' "
+                "own checksum failures and is not judged."), "",
         "## Goals", "",
         "| metric | value | goal | met |", "| --- | --- | --- | --- |"]
     for k, v in m.items():

@@ -41,7 +41,7 @@ from agent_report import headline, plot, summarize  # noqa: E402
 from agent_server import ServerSpec  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
 from agent_workload import SOURCES, WorkloadConfig, build_workload  # noqa: E402
-from bench_common import git_commit  # noqa: E402
+from bench_common import git_commit, hardware_tag  # noqa: E402
 
 POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
 SMOKE = dict(model="shape:tiny-random", device="cpu", dtype="fp32", sessions=4, concurrency=2,
@@ -148,7 +148,7 @@ def hardware() -> tuple[str, str]:
     import torch
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        return name, "h200" if "H200" in name else name.lower().replace(" ", "")
+        return name, hardware_tag(name)
     return "cpu", "cpu"
 
 
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
         if not a.no_checks:
             fp32_phase(a, setup, doc, device, log, clock)
     doc["checks"]["wrong_tokens"] = wrong = wrong_tokens(doc)
-    doc["metrics"] = headline(doc["policies"], peer, wrong)
+    doc["metrics"] = headline(doc["policies"], peer, wrong, checked=not a.no_checks)
     skip = ("ttft_by_pause", "server_log_tail", "peer")
     servers = {**doc["policies"], **({"hf_cb": peer} if peer else {})}
     doc["rows"] = [{"server": k, **{x: y for x, y in v.items() if x not in skip}}

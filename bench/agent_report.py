@@ -87,8 +87,10 @@ def summarize(res: ReplayResult, expected_turns: int) -> dict:
     }
 
 
-def headline(policies: dict[str, dict], peer: dict | None, wrong_tokens: int) -> dict:
-    """The BENCH.md metrics with the goals the issue states."""
+def headline(policies: dict[str, dict], peer: dict | None, wrong_tokens: int,
+             checked: bool = True) -> dict:
+    """The BENCH.md metrics with the goals the issue states (wrong_tokens judged only when
+    the token and KV checks ran)."""
     m: dict = {}
     get = lambda p, k: (policies.get(p) or {}).get(k)            # noqa: E731
     for p, s in policies.items():
@@ -107,7 +109,7 @@ def headline(policies: dict[str, dict], peer: dict | None, wrong_tokens: int) ->
     others = [x for x in others if x is not None]
     if "agent" in policies and others:
         m["agent.jct_mean_s"]["goal"] = f"<= {min(others):.4g}"
-    m["wrong_tokens"] = {"value": wrong_tokens, "goal": "<= 0"}
+    m["wrong_tokens"] = {"value": wrong_tokens, "goal": "<= 0" if checked else None}
     return m
 
 

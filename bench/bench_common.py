@@ -19,3 +19,11 @@ def git_commit() -> str:
                               text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def hardware_tag(name: str) -> str:
+    """A short name for result files: 'h200', 'h100', else the device name squeezed."""
+    for tag in ("H200", "H100"):
+        if tag in name:
+            return tag.lower()
+    return name.lower().replace("nvidia ", "").replace(" ", "")

@@ -48,7 +48,7 @@ from kernels.kv_write import write_kv, write_kv_ref  # noqa: E402
 from kernels.rms_norm import rms_norm, rms_norm_ref  # noqa: E402
 from kernels.rotary import (apply_rotary, apply_rotary_ref, build_cos_sin_cache,  # noqa: E402
                             llama3_inv_freq)
-from bench_common import git_commit  # noqa: E402
+from bench_common import git_commit, hardware_tag  # noqa: E402
 
 
 SECTIONS = ("decode", "prefill", "block_copy", "small_ops")
@@ -626,7 +626,7 @@ def main() -> None:
     out_dir = Path(args.out_dir) if args.out_dir else (
         Path(tempfile.mkdtemp(prefix="kernels-bench-")) if args.smoke else ROOT / "bench/results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    hw = "h200" if "H200" in hardware else hardware.lower().replace("nvidia ", "").replace(" ", "")
+    hw = hardware_tag(hardware)
     page = "" if sizes.block_size == 16 else f"-bs{sizes.block_size}"
     path = out_dir / f"kernels-{hw}-{today.strftime('%Y%m%d')}{page}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
