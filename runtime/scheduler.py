@@ -135,11 +135,23 @@ class Scheduler:
     def _queue_pass(self, deferred: list[Request], admit: bool, out: SchedulerOutput) -> None:
         """The queue and the yielded prefills, merged in priority order, on the step's budget
         left. A yielded prefill that cannot grow waits for the next step with the blocks it
-        holds (nothing that outranks it is preempted for it). A step in which a turn that
-        jumped a prefill samples its first token carries nothing ranked after that prefill,
-        so the step (that turn's time to first token) stays short."""
+        holds (nothing that outranks it is preempted for it), unless the step would be empty:
+        then the last of them is preempted, as the running loop would, so that its blocks can
+        make room (nothing else runs to free any). A step in which a turn that jumped a
+        prefill samples its first token carries nothing ranked after that prefill, so the step
+        (that turn's time to first token) stays short."""
         cap = self.config.max_num_batched_tokens
         jumped = self._key(deferred[0]) if deferred else None
+        stuck: list[Request] = []
+        self._merged_pass(deferred, admit, out, cap, jumped, stuck)
+        if stuck and not out.scheduled:
+            victim = stuck[-1]
+            self._preempt(victim)
+            out.preempted.append(victim.request_id)
+
+    def _merged_pass(self, deferred: list[Request], admit: bool, out: SchedulerOutput,
+                     cap: int, jumped, stuck: list[Request]) -> None:
+        """_queue_pass's loop; yielded prefills that cannot grow go to `stuck`."""
         short = False
         for req in heapq.merge(deferred, list(self.waiting) if admit else [], key=self._key):
             budget = cap - out.num_tokens
@@ -151,6 +163,8 @@ class Scheduler:
                 n = min(req.num_tokens - req.num_computed_tokens, budget)
                 if self._grow(req, n):
                     out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
+                else:
+                    stuck.append(req)
                 continue
             if req in deferred or not admit:
                 continue                  # preempted above, as the last in priority

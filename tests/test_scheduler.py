@@ -172,3 +172,24 @@ def test_a_yielded_prefill_without_room_waits_with_its_blocks():
     assert out.preempted == [] and b.block_ids == [2, 3] and a.block_ids == [0, 1]
     assert a.status is RequestStatus.RUNNING and a.num_computed_tokens == 8
     pool.check_invariants()
+
+
+def test_a_stuck_yielded_prefill_is_preempted_when_the_step_would_be_empty():
+    """The queue's head cannot be admitted and the prefill it outranks cannot grow, and
+    nothing else runs: the prefill is preempted (its full blocks stay cached) so that the
+    step is not empty forever; the head is admitted in the next step."""
+    s, pool = make(num_blocks=8, budget=8, bs=4)
+    a = Request("a", list(range(100, 124)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 8 of 24 tokens in blocks 0, 1
+    held = pool.allocate(5)               # held elsewhere (a loader, a copy): 1 block free
+    j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()                    # j needs 2 blocks, a needs 2 more: neither fits
+    assert out.scheduled == [] and out.preempted == ["a"]
+    assert a.status is RequestStatus.WAITING and a.block_ids == [] and a.num_preemptions == 1
+    assert pool.num_cached_blocks == 2    # a's computed blocks, reusable when it comes back
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 8)]
+    pool.free(held)
+    pool.check_invariants()
