@@ -10,6 +10,8 @@ The wait is bounded: once a request has waited `max_wait_factor` times as long a
 its missing prefix would take, it loads the longest front part that fits now (leaving room for
 one step's chunk) and recomputes the rest, chunk by chunk, like any prompt (whose growth takes
 part in the scheduler's priority and preemption order, which a wait for room does not).
+A CPU load expected to take at most `inline_wait_s` is waited for in place: the scheduler looks
+again only at the next step, tens of ms later, for a copy of a few ms.
 The prefetched blocks, and the GPU prefix before them, are held for the request until its
 admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockPool, chain_hashes
@@ -78,6 +81,7 @@ class PrefixLoader:
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
         self.max_wait_factor = 1.0     # wait for whole-load room at most this x recompute time
         self.reserve_blocks = 0        # blocks a partial load leaves free (one step's chunk)
+        self.inline_wait_s = 0.015     # CPU loads expected this short are waited for in place
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
@@ -152,10 +156,25 @@ class PrefixLoader:
         self._checked.add(rid)
         order = [(loc.hash, "cpu" if loc.cpu_slot is not None else "disk") for loc in below]
         self._loads[rid] = load = _Load(handle, time.perf_counter(), order, nbytes)
-        if not handle.ready():
+        if not handle.ready() and not self._wait_briefly(handle, nbytes):
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
+
+    def _wait_briefly(self, handle, nbytes: dict[str, int]) -> bool:
+        """A CPU load expected to take at most `inline_wait_s` is waited for here: the next
+        look would come a whole engine step (tens of ms) later, so the turn would start a step
+        late for a copy of a few ms. Disk loads never block the step loop. True when done."""
+        expected = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9)
+        if nbytes["disk"] or expected > self.inline_wait_s:
+            return False
+        try:
+            handle.wait(timeout=4 * self.inline_wait_s + 0.01)
+        except (TimeoutError, FutureTimeout):
+            return False                  # not issued yet: look again next step
+        except Exception:                 # noqa: BLE001 - a failed batch: _finish counts
+            pass                          # its blocks as not loaded (recomputed)
+        return True
 
     def _load_front(self, rid: str, prefix: list[bytes], below: list, recompute_s: float):
         """After a bounded wait: load the longest front part of `below` that fits now, leaving

@@ -179,3 +179,32 @@ def test_a_bounded_wait_loads_the_front_that_fits_and_recomputes_the_rest(folder
     assert req.kv_source == {"gpu": 0, "cpu": 80, "recomputed": 70}   # 8 free - 3 kept: 5
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
+
+
+def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
+    """A CPU load expected to take a few ms is waited for where it starts, so the turn runs in
+    that step, not one step later; a load expected to take longer is left in flight."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 14)
+    loader = eng.scheduler.loader
+    loader.inline_wait_s = 10.0                   # any CPU load counts as short here
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    eng.step()
+    assert req.status.name == "RUNNING" and req.kv_source["cpu"] == 144
+    while eng.has_unfinished():
+        eng.step()
+    assert req.output_token_ids == alone.token_ids
+
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)
+    assert eng.tiers.evict(hashes, "gpu") == 9           # its KV is on the CPU only again
+    loader.inline_wait_s = 0.0                    # nothing is short: no waiting in place
+    waited = []
+    real = loader._wait_briefly
+    loader._wait_briefly = lambda *a: waited.append(real(*a)) or waited[-1]
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    while eng.has_unfinished():
+        eng.step()
+    assert not any(waited) and req.kv_source["cpu"] == 144   # never waited for in place
+    assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
