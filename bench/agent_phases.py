@@ -103,6 +103,9 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
             "preemptions": int(_delta(before, after, "agentkv:num_preemptions_total")),
             "prompt_tokens_computed": int(_delta(before, after,
                                                  "agentkv:prompt_tokens_computed_total")),
+            "queue_wait_mean_s": _mean_of(before, after, "agentkv:turn_queue_seconds"),
+            "ttft_server_mean_s": _mean_of(before, after,
+                                           "agentkv:time_to_first_token_seconds"),
             **mon.samples.summary(), "server_log_tail": srv.log_tail(12)}
     summary = summarize(res, sum(len(s.turns) for s in setup.workload.sessions))
     summary.update(info)
@@ -115,6 +118,12 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
 
 def _delta(before: dict, after: dict, name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def _mean_of(before: dict, after: dict, histogram: str) -> float | None:
+    """Mean of a histogram's observations between two scrapes (None when there were none)."""
+    n = _delta(before, after, histogram + "_count")
+    return round(_delta(before, after, histogram + "_sum") / n, 4) if n else None
 
 
 def check_sample(workload: Workload, sessions: int, turns: int, pause_s: float

@@ -336,9 +336,10 @@ class Engine:
 
     def _final(self, req: Request, new: list[int], lps: list[float] | None,
                error: str | None = None) -> RequestOutput:
+        queue_s = None if req.admitted_at is None else req.admitted_at - req.arrival
         return RequestOutput(req.request_id, new, lps, True, req.finish_reason,
                              req.num_prompt_tokens, req.num_cached_tokens,
-                             len(req.output_token_ids), error, dict(req.kv_source))
+                             len(req.output_token_ids), error, dict(req.kv_source), queue_s)
 
     # -- blocking batch API -----------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

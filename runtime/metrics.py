@@ -160,6 +160,10 @@ class Metrics:
         self.ttft = Histogram("agentkv:time_to_first_token_seconds",
                               "Time from a Generate call's arrival to its first token",
                               buckets=TTFT_BUCKETS, registry=r)
+        self.queue = Histogram("agentkv:turn_queue_seconds",
+                               "Time from a turn's arrival at the engine to its admission "
+                               "(waiting for a slot, for GPU room, for its prefix load)",
+                               buckets=TTFT_BUCKETS, registry=r)
         self.turns = Counter("agentkv:turns", "Turns finished, by finish reason",
                              ["finish_reason"], registry=r)
         self.prompt_by_source = Counter("agentkv:prompt_tokens_by_source",
@@ -183,10 +187,13 @@ class Metrics:
         self.registry.register(_ScrapeCollector(read_engine, read_sessions))
 
     def observe_turn(self, finish_reason: str, ttft_s: float | None,
-                     kv_source: dict[str, int], rewritten: bool) -> None:
+                     kv_source: dict[str, int], rewritten: bool,
+                     queue_s: float | None = None) -> None:
         self.turns.labels(finish_reason).inc()
         if ttft_s is not None:
             self.ttft.observe(ttft_s)
+        if queue_s is not None:
+            self.queue.observe(max(0.0, queue_s))
         for source in ("gpu", "cpu", "disk", "recomputed"):
             self.prompt_by_source.labels(source).inc(kv_source.get(source, 0))
         if rewritten:

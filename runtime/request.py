@@ -43,6 +43,7 @@ class Request:
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
     first_token_time: float | None = None
+    admitted_at: float | None = None         # monotonic time of its first admission
     stop_text: str = ""                      # output text so far (kept only for stop strings)
     kv_source: dict[str, int] = field(default_factory=dict)   # tokens per tier at admission
     loaded_from: dict[str, int] = field(default_factory=dict)  # prefix tokens loaded per tier
@@ -82,6 +83,7 @@ class RequestOutput:
     num_output_tokens: int = 0
     error: str | None = None
     kv_source: dict[str, int] | None = None
+    queue_s: float | None = None    # arrival to admission (a slot, room, its prefix load)
 
 
 @dataclass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockPool, chain_hashes
@@ -208,6 +209,8 @@ class Scheduler:
             self.loader.after_admit(req)   # only now: a failed admission keeps its loaded prefix
         self.waiting.remove(req)
         req.status = RequestStatus.RUNNING
+        if req.admitted_at is None:
+            req.admitted_at = time.monotonic()
         self.running.append(req)
         out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
         return True

@@ -193,7 +193,7 @@ class GenerateMixin:
         except Exception as exc:
             await self.abort_with(context, exc)
             return
-        self.metrics.observe_turn(finish, ttft, kv, prep.rewritten)
+        self.metrics.observe_turn(finish, ttft, kv, prep.rewritten, final.queue_s)
         yield self._result(FINISH_TO_PB[finish], prep, out_ids, text, ttft, kv, s, turn)
 
     def _result(self, finish, prep, out_ids, text, ttft, kv, session, turn=None):

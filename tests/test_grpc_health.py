@@ -65,6 +65,9 @@ def test_metrics_endpoint_reports_turns_ttft_kv_and_sessions(server):
     c.Pause(api.PauseRequest(session_id=s.session_id, tool_name="web_search"))
     m = scrape(server)
     assert m["agentkv:time_to_first_token_seconds_count"] >= 2
+    # admission waits: every turn observed, each no longer than its time to first token
+    assert m["agentkv:turn_queue_seconds_count"] == m["agentkv:time_to_first_token_seconds_count"]
+    assert 0 <= m["agentkv:turn_queue_seconds_sum"] <= m["agentkv:time_to_first_token_seconds_sum"]
     assert m['agentkv:kv_cache_capacity_blocks{tier="gpu"}'] == 256
     assert 0 <= m['agentkv:kv_cache_usage_perc{tier="gpu"}'] <= 1
     assert m["agentkv:prefix_cache_hits_total"] >= r.kv_source.gpu_tokens > 0
