@@ -252,3 +252,16 @@ def test_engine_checks_judge_counted_16_bit_places_on_the_fp32_reference():
     # an fp32 run has no reference: its places are wrong tokens whatever their gap
     assert engine_checks("shape:tiny-random", "fp32", "cpu", cmps, [], 0, 1024,
                          lines.append)["tie_reference"] is None
+
+
+def test_result_files_name_the_card_and_an_unchecked_run_is_not_judged():
+    from agent_report import headline
+    from bench_common import hardware_tag
+    assert hardware_tag("NVIDIA H200") == "h200"
+    assert hardware_tag("NVIDIA H100 80GB HBM3") == "h100"
+    assert hardware_tag("NVIDIA A100-SXM4-40GB") == "a100-sxm4-40gb"
+    pol = {"lru": {"resume_ttft_p50_s": 0.3, "resume_ttft_p99_s": 3.0, "jct_mean_s": 8.0},
+           "agent": {"resume_ttft_p50_s": 0.2, "resume_ttft_p99_s": 2.0, "jct_mean_s": 7.0}}
+    assert headline(pol, None, 0)["wrong_tokens"]["goal"] == "<= 0"
+    assert headline(pol, None, 0, checked=False)["wrong_tokens"]["goal"] is None
+    assert headline(pol, None, 0)["agent.resume_ttft_p50_s"]["goal"] == "<= 0.1"
