@@ -30,7 +30,8 @@ from kvstore.disk import DiskStore
 from kvstore.eviction import EvictionPolicy, LRUPolicy, pick_victims
 from kvstore.host_pool import HostPool
 from kvstore.spec import KVCacheSpec
-from kvstore.transfer import TransferEngine, TransferGroup, TransferHandle
+from kvstore.transfer import TransferEngine
+from kvstore.transfer_handle import TransferGroup, TransferHandle
 
 Tier = Literal["gpu", "cpu", "disk"]
 TIERS: tuple[str, ...] = ("gpu", "cpu", "disk")
