@@ -10,8 +10,9 @@ The wait is bounded: once a request has waited `max_wait_factor` times as long a
 its missing prefix would take, it loads the longest front part that fits now (leaving room for
 one step's chunk) and recomputes the rest, chunk by chunk, like any prompt (whose growth takes
 part in the scheduler's priority and preemption order, which a wait for room does not).
-A CPU load expected to take at most `inline_wait_s` is waited for in place: the scheduler looks
-again only at the next step, tens of ms later, for a copy of a few ms.
+A CPU load expected to be short is waited for in place, since the scheduler looks again only at
+the next step: up to `inline_wait_long_s` when the step being built carries prefill work (the
+next look is a whole long step away), up to `inline_wait_s` when it does not (a decode step).
 The prefetched blocks, and the GPU prefix before them, are held for the request until its
 admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
 """
@@ -81,7 +82,9 @@ class PrefixLoader:
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
         self.max_wait_factor = 1.0     # wait for whole-load room at most this x recompute time
         self.reserve_blocks = 0        # blocks a partial load leaves free (one step's chunk)
-        self.inline_wait_s = 0.015     # CPU loads expected this short are waited for in place
+        self.inline_wait_s = 0.005     # CPU loads this short are waited for in place ...
+        self.inline_wait_long_s = 0.04  # ... or this short when the step carries prefill work
+        self.step_is_long = False      # set by the scheduler for the step it is building
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
@@ -162,14 +165,16 @@ class PrefixLoader:
         return LoadState.READY
 
     def _wait_briefly(self, handle, nbytes: dict[str, int]) -> bool:
-        """A CPU load expected to take at most `inline_wait_s` is waited for here: the next
-        look would come a whole engine step (tens of ms) later, so the turn would start a step
-        late for a copy of a few ms. Disk loads never block the step loop. True when done."""
+        """A CPU load expected to take at most the step's inline limit is waited for here: the
+        next look comes one engine step later, so the turn would start a step late for a copy
+        of a few ms (a long step when it carries prefill work). Disk loads never block the
+        step loop. True when done."""
+        limit = self.inline_wait_long_s if self.step_is_long else self.inline_wait_s
         expected = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9)
-        if nbytes["disk"] or expected > self.inline_wait_s:
+        if nbytes["disk"] or expected > limit:
             return False
         try:
-            handle.wait(timeout=4 * self.inline_wait_s + 0.01)
+            handle.wait(timeout=4 * limit + 0.01)
         except (TimeoutError, FutureTimeout):
             return False                  # not issued yet: look again next step
         except Exception:                 # noqa: BLE001 - a failed batch: _finish counts

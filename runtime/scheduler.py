@@ -172,6 +172,9 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 admit = False
                 continue
+            if self.loader is not None:   # a long step makes a short load worth waiting for
+                self.loader.step_is_long = bool(deferred) or any(
+                    s.num_new_tokens > 1 for s in out.scheduled)
             state = LoadState.READY if self.loader is None else self.loader.ready(req)
             if state is LoadState.LOADING:
                 continue                  # its prefix is still being loaded: let others go first

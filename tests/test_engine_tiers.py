@@ -58,11 +58,12 @@ def test_tokens_identical_computed_gpu_cpu_disk(folder, tmp_path):
     eng.tiers.close()
 
 
-def small_engine_with_a_prompt_on_cpu(folder, seed):
+def small_engine_with_a_prompt_on_cpu(folder, seed, **config):
     """24 GPU blocks; a 150-token prompt (9 full blocks) run once, its KV on the CPU only.
     Returns the engine, its generator, the prompt and the prompt's output."""
     eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
-                              num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01))
+                              num_gpu_blocks=24, kernel_backend="torch", cpu_cache_gb=0.01,
+                              **config))
     g = torch.Generator().manual_seed(seed)
     prompt = torch.randint(3, 512, (150,), generator=g).tolist()
     hashes = chain_hashes(prompt, 16, eng.fingerprint)
@@ -187,6 +188,7 @@ def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 14)
     loader = eng.scheduler.loader
     loader.inline_wait_s = 10.0                   # any CPU load counts as short here
+    loader.inline_wait_long_s = 0.0               # (this step carries no other prefill)
     rid = eng.add_request(prompt, PARAMS)
     req = eng.requests[rid]
     eng.step()
@@ -198,6 +200,7 @@ def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     hashes = chain_hashes(prompt, 16, eng.fingerprint)
     assert eng.tiers.evict(hashes, "gpu") == 9           # its KV is on the CPU only again
     loader.inline_wait_s = 0.0                    # nothing is short: no waiting in place
+    loader.inline_wait_long_s = 0.0
     waited = []
     real = loader._wait_briefly
     loader._wait_briefly = lambda *a: waited.append(real(*a)) or waited[-1]
@@ -206,5 +209,25 @@ def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     while eng.has_unfinished():
         eng.step()
     assert not any(waited) and req.kv_source["cpu"] == 144   # never waited for in place
+    assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
+
+
+def test_a_step_carrying_prefill_waits_longer_for_a_cpu_load(folder):
+    """The step being built carries a prefill chunk (one the loading turn outranks): the next
+    look would be a long step away, so the longer inline limit applies."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 15,
+                                                              max_num_batched_tokens=32)
+    loader = eng.scheduler.loader
+    loader.inline_wait_s, loader.inline_wait_long_s = 0.0, 10.0
+    big = torch.randint(3, 512, (120,), generator=g).tolist()
+    eng.add_request(big, SamplingParams(max_tokens=2, ignore_eos=True), priority=10.0)
+    eng.step()                                    # big's first 32-token chunk
+    rid = eng.add_request(prompt, PARAMS, priority=0.0)
+    req = eng.requests[rid]
+    eng.step()                                    # big yields; the load is waited for in place
+    assert req.status.name == "RUNNING" and req.kv_source["cpu"] == 144
+    while eng.has_unfinished():
+        eng.step()
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
