@@ -270,6 +270,8 @@ class Simulator(EvictionMixin):
         if p is Placement.KEEP_GPU:
             kv.pinned_until = now + plan.ttl_s
             kv.touch()
+            if plan.insure_cpu:           # a CPU copy behind the keep, as the runtime writes
+                self._copy_down(kv, "cpu", now)
         elif p is Placement.WRITE_CPU or p is Placement.OFFLOAD_CPU:
             kv.pinned_until = now + plan.ttl_s
             done = self._copy_down(kv, "disk" if plan.writes_disk else "cpu", now)
