@@ -100,10 +100,10 @@ class Engine:
         self._inflight: InflightStep | None = None
         self.tiers, self.rates = build_tiers(self)
         if self.tiers is not None:
-            self.scheduler.loader = PrefixLoader(self.tiers, self.pool, config.block_size,
-                                                 self.fingerprint, self.rates)
-            self.scheduler.loader.reserve_blocks = min(  # one step's chunk, on a small pool less
-                -(-config.max_num_batched_tokens // config.block_size), self.pool.num_blocks // 8)
+            chunk = -(-config.max_num_batched_tokens // config.block_size)
+            self.scheduler.loader = PrefixLoader(  # a partial load leaves a chunk's blocks free
+                self.tiers, self.pool, config.block_size, self.fingerprint, self.rates,
+                reserve_blocks=min(chunk, self.pool.num_blocks // 8))
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         log.info("engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, %s kernels",

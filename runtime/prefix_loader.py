@@ -78,20 +78,21 @@ class _Wait:
 
 class PrefixLoader:
     def __init__(self, tiers: TieredKVStore, pool: BlockPool, block_size: int,
-                 fingerprint: bytes, rates: Rates):
+                 fingerprint: bytes, rates: Rates, reserve_blocks: int = 0):
         self.tiers, self.pool, self.bs, self.fp, self.rates = tiers, pool, block_size, fingerprint, rates
         self.max_wait_factor = 1.0     # wait for whole-load room at most this x recompute time
-        self.reserve_blocks = 0        # blocks a partial load leaves free (one step's chunk)
+        self.reserve_blocks = reserve_blocks   # blocks a partial load leaves free
         self.inline_wait_s = 0.005     # CPU loads this short are waited for in place ...
         self.inline_wait_long_s = 0.04  # ... or this short when the step carries prefill work
-        self.step_is_long = False      # set by the scheduler for the step it is building
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
-    def ready(self, req: Request) -> LoadState:
+    def ready(self, req: Request, long_step: bool = False) -> LoadState:
         """Whether `req` can be admitted now, starting a load of its prefix when that pays.
+        `long_step`: the step being built carries prefill work (a short load is then worth
+        waiting for in place; see `_wait_briefly`).
 
         A finished load stays held for the request until it is admitted (`after_admit`), also
         across steps where admission then finds no room for the rest of its prompt."""
@@ -116,17 +117,13 @@ class PrefixLoader:
         below = self.tiers.lookup(hashes[g:])
         if not below:
             return self._settled(rid)
-        tokens = {"cpu": 0, "disk": 0}
-        for loc in below:
-            tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
-        bpt = self.tiers.spec.bytes_per_token
-        nbytes = {t: n * bpt for t, n in tokens.items()}
+        nbytes = self._bytes_by_tier(below)
         load_s = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9) + \
             nbytes["disk"] / (self.rates.disk_read_GBps * 1e9)
-        recompute_s = sum(tokens.values()) / self.rates.prefill_tok_s
+        recompute_s = len(below) * self.bs / self.rates.prefill_tok_s
         if load_s >= recompute_s:
             log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
-                      sum(tokens.values()), recompute_s, load_s)
+                      len(below) * self.bs, recompute_s, load_s)
             return self._settled(rid)
         # The GPU prefix is held with the loaded blocks, so making room cannot evict it; a load
         # that does not fit whole would leave a gap the prefix match stops at: wait for room.
@@ -137,10 +134,7 @@ class PrefixLoader:
             handle, below = self._load_front(rid, hashes[:g], below, recompute_s)
             if handle is None:
                 return self._settled(rid)      # nothing fits: recompute it all, chunk by chunk
-            tokens = {"cpu": 0, "disk": 0}
-            for loc in below:
-                tokens["cpu" if loc.cpu_slot is not None else "disk"] += self.bs
-            nbytes = {t: n * bpt for t, n in tokens.items()}
+            nbytes = self._bytes_by_tier(below)
         if handle is None:
             if wait is None:
                 # Hold the GPU prefix while waiting: others' work would evict it otherwise,
@@ -159,17 +153,24 @@ class PrefixLoader:
         self._checked.add(rid)
         order = [(loc.hash, "cpu" if loc.cpu_slot is not None else "disk") for loc in below]
         self._loads[rid] = load = _Load(handle, time.perf_counter(), order, nbytes)
-        if not handle.ready() and not self._wait_briefly(handle, nbytes):
+        if not handle.ready() and not self._wait_briefly(handle, nbytes, long_step):
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
 
-    def _wait_briefly(self, handle, nbytes: dict[str, int]) -> bool:
+    def _bytes_by_tier(self, below: list) -> dict[str, int]:
+        """Bytes of the blocks `below` (tier locations) that a load reads from CPU and disk."""
+        nbytes = {"cpu": 0, "disk": 0}
+        for loc in below:
+            nbytes["cpu" if loc.cpu_slot is not None else "disk"] += self.tiers.spec.block_bytes
+        return nbytes
+
+    def _wait_briefly(self, handle, nbytes: dict[str, int], long_step: bool) -> bool:
         """A CPU load expected to take at most the step's inline limit is waited for here: the
         next look comes one engine step later, so the turn would start a step late for a copy
         of a few ms (a long step when it carries prefill work). Disk loads never block the
         step loop. True when done."""
-        limit = self.inline_wait_long_s if self.step_is_long else self.inline_wait_s
+        limit = self.inline_wait_long_s if long_step else self.inline_wait_s
         expected = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9)
         if nbytes["disk"] or expected > limit:
             return False

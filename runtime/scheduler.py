@@ -141,18 +141,18 @@ class Scheduler:
         make room (nothing else runs to free any). A step in which a turn that jumped a
         prefill samples its first token carries nothing ranked after that prefill, so the step
         (that turn's time to first token) stays short."""
-        cap = self.config.max_num_batched_tokens
-        jumped = self._key(deferred[0]) if deferred else None
-        stuck: list[Request] = []
-        self._merged_pass(deferred, admit, out, cap, jumped, stuck)
+        stuck = self._merged_pass(deferred, admit, out)
         if stuck and not out.scheduled:
             victim = stuck[-1]
             self._preempt(victim)
             out.preempted.append(victim.request_id)
 
-    def _merged_pass(self, deferred: list[Request], admit: bool, out: SchedulerOutput,
-                     cap: int, jumped, stuck: list[Request]) -> None:
-        """_queue_pass's loop; yielded prefills that cannot grow go to `stuck`."""
+    def _merged_pass(self, deferred: list[Request], admit: bool,
+                     out: SchedulerOutput) -> list[Request]:
+        """_queue_pass's loop; returns the yielded prefills that could not grow."""
+        cap = self.config.max_num_batched_tokens
+        jumped = self._key(deferred[0]) if deferred else None
+        stuck: list[Request] = []
         short = False
         for req in heapq.merge(deferred, list(self.waiting) if admit else [], key=self._key):
             budget = cap - out.num_tokens
@@ -172,10 +172,11 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 admit = False
                 continue
-            if self.loader is not None:   # a long step makes a short load worth waiting for
-                self.loader.step_is_long = bool(deferred) or any(
-                    s.num_new_tokens > 1 for s in out.scheduled)
-            state = LoadState.READY if self.loader is None else self.loader.ready(req)
+            if self.loader is None:
+                state = LoadState.READY
+            else:                         # a long step makes a short load worth waiting for
+                long_step = bool(deferred) or any(s.num_new_tokens > 1 for s in out.scheduled)
+                state = self.loader.ready(req, long_step)
             if state is LoadState.LOADING:
                 continue                  # its prefix is still being loaded: let others go first
             if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
@@ -185,6 +186,7 @@ class Scheduler:
                 continue
             if jumped is not None and self._key(req) < jumped and out.scheduled[-1].samples:
                 short = True
+        return stuck
 
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         bs = self.config.block_size
