@@ -74,6 +74,7 @@ class _Wait:
     since: float
     held: list[int]          # the request's GPU prefix, held so that the wait cannot evict it
     hashes: list[bytes]      # its prompt's block hashes (the prompt does not change meanwhile)
+    blocks: int = 0          # GPU blocks the load it waits for needs
 
 
 class PrefixLoader:
@@ -145,6 +146,7 @@ class PrefixLoader:
                 log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d, "
                          "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
                          self.pool.num_blocks, g)
+            self._waiting[rid].blocks = len(below)
             return LoadState.NO_ROOM
         since = self._unwait(rid)          # the load holds the GPU prefix now
         if since is not None:
@@ -157,6 +159,11 @@ class PrefixLoader:
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
+
+    def room_wanted(self, req: Request) -> int:
+        """GPU blocks the load that `req` waits for (`NO_ROOM`) needs; 0 when it waits for none."""
+        w = self._waiting.get(req.request_id)
+        return w.blocks if w is not None else 0
 
     def _bytes_by_tier(self, below: list) -> dict[str, int]:
         """Bytes of the blocks `below` (tier locations) that a load reads from CPU and disk."""

@@ -11,7 +11,9 @@ Priority order is the request's `priority` (the policy's admission key) or else 
 waiting request that outranks a running one still in prefill goes first: the running prefill
 yields its chunk for the step and runs on the budget the admissions leave. With arrival order
 (FCFS) nothing waiting outranks what runs, so only a policy's boost (a resumed session's turn
-under `agent`) makes a turn jump a long prefill that is under way.
+under `agent`) makes a turn jump a long prefill that is under way. A waiting request short of
+blocks takes them from running requests ranked after it (`_take_room`), the same priority
+order in which a running request's growth preempts.
 """
 from __future__ import annotations
 
@@ -172,14 +174,16 @@ class Scheduler:
             if len(self.running) >= self.config.max_num_seqs:
                 admit = False
                 continue
-            if self.loader is None:
-                state = LoadState.READY
-            else:                         # a long step makes a short load worth waiting for
-                long_step = bool(deferred) or any(s.num_new_tokens > 1 for s in out.scheduled)
-                state = self.loader.ready(req, long_step)
+            state = self._load_state(req, deferred, out)
             if state is LoadState.LOADING:
                 continue                  # its prefix is still being loaded: let others go first
-            if state is LoadState.NO_ROOM or not self._admit(req, budget, out):
+            ok = state is LoadState.READY and self._admit(req, budget, out)
+            if not ok and self._take_room(req, self._room_wanted(req, state, budget), out):
+                state = self._load_state(req, deferred, out)     # room was made: try again
+                if state is LoadState.LOADING:
+                    continue
+                ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
+            if not ok:
                 if self.loader is not None and not self.running:
                     self.loader.release_others(req)   # nothing else will free blocks
                 admit = False             # the queue waits behind it; yielded prefills go on
@@ -187,6 +191,50 @@ class Scheduler:
             if jumped is not None and self._key(req) < jumped and out.scheduled[-1].samples:
                 short = True
         return stuck
+
+    def _load_state(self, req: Request, deferred: list[Request], out: SchedulerOutput
+                    ) -> LoadState:
+        """Whether `req`'s prefix is ready on the GPU (the loader may start or finish a load)."""
+        if self.loader is None:
+            return LoadState.READY
+        # A long step makes a short load worth waiting for in place.
+        long_step = bool(deferred) or any(s.num_new_tokens > 1 for s in out.scheduled)
+        return self.loader.ready(req, long_step)
+
+    def _room_wanted(self, req: Request, state: LoadState, budget: int) -> int:
+        """GPU blocks `req` needs to go on: its prefix load's, and its first chunk's."""
+        chunk = -(-min(req.num_tokens, budget) // self.config.block_size)
+        if state is LoadState.NO_ROOM and self.loader is not None:
+            return self.loader.room_wanted(req) + chunk
+        return chunk
+
+    def _take_room(self, req: Request, need: int, out: SchedulerOutput) -> bool:
+        """`req` cannot get the `need` blocks it waits for: paused sessions' pins yield first
+        (`ensure_free`), then running requests ranked after it are preempted, last first,
+        until what they alone hold covers the rest (their full blocks stay cached). Nothing is
+        preempted when even all of them would not cover it. True when there is room now.
+
+        Under arrival order this seldom acts: a request that cannot be admitted stops the
+        queue, so nothing ranked after it is admitted meanwhile. Under `agent` a resumed turn
+        takes the room of first turns and of turns that ranked after it, instead of waiting
+        for them to finish."""
+        if self.pool.ensure_free(need):
+            return True
+        key = self._key(req)
+        victims = sorted((r for r in self.running if self._key(r) > key), key=self._key,
+                         reverse=True)
+        own = [sum(1 for b in v.block_ids if self.pool.ref_count(b) == 1) for v in victims]
+        short = need - self.pool.num_free_blocks
+        if sum(own) < short:
+            return False
+        for v, n in zip(victims, own):
+            if short <= 0:
+                break
+            out.scheduled = [x for x in out.scheduled if x.request is not v]
+            self._preempt(v)
+            out.preempted.append(v.request_id)
+            short -= n
+        return True
 
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         bs = self.config.block_size

@@ -182,6 +182,36 @@ def test_a_bounded_wait_loads_the_front_that_fits_and_recomputes_the_rest(folder
     eng.tiers.close()
 
 
+def test_a_resumed_turn_takes_the_room_of_a_request_it_outranks(folder):
+    """A prompt whose prefix sits on the CPU outranks the running request (a resumed turn
+    under agent's boost) but finds no room to load it: the running request is preempted for it
+    instead of the prompt waiting for it to finish, the whole prefix is loaded, and both
+    produce the tokens they produce alone."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 11)
+    big = torch.randint(3, 512, (250,), generator=g).tolist()
+    big_alone = eng.generate([big], SamplingParams(max_tokens=40, ignore_eos=True))[0]
+    eng.pool.reset_prefix_cache()
+    rid_big = eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True), priority=5.0)
+    big_req = eng.requests[rid_big]
+    eng.step()                            # big: 16 blocks of 24, 8 free; prompt wants 9 + 1
+    rid = eng.add_request(prompt, PARAMS, priority=1.0)
+    req = eng.requests[rid]
+    steps = 0
+    while req.status.name == "WAITING":
+        eng.step()
+        steps += 1
+        eng.pool.check_invariants()
+    assert steps <= 2                     # not behind big's 40 decode steps
+    assert big_req.num_preemptions == 1
+    while eng.has_unfinished():
+        eng.step()
+    assert req.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}
+    assert req.output_token_ids == alone.token_ids
+    assert big_req.output_token_ids == big_alone.token_ids
+    eng.pool.check_invariants()
+    eng.tiers.close()
+
+
 def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     """A CPU load expected to take a few ms is waited for where it starts, so the turn runs in
     that step, not one step later; a load expected to take longer is left in flight."""

@@ -174,22 +174,62 @@ def test_a_yielded_prefill_without_room_waits_with_its_blocks():
     pool.check_invariants()
 
 
-def test_a_stuck_yielded_prefill_is_preempted_when_the_step_would_be_empty():
-    """The queue's head cannot be admitted and the prefill it outranks cannot grow, and
-    nothing else runs: the prefill is preempted (its full blocks stay cached) so that the
-    step is not empty forever; the head is admitted in the next step."""
+def test_an_outranking_turn_takes_the_room_of_a_prefill_it_outranks():
+    """The queue's head cannot be admitted and the prefill it outranks holds the blocks it
+    needs: the prefill is preempted (its full blocks stay cached until the head takes them) and
+    the head runs in the same step."""
     s, pool = make(num_blocks=8, budget=8, bs=4)
     a = Request("a", list(range(100, 124)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
     s.add(a)
     run_step(s, s.schedule())             # a: 8 of 24 tokens in blocks 0, 1
-    held = pool.allocate(5)               # held elsewhere (a loader, a copy): 1 block free
+    held = pool.allocate(5)               # held elsewhere (a loader, a copy): block 7 free
     j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
     s.add(j)
-    out = s.schedule()                    # j needs 2 blocks, a needs 2 more: neither fits
-    assert out.scheduled == [] and out.preempted == ["a"]
+    out = s.schedule()                    # j needs 2 blocks: 7, and a's last one
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 8)]
+    assert out.preempted == ["a"] and j.block_ids == [7, 1]
     assert a.status is RequestStatus.WAITING and a.block_ids == [] and a.num_preemptions == 1
-    assert pool.num_cached_blocks == 2    # a's computed blocks, reusable when it comes back
+    assert pool.num_cached_blocks == 1 and pool.block_hash(0) is not None  # a's first block
+    pool.free(held)
+    pool.check_invariants()
+
+
+def test_nothing_is_preempted_for_a_turn_it_would_not_make_room_for():
+    """A running request ranked after the head holds too little of its own (a copy in flight
+    holds one of its blocks) to make room: it is not preempted for the head. Only because the
+    step would be empty is it preempted (its blocks freed as they can be); the head runs once
+    the copy lets go."""
+    s, pool = make(num_blocks=8, budget=8, bs=4)
+    a = Request("a", list(range(100, 124)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 8 of 24 tokens in blocks 0, 1
+    held = pool.allocate(6)               # nothing free
+    pool.incref([0])                      # a copy of a's first block is in flight
+    j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()                    # j needs 2 blocks, a alone holds 1: no taking room
+    assert out.scheduled == [] and out.preempted == ["a"]
+    assert a.status is RequestStatus.WAITING and a.num_preemptions == 1
+    assert pool.num_cached_blocks == 1 and pool.ref_count(0) == 1
+    pool.free([0])                        # the copy is done
     out = s.schedule()
     assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 8)]
+    assert j.block_ids == [1, 0]
+    pool.free(held)
+    pool.check_invariants()
+
+
+def test_arrival_order_preempts_nobody_for_a_later_arrival():
+    """FCFS: the head of the queue arrived after the running request, which keeps its room."""
+    s, pool = make(num_blocks=4, budget=8, bs=4)
+    a = req("a", 12)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 8 of 12 in blocks 0, 1
+    held = pool.allocate(1)
+    b = Request("b", list(range(300, 312)), SamplingParams(max_tokens=4), 1.0)
+    s.add(b)
+    out = s.schedule()                    # a's last 4 tokens; b (3 blocks) does not fit
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 4)]
+    assert out.preempted == [] and b.status is RequestStatus.WAITING
     pool.free(held)
     pool.check_invariants()
