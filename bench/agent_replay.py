@@ -67,7 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="the servers' token budget per engine step")
-    p.add_argument("--cpu-cache-gb", type=float, default=12.0)
+    p.add_argument("--cpu-cache-gb", type=float, default=32.0,
+                   help="each server's pinned CPU KV tier (the GPU is the tier held below "
+                   "the working set; the host has 128 GiB)")
     p.add_argument("--disk-cache-gb", type=float, default=24.0)
     g = p.add_argument_group("workload")
     g.add_argument("--workload", choices=SOURCES, default="generated")
