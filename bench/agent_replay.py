@@ -102,6 +102,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--peer-page-size", type=int, default=256)
     p.add_argument("--server-logs", default=None, help="copy every server's log to this folder")
     p.add_argument("--server-log-level", default="WARNING")
+    p.add_argument("--server-stats-interval-s", type=float, default=1.0,
+                   help="each server's progress line (logged at INFO) this often")
     p.add_argument("--deadline-s", type=float, default=60.0, help="per replay")
     p.add_argument("--time-budget-s", type=float, default=100_000.0,
                    help="the whole run: replay deadlines are shortened and the fp32 check and "
@@ -178,7 +180,8 @@ def main(argv=None) -> int:
                       block_size=bs, max_num_batched_tokens=a.max_num_batched_tokens,
                       cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
                       pause_prior_scale=1.0 / a.time_compression,
-                      log_level=a.server_log_level)
+                      log_level=a.server_log_level,
+                      stats_log_interval_s=a.server_stats_interval_s)
     budget = {"gpu_kv_blocks": blocks, "block_size": bs, "gpu_kv_tokens": blocks * bs,
               "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
               "max_num_batched_tokens": a.max_num_batched_tokens,

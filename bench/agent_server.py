@@ -36,6 +36,7 @@ class ServerSpec:
     max_concurrent_turns: int = 256
     pause_prior_scale: float = 1.0       # 1 / the replay's time compression
     log_level: str = "WARNING"
+    stats_log_interval_s: float = 10.0     # the engine's progress line (at INFO)
 
     def args(self, data_dir: Path) -> list[str]:
         return ["--log-level", self.log_level, "serve", "--model", self.model,
@@ -49,7 +50,7 @@ class ServerSpec:
                 "--max-concurrent-turns", str(self.max_concurrent_turns),
                 "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
-                "--grace-s", "1"]
+                "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)]
 
 
 class AgentServer:

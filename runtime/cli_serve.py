@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunk size)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")
+    p.add_argument("--stats-log-interval-s", type=float, default=10.0,
+                   help="log a line on the engine's progress this often while it works (at "
+                        "INFO; 0: never)")
     p.add_argument("--disk-cache-path", default=None,
                    help="LMDB folder of the disk KV tier (default: the data directory)")
     p.add_argument("--disk-cache-gb", type=float, default=0.0, help="disk KV tier size (0: off)")
@@ -73,6 +76,7 @@ def config_from_args(args):
                           num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           cpu_cache_gb=args.cpu_cache_gb,
+                          stats_log_interval_s=args.stats_log_interval_s,
                           disk_cache_path=args.disk_cache_path, disk_cache_gb=args.disk_cache_gb)
     limits = Limits(max_sessions_per_tenant=args.max_sessions_per_tenant,
                     max_concurrent_turns=args.max_concurrent_turns,

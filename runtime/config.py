@@ -23,6 +23,7 @@ class EngineConfig:
     cuda_graphs: bool | None = None       # decode steps replayed from CUDA graphs
     cuda_graph_batch_sizes: tuple[int, ...] | None = None   # capture buckets; None = default
     async_scheduling: bool | None = None  # launch step N+1 before step N's tokens are read
+    stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0
     disk_cache_path: str | None = None
@@ -35,6 +36,8 @@ class EngineConfig:
             raise ValueError("max_num_batched_tokens must be positive")
         if self.max_num_seqs <= 0:
             raise ValueError("max_num_seqs must be positive")
+        if self.stats_log_interval_s < 0:
+            raise ValueError("stats_log_interval_s must be >= 0 (0 turns the progress line off)")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:

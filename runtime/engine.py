@@ -28,6 +28,7 @@ from runtime.tier_setup import build_tiers
 from runtime.request import FinishReason, Output, Request, RequestOutput
 from runtime.sampler import copy_to_host, sample_on_device
 from runtime.scheduler import Scheduler, SchedulerConfig
+from runtime.step_log import StepLog
 from runtime.step_inputs import PLACEHOLDER
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class Engine:
                 reserve_blocks=min(chunk, self.pool.num_blocks // 8))
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
+        self.step_log = StepLog(config.stats_log_interval_s)
         log.info("engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, %s kernels",
                  num_blocks, config.block_size, num_blocks * self.kv_spec.block_bytes / 2**20,
                  self.max_model_len, config.kernel_backend)
@@ -198,9 +200,11 @@ class Engine:
     def step(self) -> list[RequestOutput]:
         """Schedule and launch one step, then report the tokens of the step before it (async
         scheduling: the GPU runs the new step meanwhile) or of this one (otherwise)."""
+        t0 = time.perf_counter()
         if self.tiers is not None:
             self.tiers.poll()
         sched = self.scheduler.schedule()
+        self.step_log.scheduled(time.perf_counter() - t0)
         self.stats.preemptions += len(sched.preempted)
         launched, failure = None, None
         if not sched.is_empty:
@@ -223,7 +227,17 @@ class Engine:
                 # rather than behind one already queued on the GPU. Decode-only steps, and every
                 # step of a batch whose requests are all in (nothing can arrive), stay overlapped.
                 outs += self._complete_inflight()
+        if launched is not None:       # host time of the whole call, the waits for tokens too
+            self.step_log.record(launched.prefill_tokens,
+                                 sched.num_tokens - launched.prefill_tokens, t0)
+        self._log_progress()
         return outs
+
+    def _log_progress(self) -> None:
+        sc = self.scheduler
+        self.step_log.maybe_log(len(sc.running), len(sc.waiting), sc.preempted_growth,
+                                sc.preempted_room, self.pool.num_free_blocks,
+                                self.pool.num_blocks)
 
     def _launch(self, sched) -> InflightStep:
         prev = self._inflight

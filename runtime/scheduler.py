@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 import time
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockPool, chain_hashes
 from runtime.prefix_loader import LoadState
 from runtime.request import FinishReason, Request, RequestStatus
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,8 @@ class Scheduler:
         self._order = itertools.count()
         self._seq: dict[str, int] = {}
         self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
+        self.preempted_growth = 0    # running requests preempted for a higher one's growth
+        self.preempted_room = 0      # ... to make room for a waiting one ranked before them
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -124,6 +129,7 @@ class Scheduler:
             while not self._grow(req, n):
                 victim = self.running[-1]
                 self._preempt(victim)
+                self.preempted_growth += 1
                 out.preempted.append(victim.request_id)
                 if victim is req:
                     break
@@ -147,6 +153,7 @@ class Scheduler:
         if stuck and not out.scheduled:
             victim = stuck[-1]
             self._preempt(victim)
+            self.preempted_growth += 1
             out.preempted.append(victim.request_id)
 
     def _merged_pass(self, deferred: list[Request], admit: bool,
@@ -232,7 +239,10 @@ class Scheduler:
                 break
             out.scheduled = [x for x in out.scheduled if x.request is not v]
             self._preempt(v)
+            self.preempted_room += 1
             out.preempted.append(v.request_id)
+            log.debug("request %s takes the room of %s (%d blocks of its own)", req.request_id,
+                      v.request_id, n)
             short -= n
         return True
 

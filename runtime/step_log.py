@@ -1,0 +1,79 @@
+"""A periodic line on the engine's progress: what the steps did since the last line.
+
+One INFO line every `EngineConfig.stats_log_interval_s` while the engine works (nothing when
+idle): steps, prompt tokens computed and tokens generated per second, the longest step (from
+scheduling to launch) and the longest host-side scheduling pass, running and waiting
+requests, preemptions (by growth, or to make room for a request that outranks the victims),
+free GPU blocks. A stalled loop or a preemption storm shows up here before it shows up as
+slow turns.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+log = logging.getLogger("runtime.engine")
+
+
+@dataclass
+class StepWindow:
+    """What the steps of one interval did (host wall times, not GPU times)."""
+    started: float = field(default_factory=time.perf_counter)
+    steps: int = 0
+    prompt_tokens: int = 0
+    decode_tokens: int = 0
+    schedule_max_s: float = 0.0
+    step_max_s: float = 0.0
+    gap_max_s: float = 0.0       # longest time between two steps (hooks, commands, idle)
+
+    def add(self, prompt_tokens: int, decode_tokens: int, schedule_s: float,
+            step_s: float, gap_s: float) -> None:
+        self.steps += 1
+        self.gap_max_s = max(self.gap_max_s, gap_s)
+        self.prompt_tokens += prompt_tokens
+        self.decode_tokens += decode_tokens
+        self.schedule_max_s = max(self.schedule_max_s, schedule_s)
+        self.step_max_s = max(self.step_max_s, step_s)
+
+
+class StepLog:
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self.window = StepWindow()
+        self._preempted = (0, 0)
+        self._last_end: float | None = None
+        self._schedule_s = 0.0
+
+    def record(self, prompt_tokens: int, decode_tokens: int, started: float) -> None:
+        """A step that ran from `started` (perf_counter) until now."""
+        now = time.perf_counter()
+        gap = started - self._last_end if self._last_end is not None else 0.0
+        self._last_end = now
+        if self.interval_s > 0:
+            self.window.add(prompt_tokens, decode_tokens, self._schedule_s, now - started, gap)
+
+    def scheduled(self, seconds: float) -> None:
+        """The host time of this step's scheduling pass (loads started and waited for)."""
+        self._schedule_s = seconds
+
+    def maybe_log(self, running: int, waiting: int, preempted_growth: int,
+                  preempted_room: int, free_blocks: int, num_blocks: int) -> bool:
+        """Log the interval's line when it is over and had steps; True when one was logged."""
+        w = self.window
+        now = time.perf_counter()
+        if self.interval_s <= 0 or now - w.started < self.interval_s:
+            return False
+        growth, room = preempted_growth - self._preempted[0], preempted_room - self._preempted[1]
+        self._preempted = (preempted_growth, preempted_room)
+        self.window = StepWindow(now)
+        if not w.steps:
+            return False
+        dt = now - w.started
+        log.info("steps: %d in %.1f s, prompt %.0f tok/s, generated %.0f tok/s, longest step "
+                 "%.0f ms (scheduling %.0f ms), longest gap between steps %.0f ms; %d running, "
+                 "%d waiting; preempted %d (growth) + %d (room for a higher-ranked turn); %d of "
+                 "%d GPU blocks free", w.steps, dt, w.prompt_tokens / dt, w.decode_tokens / dt,
+                 w.step_max_s * 1e3, w.schedule_max_s * 1e3, w.gap_max_s * 1e3, running,
+                 waiting, growth, room, free_blocks, num_blocks)
+        return True

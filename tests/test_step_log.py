@@ -1,0 +1,38 @@
+"""The engine's periodic progress line."""
+import logging
+import time
+
+from runtime.step_log import StepLog
+
+
+def test_the_line_sums_its_interval_and_counts_preemptions_since_the_last(caplog):
+    caplog.set_level(logging.INFO, logger="runtime.engine")
+    sl = StepLog(interval_s=0.05)
+    for prompt, decode in ((2048, 3), (100, 7)):
+        t0 = time.perf_counter()
+        sl.scheduled(0.002)
+        time.sleep(0.01)
+        sl.record(prompt, decode, t0)
+    assert not sl.maybe_log(2, 1, 5, 1, 10, 100)       # the interval is not over yet
+    time.sleep(0.06)
+    assert sl.maybe_log(2, 1, 5, 1, 10, 100)
+    line = caplog.records[-1].getMessage()
+    assert line.startswith("steps: 2 in ")
+    assert "2 running, 1 waiting; preempted 5 (growth) + 1 (room" in line
+    assert "(scheduling 2 ms)" in line and "10 of 100 GPU blocks free" in line
+    t0 = time.perf_counter()
+    sl.record(1, 0, t0)
+    time.sleep(0.06)
+    assert sl.maybe_log(1, 0, 7, 1, 10, 100)
+    assert "preempted 2 (growth) + 0 (room" in caplog.records[-1].getMessage()
+
+
+def test_no_line_when_idle_or_off(caplog):
+    caplog.set_level(logging.INFO, logger="runtime.engine")
+    idle = StepLog(interval_s=0.01)
+    time.sleep(0.02)
+    assert not idle.maybe_log(0, 0, 0, 0, 1, 1)
+    off = StepLog(interval_s=0.0)
+    off.record(5, 5, time.perf_counter())
+    assert not off.maybe_log(1, 0, 0, 0, 1, 1)
+    assert not caplog.records
