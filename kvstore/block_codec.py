@@ -62,12 +62,17 @@ def encode_block(spec: KVCacheSpec, fingerprint: bytes, h: bytes, t: torch.Tenso
     hdr = msgpack.packb({"v": FORMAT_VERSION, "fp": fingerprint, "layers": spec.num_layers,
                          "dtype": dtype_name(t.dtype), "shape": list(spec.block_shape),
                          "ck": alg, "sum": checksum(alg, data), "n": data.nbytes})
-    if buf is None or len(buf) < len(hdr) + data.nbytes:
-        return b"".join((hdr, data))
+    n = len(hdr) + data.nbytes
+    if buf is None or len(buf) < n:
+        buf = bytearray(n)
     mv = memoryview(buf)
     mv[:len(hdr)] = hdr
-    mv[len(hdr):len(hdr) + data.nbytes] = data
-    return mv[:len(hdr) + data.nbytes]
+    # numpy copies without the GIL; a memoryview or bytes copy of megabytes holds it, and the
+    # engine thread, which takes the GIL back after each of the hundreds of ops of a step,
+    # then waits a switch interval (5 ms) each time: steps of seconds while the disk tier
+    # writes (an H100 agent replay had no turn finish for 5 s during a 6 GB spill).
+    np.frombuffer(buf, dtype=np.uint8, count=data.nbytes, offset=len(hdr))[:] = data
+    return mv[:n]
 
 
 def max_header(spec: KVCacheSpec, fingerprint: bytes) -> bytes:
