@@ -108,6 +108,7 @@ class Engine:
         self.requests: dict[str, Request] = {}
         self.stats = EngineStats()
         self.step_log = StepLog(config.stats_log_interval_s)
+        self.launched_last_step = False   # whether the last step() put work on the device
         log.info("engine ready: %d KV blocks of %d tokens (%.1f MiB), max_model_len %d, %s kernels",
                  num_blocks, config.block_size, num_blocks * self.kv_spec.block_bytes / 2**20,
                  self.max_model_len, config.kernel_backend)
@@ -201,6 +202,7 @@ class Engine:
         """Schedule and launch one step, then report the tokens of the step before it (async
         scheduling: the GPU runs the new step meanwhile) or of this one (otherwise)."""
         t0 = time.perf_counter()
+        self.launched_last_step = False
         if self.tiers is not None:
             self.tiers.poll()
         sched = self.scheduler.schedule()
@@ -227,6 +229,7 @@ class Engine:
                 # rather than behind one already queued on the GPU. Decode-only steps, and every
                 # step of a batch whose requests are all in (nothing can arrive), stay overlapped.
                 outs += self._complete_inflight()
+        self.launched_last_step = launched is not None
         if launched is not None:       # host time of the whole call, the waits for tokens too
             self.step_log.record(launched.prefill_tokens,
                                  sched.num_tokens - launched.prefill_tokens, t0)

@@ -75,3 +75,33 @@ def test_failing_step_fails_requests_in_flight_then_serves_the_next(folder):
         assert sum(len(o.new_token_ids) for o in after) == 6
     finally:
         loop.shutdown()
+
+
+def test_the_loop_does_not_spin_while_waiting_turns_cannot_start(folder):
+    """Every waiting turn's prefix still loading, nothing running: the loop waits between
+    empty steps instead of spinning (a spinning loop holds the GIL that the copy thread needs
+    after each copy of the load), and the turn runs once it can."""
+    import time
+    from runtime.scheduler import SchedulerOutput
+    loop = make_loop(folder)
+    try:
+        eng = loop.engine
+        real = eng.scheduler.schedule
+        state = {"loading": True, "empty_steps": 0}
+
+        def schedule():
+            if state["loading"]:
+                state["empty_steps"] += 1
+                return SchedulerOutput()
+            return real()
+        eng.scheduler.schedule = schedule
+        stream = loop.submit(prompt(12, 3), SamplingParams(max_tokens=4, ignore_eos=True), "w")
+        time.sleep(0.3)
+        spun = state["empty_steps"]
+        state["loading"] = False
+        got = list(stream)
+        assert got[-1].finish_reason is FinishReason.LENGTH
+        assert sum(len(o.new_token_ids) for o in got) == 4
+        assert 10 <= spun <= 2000, spun    # about one per millisecond (the old loop: 100,000)
+    finally:
+        loop.shutdown()
