@@ -216,11 +216,13 @@ def main(argv=None) -> int:
         later = (0 if a.no_checks else EST["checks"] + (EST["fp32"] if a.fp32_sessions else 0)
                  + (EST["sample"] + EST["reference"] if own_sample(a) else 0)
                  ) + (0 if a.no_hf else EST["hf"])
+        start_s = EST["start"]
         for i, pol in enumerate(a.policies):
-            share = (clock.left() - later) / (len(a.policies) - i) - EST["start"]
+            share = replay_share(clock.left() - later, a.policies[i:], start_s)
             run = replace(setup, driver=replace(setup.driver,
                                                 deadline_s=max(20.0, min(a.deadline_s, share))))
             guarded(doc, log, f"policy {pol}", lambda: _policy(run, pol, a, results, doc, log))
+            start_s = max(start_s, doc["policies"].get(pol, {}).get("server_start_s", 0.0))
             save()
         if not a.no_checks:
             sample = sample_phase(a, setup, doc, log)
@@ -251,6 +253,18 @@ def main(argv=None) -> int:
         log(f"{k:32s} {v['value']!s:>12}  goal {v['goal']}")
     log(f"wrote {stem}.json/.md/.png")
     return 0
+
+
+# how long each policy's replay takes next to the others (recompute redoes every context)
+REPLAY_WEIGHT = {"recompute": 2.0}
+
+
+def replay_share(left_s: float, policies: list[str], start_s: float) -> float:
+    """Seconds the first of `policies` may replay for, out of `left_s` for all of them, each
+    server taking `start_s` to start: recompute gets twice the share of the others (an H100
+    run with equal shares and 50 s starts cut its replay off after 9 of 65 turns)."""
+    weights = [REPLAY_WEIGHT.get(p, 1.0) for p in policies]
+    return (left_s - start_s * len(policies)) * weights[0] / sum(weights)
 
 
 def _policy(setup: RunSetup, pol: str, a, results: dict, doc: dict, log) -> None:

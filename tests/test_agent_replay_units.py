@@ -265,3 +265,12 @@ def test_result_files_name_the_card_and_an_unchecked_run_is_not_judged():
     assert headline(pol, None, 0)["wrong_tokens"]["goal"] == "<= 0"
     assert headline(pol, None, 0, checked=False)["wrong_tokens"]["goal"] is None
     assert headline(pol, None, 0)["agent.resume_ttft_p50_s"]["goal"] == "<= 0.1"
+
+
+def test_replay_shares_give_recompute_twice_the_time_after_every_server_start():
+    from agent_replay import replay_share
+    pols = ["recompute", "lru", "lru_cpu", "ttl", "agent"]
+    # 400 s for five policies with 20 s starts: 300 s of replay, recompute weighs 2 of 6
+    assert replay_share(400.0, pols, 20.0) == 100.0
+    assert replay_share(200.0, pols[1:], 20.0) == 30.0          # (200 - 80) / 4
+    assert replay_share(60.0, ["agent"], 50.0) == 10.0
