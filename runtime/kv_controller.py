@@ -56,6 +56,8 @@ class KVController:
         self.decisions: dict[str, int] = {}
         self.pins_reclaimed = 0                          # sessions whose pins yielded
         engine.pool.reclaim = self._reclaim
+        self._requests: dict[str, str] = {}              # request id -> its session
+        engine.scheduler.on_finish = self._request_finished
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use)
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
@@ -95,6 +97,23 @@ class KVController:
                          u["disk"].capacity_blocks * bs if u else 0)
 
     # -- session events (engine thread) --------------------------------------------------------
+    def track(self, request_id: str, session_id: str) -> None:
+        """`request_id` is a turn of `session_id` (posted before the request is submitted)."""
+        self._requests[request_id] = session_id
+
+    def _request_finished(self, req) -> None:
+        """A session's turn finished in the engine: its blocks become the session's before they
+        are released. The turn's end reaches the controller later (after the session's
+        commit), and until then the eviction order took the turn's new blocks for nobody's
+        and evicted them first: the next turn, a few ms later, recomputed them."""
+        sid = self._requests.pop(req.request_id, None)
+        if sid is None or not req.block_hashes:
+            return
+        s = self.sessions.setdefault(sid, SessionKV(sid))
+        if len(req.block_hashes) > len(s.hashes):
+            self._set_hashes(s, list(req.block_hashes))
+        s.last_used_at, s.paused_at = self.clock(), None
+
     def turn_end(self, session_id: str, token_log: list[int]) -> None:
         s = self.sessions.setdefault(session_id, SessionKV(session_id))
         self._set_hashes(s, chain_hashes(token_log, self.engine.config.block_size,

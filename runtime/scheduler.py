@@ -22,6 +22,7 @@ import itertools
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 from kvstore.block_pool import BlockPool, chain_hashes
 from runtime.prefix_loader import LoadState
@@ -76,6 +77,9 @@ class Scheduler:
         self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
         self.preempted_growth = 0    # running requests preempted for a higher one's growth
         self.preempted_room = 0      # ... to make room for a waiting one ranked before them
+        # called with each finished request just before its blocks are released (the KV
+        # controller learns whose they are before the eviction order ranks them)
+        self.on_finish: Callable[[Request], None] | None = None
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -98,6 +102,8 @@ class Scheduler:
             self.waiting.remove(req)
             if self.loader is not None:
                 self.loader.forget(req)
+        if self.on_finish is not None:
+            self.on_finish(req)
         self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason

@@ -123,7 +123,7 @@ class GenerateMixin:
             hook = self.deps.kv_hook
             if hook is not None:      # a session's later turns go ahead of first turns (aged)
                 priority = hook.admission_priority(handle.session_id, handle.turn_index > 0)
-                hook.turn_started(handle.session_id)
+                hook.turn_started(handle.session_id, prep.request_id)
             stream = self.engine_thread.submit(prep.prompt, prep.params, prep.request_id,
                                                priority=priority, loop=loop)
         except Exception as exc:

@@ -52,12 +52,18 @@ class SessionKVHook:
         sid = session.session_id
         self._post(lambda: self.ctl.resume(sid))
 
-    def turn_started(self, session_id: str) -> None:
-        """A WAITING session's next turn arrived: learn how long it waited, and resume it."""
+    def turn_started(self, session_id: str, request_id: str | None = None) -> None:
+        """A session's next turn arrived (as engine request `request_id`, submitted right after
+        this): learn how long a WAITING session waited, and resume it."""
         since = self._waiting_since.pop(session_id, None)
         if since is not None:
             self.ctl.policy.estimator.observe(WAITING_TOOL, False, time.time() - since)
-        self._post(lambda: self.ctl.resume(session_id))
+
+        def run() -> None:
+            if request_id is not None:
+                self.ctl.track(request_id, session_id)
+            self.ctl.resume(session_id)
+        self._post(run)
 
     def on_close(self, session) -> None:
         sid = session.session_id

@@ -198,3 +198,24 @@ def test_pins_of_resumed_sessions_yield_to_another_turn_short_of_room(folder, tm
     assert sorted(len(ctl.sessions[s].pinned) for s in ("a", "b")) == [0, 3]
     eng.pool.check_invariants()
     eng.tiers.close()
+
+
+def test_a_finished_turn_keeps_its_blocks_before_its_end_is_reported(folder, tmp_path):
+    """The engine finishes a session's turn some ms before the session's turn end reaches the
+    controller. Meanwhile another request short of room must evict nobody's blocks first,
+    not the turn's: the next turn of the session comes right after and would recompute."""
+    eng, ctl, clock = setup(folder, tmp_path)
+    g = torch.Generator().manual_seed(7)
+    mine = torch.randint(3, 512, (160,), generator=g).tolist()            # 10 full blocks
+    rid = eng.add_request(mine, SamplingParams(max_tokens=1, ignore_eos=True))
+    ctl.track(rid, "a")
+    while eng.has_unfinished():
+        eng.step()
+    orphan = torch.randint(3, 512, (160,), generator=g).tolist()          # freed after it
+    eng.generate([orphan], SamplingParams(max_tokens=1, ignore_eos=True))
+    big = torch.randint(3, 512, (30 * 16 - 1,), generator=g).tolist()     # 30 blocks
+    eng.generate([big], SamplingParams(max_tokens=1, ignore_eos=True))
+    assert all(on_gpu(eng, mine))
+    assert not any(on_gpu(eng, orphan))
+    assert ctl.sessions["a"].hashes == chain_hashes(mine, 16, eng.fingerprint)
+    eng.tiers.close()
