@@ -57,7 +57,7 @@ class KVController:
         self.pins_reclaimed = 0                          # sessions whose pins yielded
         engine.pool.reclaim = self._reclaim
         self._requests: dict[str, str] = {}              # request id -> its session
-        engine.scheduler.on_finish = self._request_finished
+        engine.scheduler.on_release = self._request_released
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use)
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
@@ -101,12 +101,14 @@ class KVController:
         """`request_id` is a turn of `session_id` (posted before the request is submitted)."""
         self._requests[request_id] = session_id
 
-    def _request_finished(self, req) -> None:
-        """A session's turn finished in the engine: its blocks become the session's before they
-        are released. The turn's end reaches the controller later (after the session's
-        commit), and until then the eviction order took the turn's new blocks for nobody's
-        and evicted them first: the next turn, a few ms later, recomputed them."""
-        sid = self._requests.pop(req.request_id, None)
+    def _request_released(self, req, finished: bool) -> None:
+        """A session's turn finished (or was preempted) in the engine: its blocks become the
+        session's before they are released. The turn's end reaches the controller later
+        (after the session's commit), and until then the eviction order took the turn's new
+        blocks for nobody's and evicted them first: the next turn, a few ms later, recomputed
+        them (and a preempted turn found nothing of its own left to reuse)."""
+        sid = (self._requests.pop(req.request_id, None) if finished
+               else self._requests.get(req.request_id))
         if sid is None or not req.block_hashes:
             return
         s = self.sessions.setdefault(sid, SessionKV(sid))

@@ -77,9 +77,10 @@ class Scheduler:
         self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
         self.preempted_growth = 0    # running requests preempted for a higher one's growth
         self.preempted_room = 0      # ... to make room for a waiting one ranked before them
-        # called with each finished request just before its blocks are released (the KV
-        # controller learns whose they are before the eviction order ranks them)
-        self.on_finish: Callable[[Request], None] | None = None
+        # called with each finished (True) or preempted (False) request just before its blocks
+        # are released (the KV controller learns whose they are before the eviction order
+        # ranks them)
+        self.on_release: Callable[[Request, bool], None] | None = None
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -102,8 +103,8 @@ class Scheduler:
             self.waiting.remove(req)
             if self.loader is not None:
                 self.loader.forget(req)
-        if self.on_finish is not None:
-            self.on_finish(req)
+        if self.on_release is not None:
+            self.on_release(req, True)
         self._release(req)
         req.status = RequestStatus.FINISHED
         req.finish_reason = reason
@@ -297,6 +298,8 @@ class Scheduler:
 
     def _preempt(self, req: Request) -> None:
         self.running.remove(req)
+        if self.on_release is not None:
+            self.on_release(req, False)
         self._release(req)
         req.num_computed_tokens = 0
         req.block_hashes = []

@@ -219,3 +219,25 @@ def test_a_finished_turn_keeps_its_blocks_before_its_end_is_reported(folder, tmp
     assert not any(on_gpu(eng, orphan))
     assert ctl.sessions["a"].hashes == chain_hashes(mine, 16, eng.fingerprint)
     eng.tiers.close()
+
+
+def test_a_preempted_turn_keeps_ownership_of_the_blocks_it_computed(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    g = torch.Generator().manual_seed(8)
+    mine = torch.randint(3, 512, (161,), generator=g).tolist()
+    rid = eng.add_request(mine, SamplingParams(max_tokens=5, ignore_eos=True))
+    ctl.track(rid, "a")
+    eng.step()                                   # the prompt: 10 full blocks computed
+    req = eng.requests[rid]
+    eng.scheduler._preempt(req)                  # as the running loop does when room runs out
+    want = chain_hashes(mine[:160], 16, eng.fingerprint)
+    assert ctl.sessions["a"].hashes == want
+    order = eng.pool.order
+    assert all(order.next_use(eng.pool.lookup_hash(h)) == clock.t for h in want)
+    before = eng.stats.prompt_tokens_computed
+    while eng.has_unfinished():                  # it comes back and reuses them
+        eng.step()
+    assert req.num_preemptions == 1
+    assert eng.stats.prompt_tokens_computed - before == 1       # only the last token again
+    assert rid not in ctl._requests
+    eng.tiers.close()
