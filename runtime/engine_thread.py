@@ -11,6 +11,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -171,9 +172,11 @@ class EngineThread:
             # an H100 replay saw a 25 ms load of 635 blocks take 4 s.
             idle = not self.engine.has_unfinished()
             block = idle or stalled
+            t_cmds = None
             try:
                 cmd = self._cmds.get(block=block, timeout=(0.5 if idle else self.stall_wait_s)
                                      if block else None)
+                t_cmds = time.perf_counter()
                 while True:
                     if cmd is not None:
                         self._handle(cmd)
@@ -182,6 +185,7 @@ class EngineThread:
                 pass
             if self._stop.is_set():
                 break
+            t_hooks = time.perf_counter()
             for hook in self.on_step:
                 try:
                     hook(self.engine)
@@ -189,6 +193,10 @@ class EngineThread:
                     self.loop_errors += 1
                     log.exception("engine hook %r failed; the engine goes on without it this "
                                   "step", getattr(hook, "__qualname__", hook))
+            step_log = getattr(self.engine, "step_log", None)
+            if step_log is not None:
+                step_log.between_steps(t_hooks - t_cmds if t_cmds is not None else 0.0,
+                                       time.perf_counter() - t_hooks)
             if not self.engine.has_unfinished():
                 if getattr(self.engine, "tiers", None) is not None:
                     # idle: finish tier copies anyway, so the blocks and slots they hold are

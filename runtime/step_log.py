@@ -26,6 +26,8 @@ class StepWindow:
     schedule_max_s: float = 0.0
     step_max_s: float = 0.0
     gap_max_s: float = 0.0       # longest time between two steps (hooks, commands, idle)
+    commands_max_s: float = 0.0  # longest run of commands (submits, session events) between steps
+    hooks_max_s: float = 0.0     # longest run of the between-step hooks (the KV controller's tick)
 
     def add(self, prompt_tokens: int, decode_tokens: int, schedule_s: float,
             step_s: float, gap_s: float) -> None:
@@ -53,6 +55,12 @@ class StepLog:
         if self.interval_s > 0:
             self.window.add(prompt_tokens, decode_tokens, self._schedule_s, now - started, gap)
 
+    def between_steps(self, commands_s: float, hooks_s: float) -> None:
+        """Host time the engine thread spent on commands and on hooks before a step."""
+        w = self.window
+        w.commands_max_s = max(w.commands_max_s, commands_s)
+        w.hooks_max_s = max(w.hooks_max_s, hooks_s)
+
     def scheduled(self, seconds: float) -> None:
         """The host time of this step's scheduling pass (loads started and waited for)."""
         self._schedule_s = seconds
@@ -71,9 +79,10 @@ class StepLog:
             return False
         dt = now - w.started
         log.info("steps: %d in %.1f s, prompt %.0f tok/s, generated %.0f tok/s, longest step "
-                 "%.0f ms (scheduling %.0f ms), longest gap between steps %.0f ms; %d running, "
-                 "%d waiting; preempted %d (growth) + %d (room for a higher-ranked turn); %d of "
-                 "%d GPU blocks free", w.steps, dt, w.prompt_tokens / dt, w.decode_tokens / dt,
-                 w.step_max_s * 1e3, w.schedule_max_s * 1e3, w.gap_max_s * 1e3, running,
-                 waiting, growth, room, free_blocks, num_blocks)
+                 "%.0f ms (scheduling %.0f ms), longest gap between steps %.0f ms (commands "
+                 "%.0f ms, hooks %.0f ms); %d running, %d waiting; preempted %d (growth) + %d "
+                 "(room for a higher-ranked turn); %d of %d GPU blocks free", w.steps, dt,
+                 w.prompt_tokens / dt, w.decode_tokens / dt, w.step_max_s * 1e3,
+                 w.schedule_max_s * 1e3, w.gap_max_s * 1e3, w.commands_max_s * 1e3,
+                 w.hooks_max_s * 1e3, running, waiting, growth, room, free_blocks, num_blocks)
         return True
