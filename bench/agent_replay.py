@@ -13,7 +13,12 @@ weights in fp32, bench/agent_ties.py) and in an fp32 run, the same comparison ov
 (reported; in 16 bits its batches differ between the servers, so it is not counted), and KV
 bytes identical after a round trip through CPU and disk.
 
-    python bench/agent_replay.py --time-budget-s 500    # the H200 run (under 9 minutes)
+    python bench/agent_replay.py --time-budget-s 548    # one 10-minute call on a GPU machine
+    python bench/agent_replay.py --time-budget-s 900    # everything: peer and fp32 sample too
+
+Each server start takes 20-50 s (random 8B weights, CUDA graphs, pinning the 32 GiB CPU tier:
+15 s of it on an H100 machine); under a budget of about 550 s the peer and the fp32 sample are
+skipped, and said so in the report.
     python bench/agent_replay.py --smoke          # CPU, a tiny random model, seconds
 
 Writes bench/results/agent-<hardware>-<date>.{json,md,png} (format: bench/README.md).
