@@ -193,10 +193,8 @@ class EngineThread:
                     self.loop_errors += 1
                     log.exception("engine hook %r failed; the engine goes on without it this "
                                   "step", getattr(hook, "__qualname__", hook))
-            step_log = getattr(self.engine, "step_log", None)
-            if step_log is not None:
-                step_log.between_steps(t_hooks - t_cmds if t_cmds is not None else 0.0,
-                                       time.perf_counter() - t_hooks)
+            self.engine.step_log.between_steps(t_hooks - t_cmds if t_cmds is not None else 0.0,
+                                               time.perf_counter() - t_hooks)
             if not self.engine.has_unfinished():
                 if getattr(self.engine, "tiers", None) is not None:
                     # idle: finish tier copies anyway, so the blocks and slots they hold are

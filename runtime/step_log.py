@@ -1,10 +1,11 @@
 """A periodic line on the engine's progress: what the steps did since the last line.
 
 One INFO line every `EngineConfig.stats_log_interval_s` while the engine works (nothing when
-idle): steps, prompt tokens computed and tokens generated per second, the longest step (from
-scheduling to launch) and the longest host-side scheduling pass, running and waiting
-requests, preemptions (by growth, or to make room for a request that outranks the victims),
-free GPU blocks. A stalled loop or a preemption storm shows up here before it shows up as
+idle): steps, prompt tokens computed and tokens generated per second, the longest step (the
+whole `Engine.step` call, waits for tokens included), the longest host-side scheduling pass,
+the longest gap between steps with the longest run of commands and of hooks in it, running and
+waiting requests, preemptions (by growth, or to make room for a request that outranks the
+victims), free GPU blocks. A stalled loop or a preemption storm shows up here before it shows up as
 slow turns.
 """
 from __future__ import annotations
@@ -32,11 +33,11 @@ class StepWindow:
     def add(self, prompt_tokens: int, decode_tokens: int, schedule_s: float,
             step_s: float, gap_s: float) -> None:
         self.steps += 1
-        self.gap_max_s = max(self.gap_max_s, gap_s)
         self.prompt_tokens += prompt_tokens
         self.decode_tokens += decode_tokens
         self.schedule_max_s = max(self.schedule_max_s, schedule_s)
         self.step_max_s = max(self.step_max_s, step_s)
+        self.gap_max_s = max(self.gap_max_s, gap_s)
 
 
 class StepLog:
