@@ -201,6 +201,10 @@ class TieredKVStore:
             return set(self._to_disk)
         raise ValueError(f"in-flight copies go to 'cpu' or 'disk', got {to!r}")
 
+    def in_flight_blocks(self, to: Tier) -> int:
+        """How many blocks are being copied down to `to` ("cpu" or "disk") now."""
+        return len(self._to_cpu if to == "cpu" else self._to_disk)
+
     def _offload_disk(self, hashes: list[bytes]) -> TransferHandle:
         if self.disk is None:
             raise RuntimeError("the disk tier is off (disk_cache_gb = 0 or no disk_cache_path)")

@@ -90,11 +90,15 @@ class KVController:
     def usage(self) -> TierUsage:
         bs, pool, tiers = self.engine.config.block_size, self.engine.pool, self.engine.tiers
         u = tiers.usage() if tiers is not None else None
+        # the disk's write queue in seconds, at the cost model's disk write speed
+        backlog = (self.policy.cost.disk_write_s(tiers.in_flight_blocks("disk") * bs)
+                   if u and tiers.disk is not None else 0.0)
         return TierUsage((pool.num_blocks - pool.num_free_blocks) * bs, pool.num_blocks * bs,
                          u["cpu"].used_blocks * bs if u else 0,
                          u["cpu"].capacity_blocks * bs if u else 0,
                          u["disk"].used_blocks * bs if u else 0,
-                         u["disk"].capacity_blocks * bs if u else 0)
+                         u["disk"].capacity_blocks * bs if u else 0,
+                         disk_backlog_s=backlog)
 
     # -- session events (engine thread) --------------------------------------------------------
     def track(self, request_id: str, session_id: str) -> None:

@@ -109,7 +109,9 @@ def test_top2_rule_on_a_real_engine():
     (_, l1), (_, l2) = top[:2]
     check_ties(cmps, run_tops(cmps, eng), None, log=lambda m: None)
     top2, third = (c.divergences[0] for c in cmps)
-    assert top2.gap == pytest.approx(l1 - l2, abs=1e-4) and third.gap == top2.gap
+    # both comparisons re-run the same context (in one batch: fp32 rounding may differ by ulps)
+    assert top2.gap == pytest.approx(l1 - l2, abs=1e-4)
+    assert third.gap == pytest.approx(top2.gap, abs=1e-5)
     assert top2.is_tie == (l1 - l2 <= TIE_GAP) and top2.rule == "top-2 gap <= 2^-4"
     assert third.is_tie is False                  # not among the two most likely tokens
 

@@ -1,4 +1,8 @@
 """The pause-aware policy carried out on a real engine's tiers, on a fake clock."""
+import threading
+import time
+from concurrent.futures import Future
+
 import pytest
 import torch
 
@@ -240,4 +244,36 @@ def test_a_preempted_turn_keeps_ownership_of_the_blocks_it_computed(folder, tmp_
     assert req.num_preemptions == 1
     assert eng.stats.prompt_tokens_computed - before == 1       # only the last token again
     assert rid not in ctl._requests
+    eng.tiers.close()
+
+
+def test_usage_reports_the_disk_write_queue_in_seconds(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    c = turn(eng, ctl, "c", 7)
+    release, put_many = threading.Event(), eng.tiers.disk.put_many
+
+    def held_put(items):          # the disk write completes only once `release` is set
+        inner, out = put_many(items), Future()
+
+        def finish():
+            release.wait(10)
+            out.set_result(inner.result())
+        threading.Thread(target=finish, daemon=True).start()
+        return out
+    eng.tiers.disk.put_many = held_put
+    assert ctl.usage().disk_backlog_s == 0.0
+    plan = ctl.pause("c", "ask_user", None, True, PauseForecast(3 * 3600, 12 * 3600, "hint"))
+    assert plan.placement.value == "spill_disk"
+    deadline = time.monotonic() + 10   # the CPU copy lands, then the (held) disk write starts
+    while eng.tiers.in_flight_blocks("disk") == 0 and time.monotonic() < deadline:
+        eng.tiers.poll()
+        time.sleep(0.01)
+    queued = eng.tiers.in_flight_blocks("disk")
+    assert queued == len(chain_hashes(c, 16, eng.fingerprint))
+    assert ctl.usage().disk_backlog_s == pytest.approx(
+        ctl.policy.cost.disk_write_s(queued * 16)) and queued > 0
+    release.set()
+    settle(eng)
+    eng.tiers.disk.put_many = put_many
+    assert eng.tiers.in_flight_blocks("disk") == 0 and ctl.usage().disk_backlog_s == 0.0
     eng.tiers.close()

@@ -53,6 +53,7 @@ def test_second_offload_of_blocks_in_flight_copies_only_the_uncovered_ones(tmp_p
     assert t.in_flight("cpu") == set(hs[:4])
     second = t.offload(hs, "cpu")                  # the same session, paused again
     assert t.in_flight("cpu") == set(hs)
+    assert (t.in_flight_blocks("cpu"), t.in_flight_blocks("disk")) == (6, 0)
     assert t.transfer.in_flight_bytes == 6 * SPEC.block_bytes   # 4 + 2, not 4 + 6
     assert t.host.num_free == 12 - 6
     gate.set()
@@ -136,10 +137,11 @@ def test_disk_writes_in_flight_are_not_started_twice(tmp_path):
     a = t.offload(hs[:3], "disk")
     b = t.offload(hs, "disk")                      # covers 3 in flight, writes 2
     assert t.in_flight("disk") == set(hs)
+    assert (t.in_flight_blocks("disk"), t.in_flight_blocks("cpu")) == (5, 0)
     assert not a.ready() and not b.ready()
     release.set()
     b.wait()
-    assert a.ready() and t.in_flight("disk") == set()
+    assert a.ready() and t.in_flight("disk") == set() and t.in_flight_blocks("disk") == 0
     assert all(t.disk.contains(h) for h in hs)
     assert t.transfer.stats.disk_write_bytes == 5 * SPEC.block_bytes
     assert t.usage()["disk"].bytes_in == 5 * SPEC.block_bytes

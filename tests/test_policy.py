@@ -86,6 +86,20 @@ def test_medium_pause_goes_to_cpu_and_is_prefetched():
     assert plan.prefetch_at + load <= 100.0 + MEDIUM.quantile(pol.config.prefetch_q) + 1e-9
 
 
+def test_medium_pause_writes_disk_behind_cpu_only_when_cpu_fills():
+    pol = agent()
+    # an emptyish CPU tier: no CPU eviction is near, a disk copy would only cost bandwidth
+    assert not pol.on_pause(view("s"), MEDIUM, 100.0, usage(cpu_frac=0.2)).writes_disk
+    full = pol.on_pause(view("t"), MEDIUM, 100.0, usage(cpu_frac=0.6))
+    assert full.placement is Placement.WRITE_CPU and full.writes_cpu and full.writes_disk
+    # a long disk write queue holds the write-back back, however full the CPU is
+    u = usage(cpu_frac=0.9)
+    queued = TierUsage(u.gpu_used, u.gpu_capacity, u.cpu_used, u.cpu_capacity, 0,
+                       u.disk_capacity, disk_backlog_s=pol.config.disk_backlog_limit_s + 1)
+    plan = pol.on_pause(view("u"), MEDIUM, 100.0, queued)
+    assert plan.writes_cpu and not plan.writes_disk
+
+
 def test_medium_pause_under_gpu_pressure_is_moved_off_the_gpu():
     plan = agent().on_pause(view("s"), MEDIUM, 100.0, usage(gpu_frac=0.99))
     assert plan.placement is Placement.OFFLOAD_CPU and plan.releases_gpu

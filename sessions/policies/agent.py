@@ -19,9 +19,11 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   advisory: the eviction order below already keeps sessions due back soon) and write through
   to CPU as insurance (only into room the eviction order gives it);
 - a medium pause: write through to CPU (the GPU copy stays until evicted, so evicting it later
-  is free at the moment the GPU needs room) with a disk copy written behind it by the
-  low-priority write-back (so a later CPU eviction is free too), unless the disk is full or
-  its write queue is long (`disk_backlog_limit_s`);
+  is free at the moment the GPU needs room) with a disk copy written behind it (so a later CPU
+  eviction is free too) once the CPU tier is `write_back_cpu_pressure` full: below that no CPU
+  eviction is near, and the disk write would only take disk bandwidth, staging memory and host
+  time from the turns running now; never when the disk is full or its write queue is long
+  (`disk_backlog_limit_s`);
 - a long pause (p50 above `disk_after_s`): spill to disk (through the CPU) and free the GPU;
 - free the GPU copy at once (OFFLOAD_CPU) only when the GPU is nearly full;
 - blocks evicted from the GPU with no copy below go to CPU now and on to disk behind it
@@ -63,6 +65,7 @@ class AgentConfig:
     gpu_release_pressure: float = 0.97
     keep_insure_pressure: float = 0.75
     disk_backlog_limit_s: float = 30.0
+    write_back_cpu_pressure: float = 0.5
     prefetch_q: float = 0.25
     prefetch_margin_s: float = 0.05
     max_prefetches: int = 2
@@ -116,7 +119,10 @@ class AgentPolicy(CachePolicy):
             release = True
         else:
             placement = Placement.OFFLOAD_CPU if release else Placement.WRITE_CPU
-            src, why, back = "cpu", "medium pause", disk_ok
+            cpu_used = (tiers.pressure("cpu") if tiers is not None and tiers.cpu_capacity > 0
+                        else 1.0)
+            src, why = "cpu", "medium pause"
+            back = disk_ok and cpu_used >= c.write_back_cpu_pressure
         at = now + max(0.0, forecast.quantile(c.prefetch_q) - self.cost.load_s(t, src)
                        - c.prefetch_margin_s)
         self._schedule(sid, at)
