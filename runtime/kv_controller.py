@@ -27,6 +27,9 @@ from runtime.next_use_order import NextUseOrder
 
 log = logging.getLogger(__name__)
 
+# how long one computed prediction of a session's next use serves the eviction order's ranking
+NEXT_USE_MEMO_S = 0.05
+
 
 @dataclass
 class SessionKV:
@@ -48,6 +51,7 @@ class KVController:
         self.engine, self.policy, self.clock = engine, policy, clock
         self.sessions: dict[str, SessionKV] = {}
         self._owners: dict[BlockHash, set[str]] = {}     # hash -> live sessions holding it
+        self._depth: dict[BlockHash, int] = {}           # hash -> its index in a token log
         self._pin_count: dict[BlockHash, int] = {}
         # private blocks of closed sessions whose copies to CPU/disk were still in flight at
         # close (the copy holds the GPU blocks too): evicted again once they land (tick), so no
@@ -57,22 +61,47 @@ class KVController:
         self.pins_reclaimed = 0                          # sessions whose pins yielded
         engine.pool.reclaim = self._reclaim
         self._requests: dict[str, str] = {}              # request id -> its session
+        self._next_use: dict[str, float] = {}            # session -> predicted next use (memo)
+        self._next_use_at = -math.inf
         engine.scheduler.on_release = self._request_released
         if policy.name == "agent":
-            engine.pool.order = NextUseOrder(self._block_next_use)
+            engine.pool.order = NextUseOrder(self._block_next_use, self._block_depth)
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
             engine.pool.enable_prefix_caching = False
             engine.pool.reset_prefix_cache()
 
     # -- views -------------------------------------------------------------------------------
     def _block_next_use(self, block_id: int) -> float:
+        """The earliest predicted resume among the block's sessions (inf: nobody's).
+
+        Called for every block freed and every block re-ranked (a session's whole log at each
+        pause and resume; a shared prefix has every session as owner), so each session's
+        prediction is computed once per `NEXT_USE_MEMO_S` window, or when its state changes,
+        not once per block and owner. Equal predictions go deepest in the log first
+        (`_block_depth`)."""
         h = self.engine.pool.block_hash(block_id)
         owners = self._owners.get(h) if h is not None else None
         if not owners:
             return math.inf
         now = self.clock()
-        live = [self.sessions[s] for s in owners if s in self.sessions]
-        return min((now + self._remaining(x, now) for x in live), default=math.inf)
+        memo = self._next_use
+        if not now - NEXT_USE_MEMO_S <= self._next_use_at <= now:
+            memo.clear()
+            self._next_use_at = now
+        best = math.inf
+        for sid in owners:
+            t = memo.get(sid)
+            if t is None:
+                s = self.sessions.get(sid)
+                if s is None:
+                    continue
+                t = memo[sid] = now + self._remaining(s, now)
+            best = min(best, t)
+        return best
+
+    def _block_depth(self, block_id: int) -> int:
+        h = self.engine.pool.block_hash(block_id)
+        return self._depth.get(h, 0) if h is not None else 0
 
     def _remaining(self, s: SessionKV, now: float) -> float:
         if s.paused_at is None or s.forecast is None:
@@ -119,12 +148,14 @@ class KVController:
         if len(req.block_hashes) > len(s.hashes):
             self._set_hashes(s, list(req.block_hashes))
         s.last_used_at, s.paused_at = self.clock(), None
+        self._next_use.pop(sid, None)
 
     def turn_end(self, session_id: str, token_log: list[int]) -> None:
         s = self.sessions.setdefault(session_id, SessionKV(session_id))
         self._set_hashes(s, chain_hashes(token_log, self.engine.config.block_size,
                                          self.engine.fingerprint))
         s.tokens, s.last_used_at, s.paused_at = len(token_log), self.clock(), None
+        self._next_use.pop(session_id, None)
         self._unpin(s)
         self.policy.on_turn_end(self.view(s), s.last_used_at)
         if self.policy.name == "recompute":
@@ -138,6 +169,7 @@ class KVController:
         now = self.clock()
         s.paused_at, s.tool, s.human = now, tool, human
         s.forecast = forecast or self.policy.forecast(tool or "(none)", human, expected_s)
+        self._next_use.pop(session_id, None)
         plan = self.policy.on_pause(self.view(s), s.forecast, now, self.usage())
         s.plan = plan
         self.decisions[plan.placement.value] = self.decisions.get(plan.placement.value, 0) + 1
@@ -160,6 +192,7 @@ class KVController:
         if s is None:
             return
         self.policy.on_close(session_id)
+        self._next_use.pop(session_id, None)
         private = [h for h in s.hashes if self._owners.get(h) == {session_id}]
         self._set_hashes(s, [])          # first: blocks unpinned below rank as nobody's
         self._unpin(s)
@@ -279,9 +312,11 @@ class KVController:
                 owners.discard(s.session_id)
                 if not owners:
                     del self._owners[h]
+                    del self._depth[h]
         s.hashes = hashes
-        for h in hashes:
+        for i, h in enumerate(hashes):   # a chained hash is at one index in every log
             self._owners.setdefault(h, set()).add(s.session_id)
+            self._depth[h] = i
 
     def _pin(self, s: SessionKV, hashes: list[BlockHash]) -> None:
         pool = self.engine.pool
@@ -297,7 +332,7 @@ class KVController:
 
     def _unpin(self, s: SessionKV) -> None:
         pool = self.engine.pool
-        for h in s.pinned:
+        for h in reversed(s.pinned):          # tail first: it is evicted first on a tie
             b = pool.lookup_hash(h)
             self._pin_count[h] -= 1
             if not self._pin_count[h]:
@@ -307,6 +342,8 @@ class KVController:
         s.pinned, s.pinned_until = [], 0.0
 
     def _refresh(self, s: SessionKV) -> None:
+        """Re-rank the session's cached blocks after its state changed."""
+        self._next_use.pop(s.session_id, None)
         order = self.engine.pool.order
         if isinstance(order, NextUseOrder):
             pool = self.engine.pool

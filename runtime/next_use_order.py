@@ -2,7 +2,9 @@
 
 A cached (refcount-zero) block belongs to the sessions whose token logs contain it. Its next use
 is the earliest predicted resume among them; blocks of no live session are needed never and go
-first. Ties (the same prediction) fall back to least recently freed. A heap with lazy
+first. Ties (the same prediction: one session's blocks) go deepest in the log first, as prefix
+matching stops at the first missing block and a cached tail behind an evicted head is of no
+use; then least recently freed. A heap with lazy
 invalidation keeps `pop_victim` logarithmic; `refresh` re-ranks blocks whose sessions changed
 state (paused, resumed, closed).
 """
@@ -15,11 +17,13 @@ from typing import Callable, Iterable
 
 
 class NextUseOrder:
-    """An `EvictionOrder` for `BlockPool`: `next_use(block_id)` gives a time; larger = later."""
+    """An `EvictionOrder` for `BlockPool`: `next_use(block_id)` gives a time, larger = later;
+    `depth(block_id)` the block's index in its token log (0 where unknown)."""
 
-    def __init__(self, next_use: Callable[[int], float]):
-        self.next_use = next_use
-        self._heap: list[tuple[float, int, int]] = []
+    def __init__(self, next_use: Callable[[int], float],
+                 depth: Callable[[int], int] = lambda block_id: 0):
+        self.next_use, self.depth = next_use, depth
+        self._heap: list[tuple[float, int, int, int]] = []   # (-next use, -depth, version, id)
         self._version: dict[int, int] = {}
         self._seq = itertools.count()
 
@@ -30,8 +34,10 @@ class NextUseOrder:
         v = next(self._seq)
         self._version[block_id] = v
         t = self.next_use(block_id)
-        key = -t if not math.isinf(t) else -math.inf
-        heapq.heappush(self._heap, (key, v, block_id))
+        if math.isinf(t):
+            heapq.heappush(self._heap, (-math.inf, 0, v, block_id))
+        else:
+            heapq.heappush(self._heap, (-t, -self.depth(block_id), v, block_id))
         if len(self._heap) > 4 * len(self._version) + 64:
             self._compact()
 
@@ -46,14 +52,14 @@ class NextUseOrder:
 
     def pop_victim(self) -> int:
         while self._heap:
-            _, v, b = heapq.heappop(self._heap)
+            _, _, v, b = heapq.heappop(self._heap)
             if self._version.get(b) == v:
                 del self._version[b]
                 return b
         raise IndexError("no cached block to evict")
 
     def _compact(self) -> None:
-        self._heap = [e for e in self._heap if self._version.get(e[2]) == e[1]]
+        self._heap = [e for e in self._heap if self._version.get(e[3]) == e[2]]
         heapq.heapify(self._heap)
 
     def __len__(self) -> int:

@@ -98,6 +98,22 @@ def test_under_pressure_the_session_resuming_last_is_evicted_first(folder, tmp_p
     eng.tiers.close()
 
 
+def test_under_pressure_a_session_loses_its_tail_before_its_head(folder, tmp_path):
+    # prefix matching stops at the first missing block: evicting a log's head would make its
+    # cached tail useless, so among one session's blocks (one prediction) the tail goes first
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    log = turn(eng, ctl, "s", 1, n=49)                 # 3 full blocks
+    ctl.pause("s", "bash", None, False, PauseForecast(8.0, 20.0, "hint"))
+    settle(eng)
+    ctl._unpin(ctl.sessions["s"])
+    assert on_gpu(eng, log) == [True, True, True] and len(eng.pool.order) == 3
+    eng.pool.allocate(eng.pool.num_free_blocks - 2)   # room for 2: one cached block goes
+    assert on_gpu(eng, log) == [True, True, False]
+    eng.pool.allocate(1)
+    assert on_gpu(eng, log) == [True, False, False]
+    eng.tiers.close()
+
+
 def test_prefetch_starts_before_the_predicted_resume(folder, tmp_path):
     eng, ctl, clock = setup(folder, tmp_path)
     log = turn(eng, ctl, "s", 3)
