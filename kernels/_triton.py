@@ -74,9 +74,10 @@ def check_device(*tensors: torch.Tensor) -> None:
 class LazyKernel:
     """A Triton kernel compiled by `triton.jit` on first launch: `kernel[grid](*args)`."""
 
-    def __init__(self, fn: Callable):
+    def __init__(self, fn: Callable, do_not_specialize: tuple[str, ...] = ()):
         self._fn = fn
         self._jit = None
+        self.do_not_specialize = do_not_specialize
         functools.update_wrapper(self, fn)
 
     def _compiled(self):
@@ -93,13 +94,20 @@ class LazyKernel:
                 value = g.get(name)
                 if isinstance(value, LazyKernel) and value is not self:
                     g[name] = value._compiled()
-            self._jit = triton.jit(self._fn)
+            self._jit = triton.jit(self._fn, do_not_specialize=list(self.do_not_specialize))
         return self._jit
 
     def __getitem__(self, grid):
         return self._compiled()[grid]
 
 
-def kernel(fn: Callable) -> LazyKernel:
-    """Decorator: mark `fn` as a Triton kernel (or a helper called from one), compiled lazily."""
-    return LazyKernel(fn)
+def kernel(fn: Callable | None = None, *, do_not_specialize: tuple[str, ...] = ()):
+    """Decorator: mark `fn` as a Triton kernel (or a helper called from one), compiled lazily.
+
+    Triton compiles one variant per value class of each integer argument (1, a multiple of 16,
+    other). An argument that changes from step to step (sequence count, tiles, block-table
+    width) would compile new variants mid-serving, a second or two each inside an engine step:
+    name such arguments in `do_not_specialize` (`@kernel(do_not_specialize=("num_seqs",))`)."""
+    if fn is None:
+        return lambda f: LazyKernel(f, tuple(do_not_specialize))
+    return LazyKernel(fn, tuple(do_not_specialize))

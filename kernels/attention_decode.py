@@ -44,7 +44,7 @@ def paged_decode_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens
     return out
 
 
-@kernel
+@kernel(do_not_specialize=("num_splits", "stride_bt"))
 def _decode_split_kernel(
     q_ptr, kv_ptr, seq_lens_ptr, bt_ptr, out_ptr, mid_o_ptr, mid_lse_ptr, counter_ptr,
     qk_scale, num_splits,                       # softmax scale * log2(e); splits per context
@@ -171,7 +171,7 @@ def _merge_splits(mid_o_ptr, mid_lse_ptr, out_ptr, seq64, kvh, num_splits, strid
              res.to(out_ptr.dtype.element_ty), mask=g_ok[:, None])
 
 
-@kernel
+@kernel(do_not_specialize=("num_splits",))
 def _decode_reduce_kernel(
     mid_o_ptr, mid_lse_ptr, out_ptr, num_splits, stride_os, stride_oh,
     NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,

@@ -166,7 +166,7 @@ def _attend_range(
     return acc, l_i, m_i
 
 
-@kernel
+@kernel(do_not_specialize=("num_m_tiles", "num_seqs", "stride_bt"))
 def _prefill_kernel(
     q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
     qk_scale, num_m_tiles, num_seqs,            # softmax scale * log2(e); query tiles per seq

@@ -323,7 +323,8 @@ def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tile
             n_items += 1
 
 
-@gluon.jit
+# counts and the block-table width change every step: one compiled variant serves them all
+@gluon.jit(do_not_specialize=("total", "num_m_tiles", "num_seqs", "stride_bt"))
 def _prefill_ws_kernel(
     q_ptr, kv_ptr, kv_desc, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
     qk_scale, total, num_m_tiles, num_seqs,     # scale * log2(e); work items; query tiles/seq

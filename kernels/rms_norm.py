@@ -32,7 +32,7 @@ def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float,
     return out if residual is None else (out, h)
 
 
-@kernel
+@kernel(do_not_specialize=("num_rows",))
 def _rms_norm_kernel(
     x_ptr, res_ptr, w_ptr, out_ptr, new_res_ptr,
     num_rows, hidden, eps,

@@ -57,3 +57,28 @@ def test_triton_ops_work_through_kernel_ops():
     x = torch.randn(4, 64, device=device)
     w = torch.randn(64, device=device)
     torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), kernels.rms_norm_ref(x, w, 1e-6))
+
+
+def test_arguments_that_change_every_step_do_not_compile_new_variants():
+    # Triton compiles a variant per value class of each int argument; a name that is not a
+    # parameter would be ignored silently and the variant compiled inside a serving step
+    import importlib
+    import inspect
+    from kernels._triton import LazyKernel
+    attention_decode, attention_prefill, rms_norm = (
+        importlib.import_module(f"kernels.{m}")
+        for m in ("attention_decode", "attention_prefill", "rms_norm"))
+    per_step = {attention_prefill._prefill_kernel: {"num_m_tiles", "num_seqs", "stride_bt"},
+                attention_decode._decode_split_kernel: {"num_splits", "stride_bt"},
+                attention_decode._decode_reduce_kernel: {"num_splits"},
+                rms_norm._rms_norm_kernel: {"num_rows"}}
+    for k, names in per_step.items():
+        assert isinstance(k, LazyKernel) and set(k.do_not_specialize) == names
+        assert names <= set(inspect.signature(k._fn).parameters), k.__name__
+    from importlib.util import find_spec
+    if find_spec("triton") is not None and find_spec("triton.experimental.gluon") is not None:
+        ws = importlib.import_module("kernels.attention_prefill_ws")
+        jit = ws._prefill_ws_kernel
+        params = list(inspect.signature(jit.fn).parameters)
+        for name in ("total", "num_m_tiles", "num_seqs", "stride_bt"):
+            assert params.index(name) in jit.do_not_specialize or name in jit.do_not_specialize
