@@ -21,6 +21,7 @@ steps, so the HTTP thread never races the step loop; session counts from the man
     agentkv:prompt_tokens_total, agentkv:prompt_tokens_computed_total,
     agentkv:generation_tokens_total
     agentkv:num_preemptions_total, agentkv:num_requests_running, agentkv:num_requests_waiting
+    agentkv:engine_slow_steps_total       counter     engine steps of 0.5 s or longer (stalls)
     agentkv:sessions{state}               gauge       active | waiting | paused | closed | expired
 
 The GPU tier is always reported; CPU and disk appear when the engine has those tiers
@@ -68,6 +69,7 @@ def engine_snapshot(engine) -> dict:
         "prompt_tokens_computed": st.prompt_tokens_computed,
         "generation_tokens": st.generated_tokens,
         "preemptions": st.preemptions,
+        "slow_steps": engine.step_log.slow_steps,
         "running": len(sched.running),
         "waiting": len(sched.waiting),
         "disk": _disk_health(engine),
@@ -124,7 +126,9 @@ class _ScrapeCollector:
                     ("prompt_tokens_computed", "prompt_tokens_computed",
                      "Prompt tokens run through the model"),
                     ("generation_tokens", "generation_tokens", "Generated tokens"),
-                    ("preemptions", "num_preemptions", "Requests preempted for KV space")):
+                    ("preemptions", "num_preemptions", "Requests preempted for KV space"),
+                    ("slow_steps", "engine_slow_steps", "Engine steps of 0.5 s or longer "
+                     "(a host-side stall, such as a kernel compile)")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])
             disk = snap.get("disk")
             if disk is not None:

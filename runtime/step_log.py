@@ -7,6 +7,11 @@ the longest gap between steps with the longest run of commands and of hooks in i
 waiting requests, preemptions (by growth, or to make room for a request that outranks the
 victims), free GPU blocks. A stalled loop or a preemption storm shows up here before it shows up as
 slow turns.
+
+A step of `SLOW_STEP_S` or longer (at real sizes a step is tens of ms: a second means the host
+waited on something, such as a kernel compile) is logged at WARNING on its own and counted in
+`slow_steps` / `slow_step_s` (exported as `agentkv:engine_slow_steps_total`), whatever the
+interval.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 
 log = logging.getLogger("runtime.engine")
+
+SLOW_STEP_S = 0.5
 
 
 @dataclass
@@ -47,12 +54,20 @@ class StepLog:
         self._preempted = (0, 0)
         self._last_end: float | None = None
         self._schedule_s = 0.0
+        self.slow_steps = 0          # steps of SLOW_STEP_S or longer, since start
+        self.slow_step_s = 0.0       # their time in all
 
     def record(self, prompt_tokens: int, decode_tokens: int, started: float) -> None:
         """A step that ran from `started` (perf_counter) until now."""
         now = time.perf_counter()
         gap = started - self._last_end if self._last_end is not None else 0.0
         self._last_end = now
+        if now - started >= SLOW_STEP_S:
+            self.slow_steps += 1
+            self.slow_step_s += now - started
+            log.warning("slow engine step: %.0f ms for %d prompt and %d decode tokens "
+                        "(scheduling %.0f ms); %d such steps so far", (now - started) * 1e3,
+                        prompt_tokens, decode_tokens, self._schedule_s * 1e3, self.slow_steps)
         if self.interval_s > 0:
             self.window.add(prompt_tokens, decode_tokens, self._schedule_s, now - started, gap)
 

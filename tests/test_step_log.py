@@ -38,3 +38,18 @@ def test_no_line_when_idle_or_off(caplog):
     off.record(5, 5, time.perf_counter())
     assert not off.maybe_log(1, 0, 0, 0, 1, 1)
     assert not caplog.records
+
+
+def test_a_slow_step_is_warned_and_counted_even_with_the_line_off(caplog):
+    caplog.set_level(logging.INFO, logger="runtime.engine")
+    sl = StepLog(interval_s=0.0)
+    sl.record(100, 2, time.perf_counter() - 0.01)                # a normal step
+    assert sl.slow_steps == 0 and not caplog.records
+    sl.scheduled(0.003)
+    sl.record(2048, 5, time.perf_counter() - 2.1)               # e.g. a kernel compiled in it
+    assert sl.slow_steps == 1 and 2.1 <= sl.slow_step_s < 2.5
+    (rec,) = caplog.records
+    assert rec.levelno == logging.WARNING
+    msg = rec.getMessage()
+    assert msg.startswith("slow engine step: 2") and "2048 prompt and 5 decode" in msg
+    assert "(scheduling 3 ms); 1 such steps so far" in msg
