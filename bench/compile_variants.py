@@ -36,7 +36,8 @@ STEPS = [[(1, 300)], [(1, 2000)] * 16, [(1, 900)] * 17, [(1, 5000)] * 3, [(1, 12
 
 
 def _jit_variants(fn) -> int:
-    """Compiled variants a Triton JITFunction holds over all devices (0 if not inspectable)."""
+    """Compiled variants a Triton JITFunction holds over all devices (0 for None, never
+    compiled, or not inspectable)."""
     try:
         return sum(len(c[0]) for c in fn.device_caches.values())
     except AttributeError:
@@ -89,8 +90,7 @@ def run_sweep(specialize: bool) -> dict:
         print(f"  {'default' if specialize else 'engine '} {len(seqs):>2} seqs, query "
               f"{max(q_lens):>4}, width {max(blocks):>4}: first {times[0] * 1e3:8.1f} ms, "
               f"again {times[1] * 1e3:6.2f} ms", flush=True)
-    variants = {"prefill": _jit_variants(attention_prefill._prefill_kernel._jit)
-                if attention_prefill._prefill_kernel._jit is not None else 0,
+    variants = {"prefill": _jit_variants(attention_prefill._prefill_kernel._jit),
                 "decode": _jit_variants(attention_decode._decode_split_kernel._jit)}
     if ws:
         from kernels import attention_prefill_ws

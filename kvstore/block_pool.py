@@ -196,6 +196,12 @@ class BlockPool:
                 else:
                     self._free.append(bid)
 
+    def free_chain(self, block_ids: list[int]) -> None:
+        """`free` a sequence's blocks (given in chain order) tail first: on equal rank the
+        eviction order takes the least recently freed first, so a log's tail goes before its
+        head (prefix matching stops at the first missing block)."""
+        self.free(reversed(block_ids))
+
     def evict_cached(self, block_id: int) -> bool:
         """Forget a cached (refcount-zero) block now; False if it is in use or not cached."""
         if self._ref[block_id] != 0 or self._hash[block_id] is None:

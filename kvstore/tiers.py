@@ -193,17 +193,20 @@ class TieredKVStore:
                     del in_flight[h]
         handle.add_done_callback(release)
 
+    def _copies_to(self, to: Tier) -> dict[bytes, TransferHandle]:
+        if to == "cpu":
+            return self._to_cpu
+        if to == "disk":
+            return self._to_disk
+        raise ValueError(f"in-flight copies go to 'cpu' or 'disk', got {to!r}")
+
     def in_flight(self, to: Tier) -> set[bytes]:
         """Hashes whose copy down to `to` ("cpu" or "disk") is in flight."""
-        if to == "cpu":
-            return set(self._to_cpu)
-        if to == "disk":
-            return set(self._to_disk)
-        raise ValueError(f"in-flight copies go to 'cpu' or 'disk', got {to!r}")
+        return set(self._copies_to(to))
 
     def in_flight_blocks(self, to: Tier) -> int:
         """How many blocks are being copied down to `to` ("cpu" or "disk") now."""
-        return len(self._to_cpu if to == "cpu" else self._to_disk)
+        return len(self._copies_to(to))
 
     def _offload_disk(self, hashes: list[bytes]) -> TransferHandle:
         if self.disk is None:

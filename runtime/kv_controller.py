@@ -332,13 +332,15 @@ class KVController:
 
     def _unpin(self, s: SessionKV) -> None:
         pool = self.engine.pool
-        for h in reversed(s.pinned):          # tail first: it is evicted first on a tie
+        held = []
+        for h in s.pinned:
             b = pool.lookup_hash(h)
             self._pin_count[h] -= 1
             if not self._pin_count[h]:
                 del self._pin_count[h]
             if b is not None:
-                pool.free([b])
+                held.append(b)
+        pool.free_chain(held)
         s.pinned, s.pinned_until = [], 0.0
 
     def _refresh(self, s: SessionKV) -> None:

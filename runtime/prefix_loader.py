@@ -215,7 +215,7 @@ class PrefixLoader:
         w = self._waiting.pop(rid, None)
         if w is None:
             return None
-        self.pool.free(reversed(w.held))
+        self.pool.free_chain(w.held)
         return w.since
 
     def _finish(self, req: Request, load: _Load) -> None:
@@ -243,7 +243,7 @@ class PrefixLoader:
         self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
-            self.pool.free(reversed(load.held))
+            self.pool.free_chain(load.held)
             for t, n in req.loaded_from.items():
                 self.loaded_tokens[t] += n
 
@@ -261,7 +261,7 @@ class PrefixLoader:
                 continue
             del self._loads[rid]
             self._checked.discard(rid)
-            self.pool.free(reversed(load.held))
+            self.pool.free_chain(load.held)
             freed += len(load.held)
         if freed:
             log.info("released %d blocks loaded for other waiting requests so that request %s "
@@ -277,4 +277,4 @@ class PrefixLoader:
             if not load.handle.ready():
                 load.handle.wait()
             self._finish(req, load)
-            self.pool.free(reversed(load.held))
+            self.pool.free_chain(load.held)

@@ -111,8 +111,7 @@ class Scheduler:
         self._seq.pop(req.request_id, None)
 
     def _release(self, req: Request) -> None:
-        # Tail first, so an LRU order evicts a sequence's last blocks before its shared prefix.
-        self.pool.free(reversed(req.block_ids))
+        self.pool.free_chain(req.block_ids)
         req.block_ids = []
 
     # -- the step ---------------------------------------------------------------------------

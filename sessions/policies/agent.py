@@ -119,8 +119,7 @@ class AgentPolicy(CachePolicy):
             release = True
         else:
             placement = Placement.OFFLOAD_CPU if release else Placement.WRITE_CPU
-            cpu_used = (tiers.pressure("cpu") if tiers is not None and tiers.cpu_capacity > 0
-                        else 1.0)
+            cpu_used = tiers.pressure("cpu") if tiers is not None else 1.0   # no CPU tier: 1.0
             src, why = "cpu", "medium pause"
             back = disk_ok and cpu_used >= c.write_back_cpu_pressure
         at = now + max(0.0, forecast.quantile(c.prefetch_q) - self.cost.load_s(t, src)
