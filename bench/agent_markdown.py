@@ -16,6 +16,15 @@ def _gib(b: int | None) -> str:
     return "-" if not b else f"{b / 2**30:.2f}"
 
 
+def _preempted(s: dict) -> str:
+    """Preemptions, with the computed tokens they discarded where the server counts them."""
+    n = s.get("preemptions")
+    if n is None:
+        return "-"
+    lost = s.get("preempted_tokens")
+    return _f(n) if lost is None else f"{_f(n)} ({_f(lost)})"
+
+
 def render_md(doc: dict) -> str:
     w, b, m = doc["workload"], doc["kv_budget"], doc["metrics"]
     cfg = w["config"]
@@ -55,8 +64,8 @@ def render_md(doc: dict) -> str:
         "## Per server", "",
         "| server | resume TTFT p50 / p99 (s) | JCT mean (s) | GPU hit | reused | recomputed "
         "tok | cpu in / out GiB | disk in / out GiB | GPU util % | decode tok/s | queue wait "
-        "mean (s) | slow steps | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        "mean (s) | preempted (tok redone) | slow steps | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n, s in servers.items():
         tb = s.get("tier_bytes") or {}
         lines.append(
@@ -65,7 +74,8 @@ def render_md(doc: dict) -> str:
             f"{_f(s.get('recomputed_tokens'))} | {_gib(tb.get('cpu_in'))} / "
             f"{_gib(tb.get('cpu_out'))} | {_gib(tb.get('disk_in'))} / {_gib(tb.get('disk_out'))}"
             f" | {_f(s.get('gpu_util_mean_pct'))} | {_f(s.get('decode_tok_s_p50'))} | "
-            f"{_f(s.get('queue_wait_mean_s'))} | {_f(s.get('slow_engine_steps'))} | "
+            f"{_f(s.get('queue_wait_mean_s'))} | {_preempted(s)} | "
+            f"{_f(s.get('slow_engine_steps'))} | "
             f"{s['errors']} |")
     lines += ["", "Resume TTFT: client-side, from sending the first turn after a pause to its "
               "first streamed token. JCT: a session's first request to its last token, pauses "
@@ -75,7 +85,9 @@ def render_md(doc: dict) -> str:
               "counted). Tier bytes from "
               "`agentkv:kv_bytes_moved` over the replay. Queue wait: every turn's time from "
               "reaching the engine to its admission (a slot, GPU room, its prefix load), the "
-              "mean of `agentkv:turn_queue_seconds`. Slow steps: engine steps of 0.5 s or longer "
+              "mean of `agentkv:turn_queue_seconds`. Preempted: turns preempted for KV room, "
+              "with the computed tokens they lost and ran again "
+              "(`agentkv:preempted_tokens_total`; not in recomputed tok). Slow steps: engine steps of 0.5 s or longer "
               "(`agentkv:engine_slow_steps_total`), a stall that delays every turn in flight.",
               ""]
     lines += _checks(doc.get("checks") or {})

@@ -101,6 +101,7 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
             "checksum_failures": int(sum(v for k, v in failures.items()
                                          if not k.endswith("_created"))),
             "preemptions": int(_delta(before, after, "agentkv:num_preemptions_total")),
+            "preempted_tokens": int(_delta(before, after, "agentkv:preempted_tokens_total")),
             "slow_engine_steps": int(_delta(before, after, "agentkv:engine_slow_steps_total")),
             "prompt_tokens_computed": int(_delta(before, after,
                                                  "agentkv:prompt_tokens_computed_total")),

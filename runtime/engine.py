@@ -240,7 +240,7 @@ class Engine:
         sc = self.scheduler
         self.step_log.maybe_log(len(sc.running), len(sc.waiting), sc.preempted_growth,
                                 sc.preempted_room, self.pool.num_free_blocks,
-                                self.pool.num_blocks)
+                                self.pool.num_blocks, sc.preempted_tokens)
 
     def _launch(self, sched) -> InflightStep:
         prev = self._inflight

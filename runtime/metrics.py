@@ -20,7 +20,8 @@ steps, so the HTTP thread never races the step loop; session counts from the man
     agentkv:prefix_cache_queries_total / agentkv:prefix_cache_hits_total   (tokens)
     agentkv:prompt_tokens_total, agentkv:prompt_tokens_computed_total,
     agentkv:generation_tokens_total
-    agentkv:num_preemptions_total, agentkv:num_requests_running, agentkv:num_requests_waiting
+    agentkv:num_preemptions_total, agentkv:preempted_tokens_total,
+    agentkv:num_requests_running, agentkv:num_requests_waiting
     agentkv:engine_slow_steps_total       counter     engine steps of 0.5 s or longer (stalls)
     agentkv:sessions{state}               gauge       active | waiting | paused | closed | expired
 
@@ -69,6 +70,7 @@ def engine_snapshot(engine) -> dict:
         "prompt_tokens_computed": st.prompt_tokens_computed,
         "generation_tokens": st.generated_tokens,
         "preemptions": st.preemptions,
+        "preempted_tokens": sched.preempted_tokens,
         "slow_steps": engine.step_log.slow_steps,
         "running": len(sched.running),
         "waiting": len(sched.waiting),
@@ -127,6 +129,8 @@ class _ScrapeCollector:
                      "Prompt tokens run through the model"),
                     ("generation_tokens", "generation_tokens", "Generated tokens"),
                     ("preemptions", "num_preemptions", "Requests preempted for KV space"),
+                    ("preempted_tokens", "preempted_tokens", "Computed tokens that "
+                     "preemptions discarded (run through the model again)"),
                     ("slow_steps", "engine_slow_steps", "Engine steps of 0.5 s or longer "
                      "(a host-side stall, such as a kernel compile)")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])

@@ -12,8 +12,9 @@ waiting request that outranks a running one still in prefill goes first: the run
 yields its chunk for the step and runs on the budget the admissions leave. With arrival order
 (FCFS) nothing waiting outranks what runs, so only a policy's boost (a resumed session's turn
 under `agent`) makes a turn jump a long prefill that is under way. A waiting request short of
-blocks takes them from running requests ranked after it (`_take_room`), the same priority
-order in which a running request's growth preempts.
+blocks takes them from running requests ranked after it that have computed at most one chunk
+(`_take_room`): their work is lost, so a turn further on keeps its room and the waiting one
+waits for it.
 """
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ class SchedulerConfig:
     max_num_seqs: int
     block_size: int
     max_model_len: int
+    # A running request is preempted for a higher-ranked waiting turn's room only while the
+    # work it would lose (its computed tokens) is at most this; None: max_num_batched_tokens,
+    # one step's chunk. Growth preemption (nothing else can run) is not bounded.
+    max_room_loss_tokens: int | None = None
+
+    @property
+    def room_loss_cap(self) -> int:
+        cap = self.max_room_loss_tokens
+        return self.max_num_batched_tokens if cap is None else cap
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,7 @@ class Scheduler:
         self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
         self.preempted_growth = 0    # running requests preempted for a higher one's growth
         self.preempted_room = 0      # ... to make room for a waiting one ranked before them
+        self.preempted_tokens = 0    # computed tokens those preemptions discarded (recomputed)
         # called with each finished (True) or preempted (False) request just before its blocks
         # are released (the KV controller learns whose they are before the eviction order
         # ranks them)
@@ -223,9 +234,12 @@ class Scheduler:
 
     def _take_room(self, req: Request, need: int, out: SchedulerOutput) -> bool:
         """`req` cannot get the `need` blocks it waits for: paused sessions' pins yield first
-        (`ensure_free`), then running requests ranked after it are preempted, last first,
-        until what they alone hold covers the rest (their full blocks stay cached). Nothing is
-        preempted when even all of them would not cover it. True when there is room now.
+        (`ensure_free`), then running requests ranked after it are preempted, those with the
+        least computed work first, until what they alone hold covers the rest. Their blocks go
+        to `req` at once, so what they computed is recomputed later: a request that has
+        computed more than `room_loss_cap` tokens (a prefill past its first chunk, a decoding
+        turn) is no victim, and `req` waits for room instead. Nothing is preempted when even
+        all the victims would not cover it. True when there is room now.
 
         Under arrival order this seldom acts: a request that cannot be admitted stops the
         queue, so nothing ranked after it is admitted meanwhile. Under `agent` a resumed turn
@@ -233,9 +247,10 @@ class Scheduler:
         for them to finish."""
         if self.pool.ensure_free(need):
             return True
-        key = self._key(req)
-        victims = sorted((r for r in self.running if self._key(r) > key), key=self._key,
-                         reverse=True)
+        key, cap = self._key(req), self.config.room_loss_cap
+        victims = sorted((r for r in self.running
+                          if self._key(r) > key and r.num_computed_tokens <= cap),
+                         key=lambda r: (r.num_computed_tokens, [-x for x in self._key(r)]))
         own = [sum(1 for b in v.block_ids if self.pool.ref_count(b) == 1) for v in victims]
         short = need - self.pool.num_free_blocks
         if sum(own) < short:
@@ -300,6 +315,7 @@ class Scheduler:
         if self.on_release is not None:
             self.on_release(req, False)
         self._release(req)
+        self.preempted_tokens += req.num_computed_tokens
         req.num_computed_tokens = 0
         req.block_hashes = []
         req.num_preemptions += 1

@@ -51,7 +51,7 @@ class StepLog:
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
         self.window = StepWindow()
-        self._preempted = (0, 0)
+        self._preempted = (0, 0, 0)   # growth, room, computed tokens discarded
         self._last_end: float | None = None
         self._schedule_s = 0.0
         self.slow_steps = 0          # steps of SLOW_STEP_S or longer, since start
@@ -82,14 +82,16 @@ class StepLog:
         self._schedule_s = seconds
 
     def maybe_log(self, running: int, waiting: int, preempted_growth: int,
-                  preempted_room: int, free_blocks: int, num_blocks: int) -> bool:
+                  preempted_room: int, free_blocks: int, num_blocks: int,
+                  preempted_tokens: int = 0) -> bool:
         """Log the interval's line when it is over and had steps; True when one was logged."""
         w = self.window
         now = time.perf_counter()
         if self.interval_s <= 0 or now - w.started < self.interval_s:
             return False
         growth, room = preempted_growth - self._preempted[0], preempted_room - self._preempted[1]
-        self._preempted = (preempted_growth, preempted_room)
+        lost = preempted_tokens - self._preempted[2]
+        self._preempted = (preempted_growth, preempted_room, preempted_tokens)
         self.window = StepWindow(now)
         if not w.steps:
             return False
@@ -97,8 +99,10 @@ class StepLog:
         log.info("steps: %d in %.1f s, prompt %.0f tok/s, generated %.0f tok/s, longest step "
                  "%.0f ms (scheduling %.0f ms), longest gap between steps %.0f ms (commands "
                  "%.0f ms, hooks %.0f ms); %d running, %d waiting; preempted %d (growth) + %d "
-                 "(room for a higher-ranked turn); %d of %d GPU blocks free", w.steps, dt,
+                 "(room for a higher-ranked turn), %d computed tokens discarded; %d of %d GPU "
+                 "blocks free", w.steps, dt,
                  w.prompt_tokens / dt, w.decode_tokens / dt, w.step_max_s * 1e3,
                  w.schedule_max_s * 1e3, w.gap_max_s * 1e3, w.commands_max_s * 1e3,
-                 w.hooks_max_s * 1e3, running, waiting, growth, room, free_blocks, num_blocks)
+                 w.hooks_max_s * 1e3, running, waiting, growth, room, lost, free_blocks,
+                 num_blocks)
         return True

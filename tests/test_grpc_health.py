@@ -76,6 +76,7 @@ def test_metrics_endpoint_reports_turns_ttft_kv_and_sessions(server):
     assert m['agentkv:session_pauses_total{trigger="client"}'] >= 1
     assert m['agentkv:kv_bytes_moved_total{direction="in",tier="gpu"}'] >= 0
     assert "agentkv:engine_slow_steps_total" in m          # stalls of the step loop, counted
+    assert "agentkv:preempted_tokens_total" in m          # work preemptions threw away
     c.close()
 
 

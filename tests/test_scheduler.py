@@ -233,3 +233,59 @@ def test_arrival_order_preempts_nobody_for_a_later_arrival():
     assert out.preempted == [] and b.status is RequestStatus.WAITING
     pool.free(held)
     pool.check_invariants()
+
+
+def test_a_prefill_past_its_first_chunk_keeps_its_room():
+    """The turn it would make room for outranks it, but it has computed more than one chunk
+    (the budget): preempting it would throw that work away. The head waits (nothing ranked
+    after it is admitted meanwhile) and runs once the prefill finishes and frees its blocks."""
+    s, pool = make(num_blocks=8, budget=8, bs=4)
+    a = Request("a", list(range(100, 120)), SamplingParams(max_tokens=1), 0.0, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 8 of 20 tokens in blocks 0, 1
+    run_step(s, s.schedule())             # a: 16 of 20 in blocks 0-3
+    held = pool.allocate(3)               # held elsewhere (4-6): block 7 free
+    j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    late = Request("late", list(range(500, 504)), SamplingParams(max_tokens=4), 2.0,
+                   priority=6.0)
+    s.add(j)
+    s.add(late)
+    out = s.schedule()                    # j needs 2 blocks, a would lose 16 > 8 tokens
+    assert out.preempted == [] and s.preempted_tokens == 0
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 4)]
+    assert a.block_ids == [0, 1, 2, 3, 7] and j.status is RequestStatus.WAITING
+    run_step(s, out)                      # a samples its one token
+    s.finish(a, FinishReason.LENGTH)
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 8),
+                                                                                  ]
+    assert j.block_ids == [7, 3] and late.status is RequestStatus.WAITING
+    pool.free(held)
+    pool.check_invariants()
+
+
+def test_room_is_taken_from_the_victim_with_the_least_computed_work():
+    """Two running requests rank after the head: the one that has computed less is preempted,
+    though it ranks before the other (the other's four blocks of work survive), and the tokens
+    it discarded are counted."""
+    s, pool = make(num_blocks=10, budget=16, bs=4, max_seqs=4)
+    a = Request("a", list(range(100, 114)), SamplingParams(max_tokens=4), 0.0, priority=6.0)
+    b = Request("b", list(range(200, 207)), SamplingParams(max_tokens=4), 0.5, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 14 of 14 in blocks 0-3
+    s.add(b)
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 1),
+                                                                                  ("b", 7)]
+    run_step(s, out)                      # a: 15 computed; b: 7 in blocks 4, 5
+    held = pool.allocate(4)               # blocks 6-9: nothing free
+    j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()
+    assert out.preempted == ["b"] and s.preempted_tokens == 7
+    assert a.status is RequestStatus.RUNNING and a.block_ids == [0, 1, 2, 3]
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 1),
+                                                                                  ("j", 8)]
+    assert j.block_ids == [5, 4] and b.status is RequestStatus.WAITING
+    pool.free(held)
+    pool.check_invariants()
