@@ -149,6 +149,14 @@ class KVController:
             self._set_hashes(s, list(req.block_hashes))
         s.last_used_at, s.paused_at = self.clock(), None
         self._next_use.pop(sid, None)
+        tiers = self.engine.tiers
+        if finished and self.policy.copies_cpu_at_turn_end and tiers is not None \
+                and tiers.host is not None:
+            # The CPU copy the pause will ask for, started while the turn still holds its
+            # blocks: the copy's references keep them until it lands. Started at the pause,
+            # a step or more later, it came too late where other turns were short of room
+            # (the pool had reused the blocks: the session's next turn recomputed them).
+            tiers.offload(s.hashes, "cpu")
 
     def turn_end(self, session_id: str, token_log: list[int]) -> None:
         s = self.sessions.setdefault(session_id, SessionKV(session_id))

@@ -49,6 +49,17 @@ def on_gpu(eng, log):
     return [eng.pool.lookup_hash(h) is not None for h in chain_hashes(log, 16, eng.fingerprint)]
 
 
+def finish_tracked(eng, ctl, sid, g, n=160):
+    """Run a turn of `n` random tokens tracked as `sid`'s to its end in the engine, without
+    reporting the turn's end; returns its prompt."""
+    prompt = torch.randint(3, 512, (n,), generator=g).tolist()
+    rid = eng.add_request(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
+    ctl.track(rid, sid)
+    while eng.has_unfinished():
+        eng.step()
+    return prompt
+
+
 def settle(eng):
     """Finish every copy, including those that completed copies start (CPU, then disk)."""
     for _ in range(3):
@@ -226,11 +237,7 @@ def test_a_finished_turn_keeps_its_blocks_before_its_end_is_reported(folder, tmp
     not the turn's: the next turn of the session comes right after and would recompute."""
     eng, ctl, clock = setup(folder, tmp_path)
     g = torch.Generator().manual_seed(7)
-    mine = torch.randint(3, 512, (160,), generator=g).tolist()            # 10 full blocks
-    rid = eng.add_request(mine, SamplingParams(max_tokens=1, ignore_eos=True))
-    ctl.track(rid, "a")
-    while eng.has_unfinished():
-        eng.step()
+    mine = finish_tracked(eng, ctl, "a", g)                                # 10 full blocks
     orphan = torch.randint(3, 512, (160,), generator=g).tolist()          # freed after it
     eng.generate([orphan], SamplingParams(max_tokens=1, ignore_eos=True))
     big = torch.randint(3, 512, (30 * 16 - 1,), generator=g).tolist()     # 30 blocks
@@ -292,4 +299,23 @@ def test_usage_reports_the_disk_write_queue_in_seconds(folder, tmp_path):
     settle(eng)
     eng.tiers.disk.put_many = put_many
     assert eng.tiers.in_flight_blocks("disk") == 0 and ctl.usage().disk_backlog_s == 0.0
+    eng.tiers.close()
+
+
+@pytest.mark.parametrize("policy,copied", [("agent", True), ("lru", False)])
+def test_agent_starts_the_cpu_copy_as_the_turn_ends(folder, tmp_path, policy, copied):
+    """Under `agent` every pause writes a CPU copy, so it starts when the engine releases the
+    turn, before the pause arrives: a request that then takes every GPU block leaves the
+    session's KV on the CPU. A policy without that rule (lru) copies nothing then."""
+    eng, ctl, clock = setup(folder, tmp_path, policy=policy)
+    mine = finish_tracked(eng, ctl, "a", torch.Generator().manual_seed(9))  # 10 full blocks
+    hashes = chain_hashes(mine, 16, eng.fingerprint)
+    big = torch.randint(3, 512, (40 * 16 - 1,), generator=torch.Generator().manual_seed(10)
+                        ).tolist()                                         # every GPU block
+    eng.generate([big], SamplingParams(max_tokens=1, ignore_eos=True))
+    settle(eng)
+    assert not any(on_gpu(eng, mine))
+    on_cpu = [eng.tiers.locate(h) is not None and "cpu" in eng.tiers.locate(h).tiers
+              for h in hashes]
+    assert on_cpu == [copied] * 10
     eng.tiers.close()

@@ -41,6 +41,9 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   sessions due back soonest first (their GPU copy is the least likely to be evicted); a CPU
   copy with nothing on disk counts `uncovered_cpu_weight` times nearer (evicting it writes to
   disk on the path of whoever needs the room);
+- every placement above writes a CPU copy (or passes through CPU), so the controller starts it
+  as the turn ends, while the turn still holds its blocks (`copies_cpu_at_turn_end`): the pause
+  reaches the controller a step or more later, when turns short of room may have reused them;
 - admission: a resumed session's turn is treated as if it had arrived `resume_boost_s` earlier,
   so it goes ahead of new sessions' first turns, but a first turn that has waited longer than
   that goes first (no starvation).
@@ -75,6 +78,7 @@ class AgentConfig:
 
 class AgentPolicy(CachePolicy):
     name = "agent"
+    copies_cpu_at_turn_end = True      # every placement above writes (or passes through) CPU
 
     def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None,
                  config: AgentConfig | None = None) -> None:

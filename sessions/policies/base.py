@@ -156,6 +156,8 @@ class CachePolicy(ABC):
     """Where each session's KV lives between turns. Subclasses set `name`."""
     name: ClassVar[str] = ""
     keeps_shared_prefix: ClassVar[bool] = True   # False: a stateless server recomputes it too
+    # True: every pause's plan writes a CPU copy, so the controller starts it as the turn ends
+    copies_cpu_at_turn_end: ClassVar[bool] = False
 
     def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None) -> None:
         self.cost = cost
