@@ -10,12 +10,16 @@ is in flight only returns to the free list when that copy has finished.
 from __future__ import annotations
 
 import heapq
+import logging
 import threading
 from typing import Iterable
 
 import torch
 
+from kvstore.pinned import pinned_empty
 from kvstore.spec import KVCacheSpec
+
+log = logging.getLogger(__name__)
 
 
 class OutOfSlots(RuntimeError):
@@ -41,11 +45,26 @@ class HostPool:
             pin_memory = torch.cuda.is_available()
         self.pinned = bool(pin_memory)
         # [num_slots, num_layers, 2, block_size, num_kv_heads, head_dim]
-        self.buffer = spec.allocate(num_slots, "cpu", pin_memory=self.pinned)
+        self._release = lambda: None
+        if self.pinned and torch.cuda.is_available():
+            # committed on every core, then registered (kvstore/pinned.py): a 32 GiB tier
+            # pinned by the driver alone held a server's start for 11-13 s
+            got = pinned_empty((num_slots, *spec.block_shape), spec.dtype)
+            self.buffer, self._release = got.tensor, got.release
+            log.info("host KV pool: %.2f GiB pinned in %.2f s (%s)",
+                     num_slots * spec.block_bytes / 2**30, got.seconds,
+                     "committed in parallel, registered" if got.registered else "by the driver")
+        else:
+            self.buffer = spec.allocate(num_slots, "cpu", pin_memory=self.pinned)
         self._num_slots = num_slots
         self._ref = [0] * num_slots
         self._free: list[int] = list(range(num_slots))  # a min-heap of free slot ids
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Unregister memory this pool registered with the CUDA driver (after the last copy
+        that uses it; copies then run from pageable memory, synchronously)."""
+        self._release()
 
     # -- queries -----------------------------------------------------------------------------
     @property

@@ -94,6 +94,7 @@ class TieredKVStore:
                                   config.disk_bytes, policy=disk_policy, clock=clock)
         if self.disk is not None:
             staging = HostPool(spec, max(config.staging_bytes, 2 * spec.block_bytes), pin_memory)
+        self._staging = staging
         host = self.host or staging
         self.transfer = None if host is None else TransferEngine(
             gpu_kv, host, self.disk, gpu_incref=block_pool.incref, gpu_decref=block_pool.free,
@@ -374,6 +375,9 @@ class TieredKVStore:
 
     def close(self) -> None:
         if self.transfer is not None:
-            self.transfer.close()
+            self.transfer.close()        # every copy done: the host memory can be unregistered
+        for pool in (self.host, self._staging):
+            if pool is not None:
+                pool.close()
         if self.disk is not None:
             self.disk.close()
