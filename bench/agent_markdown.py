@@ -86,9 +86,10 @@ def render_md(doc: dict) -> str:
               "`agentkv:kv_bytes_moved` over the replay. Queue wait: every turn's time from "
               "reaching the engine to its admission (a slot, GPU room, its prefix load), the "
               "mean of `agentkv:turn_queue_seconds`. Preempted: turns preempted for KV room, "
-              "with the computed tokens they lost and ran again "
-              "(`agentkv:preempted_tokens_total`; not in recomputed tok). Slow steps: engine steps of 0.5 s or longer "
-              "(`agentkv:engine_slow_steps_total`), a stall that delays every turn in flight.",
+              "with the context tokens they held, computed again unless still cached "
+              "(`agentkv:preempted_tokens_total`; not in recomputed tok). Slow steps: engine "
+              "steps of 0.5 s or longer (`agentkv:engine_slow_steps_total`), a stall that "
+              "delays every turn in flight.",
               ""]
     lines += _checks(doc.get("checks") or {})
     if doc.get("peer"):

@@ -129,8 +129,9 @@ class _ScrapeCollector:
                      "Prompt tokens run through the model"),
                     ("generation_tokens", "generation_tokens", "Generated tokens"),
                     ("preemptions", "num_preemptions", "Requests preempted for KV space"),
-                    ("preempted_tokens", "preempted_tokens", "Computed tokens that "
-                     "preemptions discarded (run through the model again)"),
+                    ("preempted_tokens", "preempted_tokens", "Context tokens that "
+                     "preempted requests held (computed, or found cached), to be computed or "
+                     "matched again"),
                     ("slow_steps", "engine_slow_steps", "Engine steps of 0.5 s or longer "
                      "(a host-side stall, such as a kernel compile)")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])

@@ -87,7 +87,7 @@ class Scheduler:
         self.loader = None   # a PrefixLoader when KV tiers below the GPU are on
         self.preempted_growth = 0    # running requests preempted for a higher one's growth
         self.preempted_room = 0      # ... to make room for a waiting one ranked before them
-        self.preempted_tokens = 0    # computed tokens those preemptions discarded (recomputed)
+        self.preempted_tokens = 0    # context tokens preempted requests held (to redo)
         # called with each finished (True) or preempted (False) request just before its blocks
         # are released (the KV controller learns whose they are before the eviction order
         # ranks them)

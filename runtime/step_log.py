@@ -51,7 +51,7 @@ class StepLog:
     def __init__(self, interval_s: float):
         self.interval_s = interval_s
         self.window = StepWindow()
-        self._preempted = (0, 0, 0)   # growth, room, computed tokens discarded
+        self._preempted = (0, 0, 0)   # growth, room, context tokens the preempted held
         self._last_end: float | None = None
         self._schedule_s = 0.0
         self.slow_steps = 0          # steps of SLOW_STEP_S or longer, since start
@@ -99,7 +99,7 @@ class StepLog:
         log.info("steps: %d in %.1f s, prompt %.0f tok/s, generated %.0f tok/s, longest step "
                  "%.0f ms (scheduling %.0f ms), longest gap between steps %.0f ms (commands "
                  "%.0f ms, hooks %.0f ms); %d running, %d waiting; preempted %d (growth) + %d "
-                 "(room for a higher-ranked turn), %d computed tokens discarded; %d of %d GPU "
+                 "(room for a higher-ranked turn) holding %d tokens to redo; %d of %d GPU "
                  "blocks free", w.steps, dt,
                  w.prompt_tokens / dt, w.decode_tokens / dt, w.step_max_s * 1e3,
                  w.schedule_max_s * 1e3, w.gap_max_s * 1e3, w.commands_max_s * 1e3,
