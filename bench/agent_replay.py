@@ -16,9 +16,10 @@ bytes identical after a round trip through CPU and disk.
     python bench/agent_replay.py --time-budget-s 548    # one 10-minute call on a GPU machine
     python bench/agent_replay.py --time-budget-s 900    # everything: peer and fp32 sample too
 
-Each server start takes 20-50 s (random 8B weights, CUDA graphs, pinning the 32 GiB CPU tier:
-15 s of it on an H100 machine); under a budget of about 550 s the peer and the fp32 sample are
-skipped, and said so in the report.
+Each server start took 20-50 s (random 8B weights, CUDA graphs, and 11-13 s of pinning the
+32 GiB CPU tier on an H100 machine until kvstore/pinned.py); at 3b27264 a 524 s budget ran the
+five policies and every check but left 129 s for the peer, which needs 140 (the report says
+what was skipped).
     python bench/agent_replay.py --smoke          # CPU, a tiny random model, seconds
 
 Writes bench/results/agent-<hardware>-<date>.{json,md,png} (format: bench/README.md).
