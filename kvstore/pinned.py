@@ -51,7 +51,7 @@ def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, align: int = ALIGN
                   ) -> torch.Tensor:
     """A pageable CPU tensor of `shape` whose first byte is `align`-aligned (a view into a
     slightly larger byte buffer, whose storage it keeps alive)."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    nbytes = math.prod(shape) * dtype.itemsize
     raw = torch.empty(nbytes + align, dtype=torch.uint8)
     offset = (-raw.data_ptr()) % align
     return raw[offset:offset + nbytes].view(dtype).view(shape)
@@ -67,10 +67,9 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
     t0 = time.perf_counter()
     view = aligned_empty(shape, dtype)
     view.view(torch.uint8).view(-1).zero_()          # commits every page, on every core
-    nbytes = view.numel() * view.element_size()
-    ptr = view.data_ptr()
+    nbytes, ptr = view.numel() * dtype.itemsize, view.data_ptr()
     try:
-        err = register(ptr, nbytes) if nbytes else 0
+        err = register(ptr, nbytes)
     except Exception as e:                 # noqa: BLE001 - no CUDA runtime to ask: fall back
         err = f"{type(e).__name__}: {e}"
     if err != 0:
@@ -83,7 +82,7 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
     done = [False]
 
     def release() -> None:
-        if done[0] or not nbytes:
+        if done[0]:
             return
         done[0] = True
         e = unregister(ptr)
