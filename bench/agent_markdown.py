@@ -64,7 +64,7 @@ def render_md(doc: dict) -> str:
         "## Per server", "",
         "| server | resume TTFT p50 / p99 (s) | JCT mean (s) | GPU hit | reused | recomputed "
         "tok | cpu in / out GiB | disk in / out GiB | GPU util % | decode tok/s | queue wait "
-        "mean (s) | preempted (tok redone) | slow steps | errors |",
+        "mean (s) | preempted (tok redone) | slow / short steps | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n, s in servers.items():
         tb = s.get("tier_bytes") or {}
@@ -75,7 +75,7 @@ def render_md(doc: dict) -> str:
             f"{_gib(tb.get('cpu_out'))} | {_gib(tb.get('disk_in'))} / {_gib(tb.get('disk_out'))}"
             f" | {_f(s.get('gpu_util_mean_pct'))} | {_f(s.get('decode_tok_s_p50'))} | "
             f"{_f(s.get('queue_wait_mean_s'))} | {_preempted(s)} | "
-            f"{_f(s.get('slow_engine_steps'))} | "
+            f"{_f(s.get('slow_engine_steps'))} / {_f(s.get('short_engine_steps'))} | "
             f"{s['errors']} |")
     lines += ["", "Resume TTFT: client-side, from sending the first turn after a pause to its "
               "first streamed token. JCT: a session's first request to its last token, pauses "
@@ -89,7 +89,9 @@ def render_md(doc: dict) -> str:
               "with the context tokens they held, computed again unless still cached "
               "(`agentkv:preempted_tokens_total`; not in recomputed tok). Slow steps: engine "
               "steps of 0.5 s or longer (`agentkv:engine_slow_steps_total`), a stall that "
-              "delays every turn in flight.",
+              "delays every turn in flight. Short steps: steps cut to the policy's cap while a "
+              "paused session was likely back within one (`agentkv:engine_short_steps_total`; "
+              "`agent` only), so that a turn arriving mid-step waits less.",
               ""]
     lines += _checks(doc.get("checks") or {})
     if doc.get("peer"):

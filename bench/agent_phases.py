@@ -103,6 +103,8 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
             "preemptions": int(_delta(before, after, "agentkv:num_preemptions_total")),
             "preempted_tokens": int(_delta(before, after, "agentkv:preempted_tokens_total")),
             "slow_engine_steps": int(_delta(before, after, "agentkv:engine_slow_steps_total")),
+            "short_engine_steps": int(_delta(before, after,
+                                             "agentkv:engine_short_steps_total")),
             "prompt_tokens_computed": int(_delta(before, after,
                                                  "agentkv:prompt_tokens_computed_total")),
             "queue_wait_mean_s": _mean_of(before, after, "agentkv:turn_queue_seconds"),

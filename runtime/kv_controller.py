@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 # how long one computed prediction of a session's next use serves the eviction order's ranking
 NEXT_USE_MEMO_S = 0.05
+# how long one answer of the policy's step_token_cap serves the scheduler
+STEP_CAP_MEMO_S = 0.01
 
 
 @dataclass
@@ -66,6 +68,9 @@ class KVController:
         engine.scheduler.on_release = self._request_released
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use, self._block_depth)
+        self._cap_memo: tuple[float, int | None] = (-math.inf, None)
+        if type(policy).step_token_cap is not CachePolicy.step_token_cap:
+            engine.scheduler.step_cap = self._step_cap
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
             engine.pool.enable_prefix_caching = False
             engine.pool.reset_prefix_cache()
@@ -102,6 +107,19 @@ class KVController:
     def _block_depth(self, block_id: int) -> int:
         h = self.engine.pool.block_hash(block_id)
         return self._depth.get(h, 0) if h is not None else 0
+
+    def _step_cap(self) -> int | None:
+        """The policy's cap on the next step's tokens, from the paused sessions' forecasts
+        (asked before each step that has work; one answer serves `STEP_CAP_MEMO_S`)."""
+        now = self.clock()
+        at, cap = self._cap_memo
+        if 0.0 <= now - at < STEP_CAP_MEMO_S:
+            return cap
+        pauses = [(max(0.0, now - s.paused_at), s.forecast) for s in self.sessions.values()
+                  if s.paused_at is not None and s.forecast is not None]
+        cap = self.policy.step_token_cap(pauses) if pauses else None
+        self._cap_memo = (now, cap)
+        return cap
 
     def _remaining(self, s: SessionKV, now: float) -> float:
         if s.paused_at is None or s.forecast is None:

@@ -23,6 +23,8 @@ steps, so the HTTP thread never races the step loop; session counts from the man
     agentkv:num_preemptions_total, agentkv:preempted_tokens_total,
     agentkv:num_requests_running, agentkv:num_requests_waiting
     agentkv:engine_slow_steps_total       counter     engine steps of 0.5 s or longer (stalls)
+    agentkv:engine_short_steps_total      counter     steps cut to the policy's cap (a resume
+                                                      was likely soon)
     agentkv:sessions{state}               gauge       active | waiting | paused | closed | expired
 
 The GPU tier is always reported; CPU and disk appear when the engine has those tiers
@@ -72,6 +74,7 @@ def engine_snapshot(engine) -> dict:
         "preemptions": st.preemptions,
         "preempted_tokens": sched.preempted_tokens,
         "slow_steps": engine.step_log.slow_steps,
+        "short_steps": sched.short_steps,
         "running": len(sched.running),
         "waiting": len(sched.waiting),
         "disk": _disk_health(engine),
@@ -133,7 +136,9 @@ class _ScrapeCollector:
                      "preempted requests held (computed, or found cached), to be computed or "
                      "matched again"),
                     ("slow_steps", "engine_slow_steps", "Engine steps of 0.5 s or longer "
-                     "(a host-side stall, such as a kernel compile)")):
+                     "(a host-side stall, such as a kernel compile)"),
+                    ("short_steps", "engine_short_steps", "Engine steps cut to the cache "
+                     "policy's cap while a paused session was likely back soon")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])
             disk = snap.get("disk")
             if disk is not None:

@@ -15,6 +15,9 @@ under `agent`) makes a turn jump a long prefill that is under way. A waiting req
 blocks takes them from running requests ranked after it that have computed at most one chunk
 (`_take_room`): their work is lost, so a turn further on keeps its room and the waiting one
 waits for it.
+
+A turn that arrives while a step runs waits for that step; `step_cap` (the KV controller's,
+from its policy) lowers the budget of the steps planned while a paused session is likely back.
 """
 from __future__ import annotations
 
@@ -92,6 +95,11 @@ class Scheduler:
         # are released (the KV controller learns whose they are before the eviction order
         # ranks them)
         self.on_release: Callable[[Request, bool], None] | None = None
+        # the most tokens the next step may carry (None: the configured budget); the KV
+        # controller sets it when its policy shortens steps while a resume is likely
+        self.step_cap: Callable[[], int | None] | None = None
+        self.short_steps = 0         # steps planned under a cap below the budget
+        self._budget = config.max_num_batched_tokens
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -128,7 +136,7 @@ class Scheduler:
     # -- the step ---------------------------------------------------------------------------
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        budget = self.config.max_num_batched_tokens
+        budget = self._budget = self._step_budget()
         self.running.sort(key=self._key)
         self.waiting.sort(key=self._key)
         # A running prefill that the head of the queue outranks (a resumed session's turn,
@@ -156,7 +164,14 @@ class Scheduler:
             budget -= n
             i += 1
         self._queue_pass(deferred, admit=not out.preempted, out=out)
+        if self._budget < self.config.max_num_batched_tokens and out.num_tokens == self._budget:
+            self.short_steps += 1          # the cap, not the work at hand, bounded the step
         return out
+
+    def _step_budget(self) -> int:
+        full = self.config.max_num_batched_tokens
+        cap = self.step_cap() if self.step_cap is not None and self.has_work() else None
+        return full if cap is None else max(1, min(full, cap))
 
     def _queue_pass(self, deferred: list[Request], admit: bool, out: SchedulerOutput) -> None:
         """The queue and the yielded prefills, merged in priority order, on the step's budget
@@ -176,7 +191,7 @@ class Scheduler:
     def _merged_pass(self, deferred: list[Request], admit: bool,
                      out: SchedulerOutput) -> list[Request]:
         """_queue_pass's loop; returns the yielded prefills that could not grow."""
-        cap = self.config.max_num_batched_tokens
+        cap = self._budget
         jumped = self._key(deferred[0]) if deferred else None
         stuck: list[Request] = []
         short = False

@@ -1,4 +1,5 @@
 """The pause-aware policy carried out on a real engine's tiers, on a fake clock."""
+import dataclasses
 import threading
 import time
 from concurrent.futures import Future
@@ -319,3 +320,34 @@ def test_agent_starts_the_cpu_copy_as_the_turn_ends(folder, tmp_path, policy, co
               for h in hashes]
     assert on_cpu == [copied] * 10
     eng.tiers.close()
+
+
+@pytest.mark.parametrize("policy", ["agent", "lru"])
+def test_agent_shortens_steps_while_a_paused_session_is_likely_back(folder, tmp_path, policy):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=64, policy=policy)
+    if policy == "agent":
+        ctl.policy.config = dataclasses.replace(ctl.policy.config, resume_step_tokens=128)
+    turn(eng, ctl, "a", 0)
+    ctl.pause("a", "read", None, False, PauseForecast(0.04, 0.2, "learned"))
+    clock.t += 0.02                       # 20 ms into a read: likely back within 0.1 s
+
+    def chunks(seed):
+        prompt = torch.randint(3, 512, (600,), generator=torch.Generator().manual_seed(seed))
+        rid = eng.add_request(prompt.tolist(), SamplingParams(max_tokens=1, ignore_eos=True))
+        req, done = eng.requests[rid], []
+        while eng.has_unfinished():
+            before = req.num_computed_tokens
+            eng.step()
+            done.append(req.num_computed_tokens - before)
+            clock.t += 0.001
+        return done
+
+    if policy == "lru":
+        assert eng.scheduler.step_cap is None
+        assert chunks(9)[0] == 600 and eng.scheduler.short_steps == 0
+        return
+    assert chunks(9)[:5] == [128, 128, 128, 128, 88]
+    assert eng.scheduler.short_steps == 4
+    ctl.resume("a")                       # nobody paused: full steps again
+    clock.t += 1.0
+    assert chunks(10)[0] == 600 and eng.scheduler.short_steps == 4

@@ -205,3 +205,41 @@ def test_registry():
     with pytest.raises(ValueError) as e:
         make_policy("belady", COST, PauseEstimator())
     assert "recompute, lru, lru_cpu, ttl, agent" in str(e.value)
+
+
+def test_steps_are_shortened_only_while_a_resume_is_likely():
+    from sessions.policies.agent import resume_probability
+    p = agent()
+    cap = p.config.resume_step_tokens
+    assert cap is not None
+    # four tool calls a few tens of ms in, each likely to end within 0.1 s: shorten
+    assert p.step_token_cap([(0.03, SHORT)] * 4) == cap
+    # humans a minute in, hours of tool work: full steps
+    assert p.step_token_cap([(60.0, HUMAN), (10.0, HOURS)]) is None
+    assert p.step_token_cap([]) is None
+    # one bash call: the chance it ends in the next 0.1 s, given it lasted 0.2 s
+    one = resume_probability([(0.2, BASH)], 0.1)
+    expected = (BASH.cdf(0.3) - BASH.cdf(0.2)) / (1 - BASH.cdf(0.2))
+    assert one == pytest.approx(expected) and 0.0 < one < 0.5
+    assert p.step_token_cap([(0.2, BASH)]) is None
+    # independent pauses add up: enough of them make a resume likely
+    n = 1
+    while 1 - (1 - one) ** n < 0.5:
+        n += 1
+    assert p.step_token_cap([(0.2, BASH)] * (n - 1)) is None
+    assert p.step_token_cap([(0.2, BASH)] * n) == cap
+    assert resume_probability([(0.2, BASH)] * n, 0.1) == pytest.approx(1 - (1 - one) ** n)
+
+
+def test_step_shortening_can_be_switched_off_and_is_validated():
+    from sessions.policies.agent import AgentConfig
+    off = AgentPolicy(COST, PauseEstimator(), AgentConfig(resume_step_tokens=None))
+    assert off.step_token_cap([(0.03, SHORT)] * 4) is None
+    for bad in (dict(resume_step_tokens=0), dict(resume_horizon_s=0.0),
+                dict(resume_step_probability=1.5)):
+        with pytest.raises(ValueError, match="AgentConfig.resume_"):
+            AgentConfig(**bad)
+    for name in POLICY_NAMES:
+        if name != "agent":
+            assert make_policy(name, COST, PauseEstimator()).step_token_cap(
+                [(0.03, SHORT)] * 4) is None

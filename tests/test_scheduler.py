@@ -289,3 +289,37 @@ def test_room_is_taken_from_the_victim_with_the_least_computed_work():
     assert j.block_ids == [5, 4] and b.status is RequestStatus.WAITING
     pool.free(held)
     pool.check_invariants()
+
+
+def test_a_step_cap_shortens_prefill_chunks_while_it_is_set():
+    s, pool = make(num_blocks=16, budget=8)
+    caps = [3]
+    s.step_cap = lambda: caps[0]
+    a = req("a", 10)
+    s.add(a)
+    out = s.schedule()                    # capped: a chunk of 3 where the budget allows 8
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 3)]
+    assert a.block_ids == [0] and s.short_steps == 1
+    run_step(s, out)
+    b = req("b", 2, start=300)
+    s.add(b)
+    out = s.schedule()                    # the cap holds for the queue too: b waits
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 3)]
+    assert a.block_ids == [0, 1] and b.status is RequestStatus.WAITING
+    run_step(s, out)
+    caps[0] = None                        # no resume likely: the full budget again
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 4),
+                                                                                ("b", 2)]
+    assert a.block_ids == [0, 1, 2] and b.block_ids == [3]
+    assert s.short_steps == 2
+
+
+def test_a_step_cap_above_the_budget_changes_nothing():
+    s, _ = make(num_blocks=16, budget=8)
+    s.step_cap = lambda: 100
+    a = req("a", 10)
+    s.add(a)
+    out = s.schedule()
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 8)]
+    assert s.short_steps == 0

@@ -46,7 +46,12 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   reaches the controller a step or more later, when turns short of room may have reused them;
 - admission: a resumed session's turn is treated as if it had arrived `resume_boost_s` earlier,
   so it goes ahead of new sessions' first turns, but a first turn that has waited longer than
-  that goes first (no starvation).
+  that goes first (no starvation);
+- step length: a turn that arrives while an engine step runs waits for the step to end (a full
+  prefill chunk is tens of ms on a GPU), so while the paused sessions' forecasts give a chance
+  of at least `resume_step_probability` that one of them is back within `resume_horizon_s`,
+  steps carry at most `resume_step_tokens`; with only long pauses (humans) open, prefill runs
+  in full chunks.
 """
 from __future__ import annotations
 
@@ -74,6 +79,20 @@ class AgentConfig:
     max_prefetches: int = 2
     uncovered_cpu_weight: float = 8.0
     resume_boost_s: float = 2.0
+    resume_step_tokens: int | None = 1024      # None: never shorten steps
+    resume_horizon_s: float = 0.1              # about one full prefill step
+    resume_step_probability: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.resume_step_tokens is not None and self.resume_step_tokens <= 0:
+            raise ValueError("AgentConfig.resume_step_tokens must be a positive token count "
+                             f"or None (never shorten steps), got {self.resume_step_tokens!r}")
+        if not self.resume_horizon_s > 0:
+            raise ValueError("AgentConfig.resume_horizon_s must be > 0 s, got "
+                             f"{self.resume_horizon_s!r}")
+        if not 0.0 < self.resume_step_probability <= 1.0:
+            raise ValueError("AgentConfig.resume_step_probability must be in (0, 1], got "
+                             f"{self.resume_step_probability!r}")
 
 
 class AgentPolicy(CachePolicy):
@@ -228,3 +247,25 @@ class AgentPolicy(CachePolicy):
     def admission_priority(self, session_id: str, is_resume: bool, enqueued_at: float,
                            now: float) -> float:
         return enqueued_at - (self.config.resume_boost_s if is_resume else 0.0)
+
+    def step_token_cap(self, pauses: list[tuple[float, PauseForecast]]) -> int | None:
+        c = self.config
+        if c.resume_step_tokens is None:
+            return None
+        p = resume_probability(pauses, c.resume_horizon_s, stop_at=c.resume_step_probability)
+        return c.resume_step_tokens if p >= c.resume_step_probability else None
+
+
+def resume_probability(pauses: list[tuple[float, PauseForecast]], horizon_s: float,
+                       stop_at: float = 1.0) -> float:
+    """P(at least one of the pauses ends within `horizon_s`), each given (seconds it has
+    lasted, its forecast) and taken as independent. Stops adding once it reaches `stop_at`."""
+    stay = 1.0
+    for elapsed, f in pauses:
+        survive = 1.0 - f.cdf(elapsed)
+        if survive <= 1e-9:        # far past its forecast: no basis for a near end
+            continue
+        stay *= 1.0 - min(1.0, (f.cdf(elapsed + horizon_s) - f.cdf(elapsed)) / survive)
+        if 1.0 - stay >= stop_at:
+            break
+    return 1.0 - stay

@@ -18,6 +18,8 @@ Hook protocol, in the order an engine calls them for one session:
                                             tier holds them already
     on_resume(session_id, now)              the next turn arrived
     admission_priority(...)                 order of turns waiting for the prefill engine
+    step_token_cap(pauses) -> int | None    before engine steps: shorten them while a paused
+                                            session is likely back within one
     on_close(session_id)                    the session ended; forget it
 
 Token counts in a view are of the session's *private* KV (context minus the shared prefix),
@@ -199,6 +201,13 @@ class CachePolicy(ABC):
                            now: float) -> float:
         """Sort key (smaller runs first) for a turn waiting for prefill. Default: FCFS."""
         return enqueued_at
+
+    def step_token_cap(self, pauses: list[tuple[float, PauseForecast]]) -> int | None:
+        """The most tokens the next engine step should carry, given each paused session's
+        (seconds paused so far, forecast); None: the engine's own budget. A turn that arrives
+        while a step runs waits for that step, so a policy may shorten steps while a resume
+        is likely. Called before each step (the engine may reuse an answer for a few ms)."""
+        return None
 
 
 def lru_order(candidates: list[SessionKVView]) -> list[str]:
