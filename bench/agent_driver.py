@@ -31,6 +31,7 @@ class TurnOutcome:
     kv_source: dict[str, int] = field(default_factory=dict)
     server_ttft_s: float | None = None
     prompt_tokens: int = 0
+    server_queue_s: float | None = None     # engine arrival -> admission, from the server
 
 
 class Backend(Protocol):
@@ -63,6 +64,7 @@ class TurnRecord:
     server_ttft_s: float | None
     kv_source: dict[str, int]
     token_ids: list[int]
+    server_queue_s: float | None = None  # engine arrival -> admission (in server_ttft_s)
 
 
 @dataclass
@@ -126,7 +128,7 @@ class GrpcBackend:
         if result is None:
             raise RuntimeError("the turn ended without a result")
         return TurnOutcome(sent, first, last, ids, dict(result.kv_source), result.ttft_s,
-                           result.prompt_tokens)
+                           result.prompt_tokens, result.queue_s)
 
     def pause(self, handle, turn: ReplayTurn) -> None:
         handle.pause(turn.tool_after or "user", human=turn.human_after)
@@ -249,4 +251,4 @@ def _record(s: ReplaySession, t: ReplayTurn, prev: ReplayTurn | None, o: TurnOut
         prev.pause_real_s if prev else 0.0, prev.tool_after if prev else None,
         bool(prev and prev.human_after), o.prompt_tokens or context_before + len(t.input_ids),
         len(t.input_ids), n, o.sent_at - t0, first - o.sent_at, last - o.sent_at, decode,
-        o.server_ttft_s, o.kv_source, o.token_ids)
+        o.server_ttft_s, o.kv_source, o.token_ids, o.server_queue_s)

@@ -64,7 +64,7 @@ def render_md(doc: dict) -> str:
         "## Per server", "",
         "| server | resume TTFT p50 / p99 (s) | JCT mean (s) | GPU hit | reused | recomputed "
         "tok | cpu in / out GiB | disk in / out GiB | GPU util % | decode tok/s | queue wait "
-        "mean (s) | preempted (tok redone) | slow / short steps | errors |",
+        "mean / resumed p50 (s) | preempted (tok redone) | slow / short steps | errors |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for n, s in servers.items():
         tb = s.get("tier_bytes") or {}
@@ -74,7 +74,8 @@ def render_md(doc: dict) -> str:
             f"{_f(s.get('recomputed_tokens'))} | {_gib(tb.get('cpu_in'))} / "
             f"{_gib(tb.get('cpu_out'))} | {_gib(tb.get('disk_in'))} / {_gib(tb.get('disk_out'))}"
             f" | {_f(s.get('gpu_util_mean_pct'))} | {_f(s.get('decode_tok_s_p50'))} | "
-            f"{_f(s.get('queue_wait_mean_s'))} | {_preempted(s)} | "
+            f"{_f(s.get('queue_wait_mean_s'))} / {_f(s.get('resume_queue_p50_s'))} | "
+            f"{_preempted(s)} | "
             f"{_f(s.get('slow_engine_steps'))} / {_f(s.get('short_engine_steps'))} | "
             f"{s['errors']} |")
     lines += ["", "Resume TTFT: client-side, from sending the first turn after a pause to its "
@@ -85,7 +86,9 @@ def render_md(doc: dict) -> str:
               "counted). Tier bytes from "
               "`agentkv:kv_bytes_moved` over the replay. Queue wait: every turn's time from "
               "reaching the engine to its admission (a slot, GPU room, its prefix load), the "
-              "mean of `agentkv:turn_queue_seconds`. Preempted: turns preempted for KV room, "
+              "mean of `agentkv:turn_queue_seconds`; resumed p50: the median of resumed turns' own "
+              "(`TurnResult.queue_seconds`), the part of their TTFT before their first step. "
+              "Preempted: turns preempted for KV room, "
               "with the context tokens they held, computed again unless still cached "
               "(`agentkv:preempted_tokens_total`; not in recomputed tok). Slow steps: engine "
               "steps of 0.5 s or longer (`agentkv:engine_slow_steps_total`), a stall that "

@@ -404,7 +404,12 @@ def _turn_row(t) -> dict:
             "input_tokens": t.input_tokens, "output_tokens": t.output_tokens,
             "start_s": round(t.start_s, 4), "ttft_s": round(t.ttft_s, 5),
             "turn_s": round(t.turn_s, 5), "decode_tok_s": round(t.decode_tok_s, 1),
+            "server_ttft_s": _r5(t.server_ttft_s), "server_queue_s": _r5(t.server_queue_s),
             "kv_source": t.kv_source}
+
+
+def _r5(x: float | None) -> float | None:
+    return None if x is None else round(x, 5)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ def summarize(res: ReplayResult, expected_turns: int) -> dict:
         by_pause[name] = {"turns": len(xs), "ttft_p50_s": _r(quantile(xs, 0.5)),
                           "ttft_p99_s": _r(quantile(xs, 0.99))}
     has_src = any(t.kv_source for t in resumed)
+    queued = [t.server_queue_s for t in resumed if t.server_queue_s is not None]
     return {
         "turns": len(res.turns), "turns_expected": expected_turns,
         "resumed_turns": len(resumed), "sessions_completed": len(jct),
@@ -71,6 +72,10 @@ def summarize(res: ReplayResult, expected_turns: int) -> dict:
         "resume_ttft_p99_s": _r(quantile(ttft, 0.99)),
         "resume_ttft_mean_s": _r(sum(ttft) / len(ttft)) if ttft else None,
         "first_turn_ttft_p50_s": _r(quantile([t.ttft_s for t in res.turns if not t.resume], 0.5)),
+        # what part of a resumed turn's TTFT it waited in the engine's queue (the step in
+        # flight, a slot, GPU room, its KV's load), from the server's TurnResult
+        "resume_queue_p50_s": _r(quantile(queued, 0.5)),
+        "resume_queue_mean_s": _r(sum(queued) / len(queued)) if queued else None,
         "jct_mean_s": _r(sum(jct) / len(jct)) if jct else None,
         "jct_p50_s": _r(quantile(jct, 0.5)), "jct_p99_s": _r(quantile(jct, 0.99)),
         "decode_tok_s_p50": _r(quantile([t.decode_tok_s for t in res.turns if t.decode_tok_s],

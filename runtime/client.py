@@ -101,6 +101,7 @@ class TurnResult:
     session: SessionInfo
     text: str = ""                      # the streamed text (tool calls included)
     token_ids: list[int] = field(default_factory=list)
+    queue_s: float = 0.0                # engine arrival -> admission (part of ttft_s)
 
     @property
     def reused_tokens(self) -> int:
@@ -118,7 +119,7 @@ class TurnResult:
                    {"gpu": kv.gpu_tokens, "cpu": kv.cpu_tokens, "disk": kv.disk_tokens,
                     "recomputed": kv.recomputed_tokens},
                    r.rewrite.rewritten, r.rewrite.reused_prefix_tokens, r.rewrite.dropped_tokens,
-                   SessionInfo.from_pb(r.session), text, ids)
+                   SessionInfo.from_pb(r.session), text, ids, r.queue_seconds)
 
 
 def _message(m) -> pb.ChatMessage:

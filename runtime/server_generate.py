@@ -194,9 +194,10 @@ class GenerateMixin:
             await self.abort_with(context, exc)
             return
         self.metrics.observe_turn(finish, ttft, kv, prep.rewritten, final.queue_s)
-        yield self._result(FINISH_TO_PB[finish], prep, out_ids, text, ttft, kv, s, turn)
+        yield self._result(FINISH_TO_PB[finish], prep, out_ids, text, ttft, kv, s, turn,
+                           final.queue_s)
 
-    def _result(self, finish, prep, out_ids, text, ttft, kv, session, turn=None):
+    def _result(self, finish, prep, out_ids, text, ttft, kv, session, turn=None, queue_s=None):
         if finish == pb.FINISH_REASON_CANCELLED:
             self.metrics.turns.labels("cancelled").inc()
         handle = prep.handle
@@ -215,5 +216,6 @@ class GenerateMixin:
             rewrite=pb.ContextRewrite(rewritten=prep.rewritten,
                                       reused_prefix_tokens=prep.reused_prefix_tokens,
                                       dropped_tokens=prep.dropped_tokens),
-            session=session_to_pb(session) if session is not None else None)
+            session=session_to_pb(session) if session is not None else None,
+            queue_seconds=max(0.0, queue_s or 0.0))
         return api.GenerateResponse(result=res)

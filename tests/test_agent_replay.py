@@ -47,7 +47,9 @@ def test_every_turn_played_and_sources_add_up(report):
         for t in doc["turn_records"][p]:
             assert sum(t["kv_source"].values()) == t["prompt_tokens"]
             assert 0 < t["ttft_s"] <= t["turn_s"]
+            assert 0 < t["server_queue_s"] < t["server_ttft_s"]
             assert t["output_tokens"] >= 1
+        assert 0 < s["resume_queue_p50_s"] < s["resume_ttft_p50_s"]
 
 
 def test_kv_after_resume_recomputed_under_recompute_reused_under_agent(report):
