@@ -46,11 +46,13 @@ class HostPool:
         self.pinned = bool(pin_memory)
         # [num_slots, num_layers, 2, block_size, num_kv_heads, head_dim]
         self._release = lambda: None
+        self.registered = False   # committed here and registered with the driver
         if self.pinned and torch.cuda.is_available():
             # committed on every core, then registered (kvstore/pinned.py): a 32 GiB tier
             # pinned by the driver alone held a server's start for 11-13 s
             got = pinned_empty((num_slots, *spec.block_shape), spec.dtype)
             self.buffer, self._release = got.tensor, got.release
+            self.registered = got.registered
             log.info("host KV pool: %.2f GiB pinned in %.2f s (%s)",
                      num_slots * spec.block_bytes / 2**30, got.seconds,
                      "committed in parallel, registered" if got.registered else "by the driver")
@@ -65,6 +67,7 @@ class HostPool:
         """Unregister memory this pool registered with the CUDA driver (after the last copy
         that uses it; copies then run from pageable memory, synchronously)."""
         self._release()
+        self.registered = False
 
     # -- queries -----------------------------------------------------------------------------
     @property

@@ -10,15 +10,22 @@ already there. Copies treat registered memory as pinned: asynchronous DMA, no st
 
 If registration fails (an old driver, a locked-memory limit), the buffer falls back to the
 driver's own pinned allocation, as before.
+
+The registration ends with the memory: `release()` unregisters it, and so does the buffer's
+owner being freed (a pool dropped without `close`), before its pages go back to the system. A
+range freed while still registered can come back from a later allocation, whose registration
+the driver then refuses as "already mapped".
 """
 from __future__ import annotations
 
 import logging
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,20 @@ class PinnedBuffer:
 
 
 def _register(ptr: int, nbytes: int) -> int:
-    return int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, REGISTER_PORTABLE))
+    err = int(torch.cuda.cudart().cudaHostRegister(ptr, nbytes, REGISTER_PORTABLE))
+    if err:
+        _clear_last_error()
+    return err
+
+
+def _clear_last_error() -> None:
+    """A failed runtime call stays the runtime's last error until something reads it, and
+    torch reads it after its next kernel launch and raises it there, far from its cause: read
+    it here (a launch whose check raises it once)."""
+    try:
+        torch.empty(1, device="cuda").fill_(0)
+    except RuntimeError:
+        pass
 
 
 def _unregister(ptr: int) -> int:
@@ -50,11 +70,17 @@ def _driver_pinned(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 def aligned_empty(shape: tuple[int, ...], dtype: torch.dtype, align: int = ALIGN
                   ) -> torch.Tensor:
     """A pageable CPU tensor of `shape` whose first byte is `align`-aligned (a view into a
-    slightly larger byte buffer, whose storage it keeps alive)."""
+    slightly larger byte buffer, which its storage keeps alive)."""
+    return _aligned(shape, dtype, align)[0]
+
+
+def _aligned(shape: tuple[int, ...], dtype: torch.dtype, align: int
+             ) -> tuple[torch.Tensor, np.ndarray]:
+    """(the tensor, the array that owns its memory: freed only when no tensor uses it)."""
     nbytes = math.prod(shape) * dtype.itemsize
-    raw = torch.empty(nbytes + align, dtype=torch.uint8)
-    offset = (-raw.data_ptr()) % align
-    return raw[offset:offset + nbytes].view(dtype).view(shape)
+    raw = np.empty(nbytes + align, dtype=np.uint8)
+    offset = (-raw.ctypes.data) % align
+    return torch.from_numpy(raw[offset:offset + nbytes]).view(dtype).view(shape), raw
 
 
 def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
@@ -65,7 +91,7 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
     """A page-locked CPU tensor of `shape` (see the module docstring); zero-filled unless the
     registration failed and `fallback` made it."""
     t0 = time.perf_counter()
-    view = aligned_empty(shape, dtype)
+    view, owner = _aligned(shape, dtype, ALIGN)
     view.view(torch.uint8).view(-1).zero_()          # commits every page, on every core
     nbytes, ptr = view.numel() * dtype.itemsize, view.data_ptr()
     try:
@@ -76,7 +102,7 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
         log.warning("registering %.2f GiB of host memory with the CUDA driver failed (%s): "
                     "the driver allocates it pinned instead, on one thread (a slower start)",
                     nbytes / 2**30, err if isinstance(err, str) else f"cudaError {err}")
-        del view
+        del view, owner
         t = fallback(shape, dtype)
         return PinnedBuffer(t, lambda: None, False, time.perf_counter() - t0)
     done = [False]
@@ -89,4 +115,6 @@ def pinned_empty(shape: tuple[int, ...], dtype: torch.dtype,
         if e != 0:
             log.warning("unregistering host KV memory failed (cudaError %d)", e)
 
+    # unregistered before the owner's memory is freed, when nothing called release() first
+    weakref.finalize(owner, release).atexit = False
     return PinnedBuffer(view, release, True, time.perf_counter() - t0)

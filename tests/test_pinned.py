@@ -1,6 +1,8 @@
 """The host tier's page-locked buffer: aligned, committed in parallel, then registered with the
 CUDA driver, falling back to the driver's own pinned allocation when registration fails. The
 driver is replaced by recording fakes on CPU; the last test runs against a real GPU."""
+import gc
+
 import pytest
 import torch
 
@@ -49,6 +51,20 @@ def test_the_buffer_is_registered_whole_and_unregistered_once():
     assert drv.unregistered == [got.tensor.data_ptr()]
 
 
+def test_a_buffer_dropped_without_release_is_unregistered_once_its_last_view_dies():
+    drv = FakeDriver()
+    got = pinned_empty(SHAPE, torch.bfloat16, drv.register, drv.unregister)
+    ptr = got.tensor.data_ptr()
+    slot = got.tensor[1]                 # a view, as a pool's slot views are
+    del got
+    gc.collect()
+    assert drv.unregistered == []        # the memory is still in use: still registered
+    slot.fill_(2.0)
+    del slot
+    gc.collect()
+    assert drv.unregistered == [ptr]     # before the memory went back
+
+
 @pytest.mark.parametrize("failure", [2, RuntimeError("no CUDA runtime")])
 def test_failed_registration_falls_back_to_the_driver_allocation(failure, caplog):
     drv = FakeDriver(failure)
@@ -81,11 +97,20 @@ def test_a_pinned_pool_is_registered_and_copies_asynchronously_byte_exact():
     spec = KVCacheSpec(num_layers=4, num_kv_heads=2, head_dim=64, block_size=16,
                        dtype=torch.bfloat16)
     pool = HostPool(spec, 64 * spec.block_bytes, pin_memory=True)
-    assert pool.buffer.is_pinned() and pool.buffer.data_ptr() % ALIGN == 0
+    # torch's is_pinned() knows only its own allocator's memory: it says False for memory
+    # registered with cudaHostRegister, which the driver copies as pinned all the same
+    assert pool.registered and pool.buffer.data_ptr() % ALIGN == 0
     src = torch.randn((64, *spec.block_shape), device="cuda").to(spec.dtype)
-    pool.buffer.copy_(src, non_blocking=True)
-    back = torch.empty_like(src)
-    back.copy_(pool.buffer, non_blocking=True)
-    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        pool.buffer.copy_(src, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(stream)
+        back = torch.empty_like(src)
+        back.copy_(pool.buffer, non_blocking=True)
+    stream.synchronize()
+    assert done.query()
     assert torch.equal(back.view(torch.uint8), src.view(torch.uint8))
+    assert torch.equal(pool.buffer.view(torch.uint8), src.cpu().view(torch.uint8))
     pool.close()
+    assert not pool.registered
