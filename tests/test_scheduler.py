@@ -1,6 +1,9 @@
 """The scheduler on CPU, without a model: exact block ids, chunk sizes and request states."""
+import pytest
+
 from kvstore.block_pool import BlockPool
 from runtime.config import SamplingParams
+from runtime.prefix_loader import LoadState
 from runtime.request import FinishReason, Request, RequestStatus
 from runtime.scheduler import Scheduler, SchedulerConfig
 
@@ -323,3 +326,57 @@ def test_a_step_cap_above_the_budget_changes_nothing():
     out = s.schedule()
     assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 8)]
     assert s.short_steps == 0
+
+
+class RoomLoader:
+    """A prefix loader whose one waiting turn needs `want` GPU blocks free to start its load."""
+
+    def __init__(self, pool, want):
+        self.pool, self.want, self.started = pool, want, []
+
+    def ready(self, req, long_step=False):
+        if req.request_id in self.started:
+            return LoadState.LOADING
+        if self.pool.num_free_blocks >= self.want:
+            self.started.append(req.request_id)
+            return LoadState.LOADING
+        return LoadState.NO_ROOM
+
+    def room_wanted(self, req):
+        return self.want
+
+    def after_admit(self, req):
+        pass
+
+    def forget(self, req):
+        pass
+
+    def release_others(self, req):
+        pass
+
+
+@pytest.mark.parametrize("want, takes", [(3, True), (2, False)])
+def test_a_turn_waiting_to_load_takes_room_worth_less_than_the_load(want, takes):
+    """A prefill three chunks in (12 tokens computed, past the one-chunk cap of 4) loses its
+    room to a turn whose prefix load (`want` blocks of 4 tokens) saves at least that much
+    recompute: 12 tokens, yes; 8 tokens, no: the turn waits and the prefill goes on."""
+    s, pool = make(num_blocks=10, budget=4, bs=4)
+    b = Request("b", list(range(200, 220)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(b)
+    for _ in range(3):
+        run_step(s, s.schedule())         # b: 12 of 20 computed, in blocks 0-2
+    assert b.num_computed_tokens == 12 and b.block_ids == [0, 1, 2]
+    held = pool.allocate(6)               # blocks 3-8: one block free
+    s.loader = RoomLoader(pool, want)
+    j = Request("j", list(range(300, 340)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()
+    if takes:
+        assert out.preempted == ["b"] and s.preempted_tokens == 12
+        assert s.loader.started == ["j"] and not out.scheduled
+        assert b.status is RequestStatus.WAITING and pool.num_free_blocks == 4
+    else:
+        assert out.preempted == [] and s.loader.started == []
+        assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 4)]
+        assert b.block_ids == [0, 1, 2, 9] and j.status is RequestStatus.WAITING
+    pool.free(held)
