@@ -19,7 +19,8 @@ bytes identical after a round trip through CPU and disk.
 Each server start took 20-50 s (random 8B weights, CUDA graphs, and 11-13 s of pinning the
 32 GiB CPU tier on an H100 machine until kvstore/pinned.py); at 3b27264 a 524 s budget ran the
 five policies and every check but left 129 s for the peer, which needs 140 (the report says
-what was skipped).
+what was skipped). With the tier pinned in 2-3 s, servers start in 13-20 s: at 29ce4b7 one
+H100 ran everything, the peer included, in 425-430 s.
     python bench/agent_replay.py --smoke          # CPU, a tiny random model, seconds
 
 Writes bench/results/agent-<hardware>-<date>.{json,md,png} (format: bench/README.md).
