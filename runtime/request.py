@@ -44,6 +44,8 @@ class Request:
     generator: torch.Generator | None = None
     first_token_time: float | None = None
     admitted_at: float | None = None         # monotonic time of its first admission
+    # seconds it waited before that, per reason (runtime/wait_reasons.py)
+    wait_reasons: dict[str, float] = field(default_factory=dict)
     stop_text: str = ""                      # output text so far (kept only for stop strings)
     kv_source: dict[str, int] = field(default_factory=dict)   # tokens per tier at admission
     loaded_from: dict[str, int] = field(default_factory=dict)  # prefix tokens loaded per tier

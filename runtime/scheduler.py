@@ -31,6 +31,7 @@ from typing import Callable
 from kvstore.block_pool import BlockPool, chain_hashes
 from runtime.prefix_loader import LoadState
 from runtime.request import FinishReason, Request, RequestStatus
+from runtime.wait_reasons import WaitReasons
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class Scheduler:
         self.step_cap: Callable[[], int | None] | None = None
         self.short_steps = 0         # steps planned under a cap below the budget
         self._budget = config.max_num_batched_tokens
+        self.waits = WaitReasons()   # why requests not yet admitted wait (logged when long)
+        self._now = 0.0
+        self._noted: set[str] = set()
 
     # -- queue management -----------------------------------------------------------------
     def add(self, req: Request) -> None:
@@ -120,6 +124,7 @@ class Scheduler:
             self.running.remove(req)
         elif req in self.waiting:
             self.waiting.remove(req)
+            self.waits.forget(req.request_id)
             if self.loader is not None:
                 self.loader.forget(req)
         if self.on_release is not None:
@@ -137,6 +142,8 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
         budget = self._budget = self._step_budget()
+        self._now = time.monotonic()
+        self._noted.clear()
         self.running.sort(key=self._key)
         self.waiting.sort(key=self._key)
         # A running prefill that the head of the queue outranks (a resumed session's turn,
@@ -164,6 +171,9 @@ class Scheduler:
             budget -= n
             i += 1
         self._queue_pass(deferred, admit=not out.preempted, out=out)
+        for req in self.waiting:              # not reached this pass: the step was full
+            if req.admitted_at is None and req.request_id not in self._noted:
+                self._wait(req, "behind")
         if self._budget < self.config.max_num_batched_tokens and out.num_tokens == self._budget:
             self.short_steps += 1          # the cap, not the work at hand, bounded the step
         return out
@@ -212,18 +222,22 @@ class Scheduler:
                 continue                  # preempted above, as the last in priority
             if len(self.running) >= self.config.max_num_seqs:
                 admit = False
+                self._wait(req, "slot")
                 continue
             state = self._load_state(req, deferred, out)
             if state is LoadState.LOADING:
+                self._wait(req, "loading")
                 continue                  # its prefix is still being loaded: let others go first
             ok = state is LoadState.READY and self._admit(req, budget, out)
             if not ok and self._take_room(req, self._room_wanted(req, state, budget), out,
                                           self._loss_cap(req, state)):
                 state = self._load_state(req, deferred, out)     # room was made: try again
                 if state is LoadState.LOADING:
+                    self._wait(req, "loading")
                     continue
                 ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
             if not ok:
+                self._wait(req, "room")
                 if self.loader is not None and not self.running:
                     self.loader.release_others(req)   # nothing else will free blocks
                 admit = False             # the queue waits behind it; yielded prefills go on
@@ -231,6 +245,12 @@ class Scheduler:
             if jumped is not None and self._key(req) < jumped and out.scheduled[-1].samples:
                 short = True
         return stuck
+
+    def _wait(self, req: Request, reason: str) -> None:
+        """This pass leaves `req` waiting for `reason` (tracked until its first admission)."""
+        if req.admitted_at is None and req.request_id not in self._noted:
+            self._noted.add(req.request_id)
+            self.waits.note(req.request_id, req.arrival, reason, self._now)
 
     def _load_state(self, req: Request, deferred: list[Request], out: SchedulerOutput
                     ) -> LoadState:
@@ -325,6 +345,7 @@ class Scheduler:
         req.status = RequestStatus.RUNNING
         if req.admitted_at is None:
             req.admitted_at = time.monotonic()
+            req.wait_reasons = self.waits.admitted(req.request_id, req.arrival, req.admitted_at)
         self.running.append(req)
         out.scheduled.append(ScheduledRequest(req, n, req.num_computed_tokens))
         return True
