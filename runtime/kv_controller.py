@@ -117,7 +117,12 @@ class KVController:
             return cap
         pauses = [(max(0.0, now - s.paused_at), s.forecast) for s in self.sessions.values()
                   if s.paused_at is not None and s.forecast is not None]
-        cap = self.policy.step_token_cap(pauses) if pauses else None
+        try:
+            cap = self.policy.step_token_cap(pauses) if pauses else None
+        except Exception:                   # advice: a failing policy must not fail the step
+            log.exception("the %s policy's step cap failed; steps keep the full budget",
+                          self.policy.name)
+            cap = None
         self._cap_memo = (now, cap)
         return cap
 

@@ -351,3 +351,18 @@ def test_agent_shortens_steps_while_a_paused_session_is_likely_back(folder, tmp_
     ctl.resume("a")                       # nobody paused: full steps again
     clock.t += 1.0
     assert chunks(10)[0] == 600 and eng.scheduler.short_steps == 4
+
+
+def test_a_failing_step_cap_leaves_steps_at_the_full_budget(folder, tmp_path, caplog):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=64, policy="agent")
+    turn(eng, ctl, "a", 0)
+    ctl.pause("a", "read", None, False, PauseForecast(0.04, 0.2, "learned"))
+
+    def broken(pauses):
+        raise ZeroDivisionError("a policy bug")
+    ctl.policy.step_token_cap = broken
+    clock.t += 0.02
+    prompt = torch.randint(3, 512, (300,), generator=torch.Generator().manual_seed(4)).tolist()
+    out = eng.generate([prompt], SamplingParams(max_tokens=2, ignore_eos=True))[0]
+    assert len(out.token_ids) == 2 and eng.scheduler.short_steps == 0
+    assert "step cap failed" in caplog.text
