@@ -23,63 +23,20 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from kvstore.block_pool import BlockPool, chain_hashes
 from runtime.prefix_loader import LoadState
 from runtime.request import FinishReason, Request, RequestStatus
+from runtime.scheduler_room import RoomTaking
+from runtime.scheduler_types import ScheduledRequest, SchedulerConfig, SchedulerOutput
 from runtime.wait_reasons import WaitReasons
 
-log = logging.getLogger(__name__)
+__all__ = ["ScheduledRequest", "Scheduler", "SchedulerConfig", "SchedulerOutput"]
 
 
-@dataclass(frozen=True)
-class SchedulerConfig:
-    max_num_batched_tokens: int
-    max_num_seqs: int
-    block_size: int
-    max_model_len: int
-    # A running request is preempted for a higher-ranked waiting turn's room only while the
-    # work it would lose (its computed tokens) is at most this; None: max_num_batched_tokens,
-    # one step's chunk. Growth preemption (nothing else can run) is not bounded.
-    max_room_loss_tokens: int | None = None
-
-    @property
-    def room_loss_cap(self) -> int:
-        cap = self.max_room_loss_tokens
-        return self.max_num_batched_tokens if cap is None else cap
-
-
-@dataclass(frozen=True)
-class ScheduledRequest:
-    request: Request
-    num_new_tokens: int          # tokens this step runs through the model
-    num_computed_before: int     # its context length before this step
-
-    @property
-    def samples(self) -> bool:
-        """True when this step completes everything known, so a new token is sampled."""
-        return self.num_computed_before + self.num_new_tokens == self.request.num_tokens
-
-
-@dataclass
-class SchedulerOutput:
-    scheduled: list[ScheduledRequest] = field(default_factory=list)
-    preempted: list[str] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(s.num_new_tokens for s in self.scheduled)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.scheduled
-
-
-class Scheduler:
+class Scheduler(RoomTaking):
     def __init__(self, config: SchedulerConfig, pool: BlockPool, model_fingerprint: bytes):
         self.config = config
         self.pool = pool
@@ -260,62 +217,6 @@ class Scheduler:
         # A long step makes a short load worth waiting for in place.
         long_step = bool(deferred) or any(s.num_new_tokens > 1 for s in out.scheduled)
         return self.loader.ready(req, long_step)
-
-    def _room_wanted(self, req: Request, state: LoadState, budget: int) -> int:
-        """GPU blocks `req` needs to go on: its prefix load's, and its first chunk's."""
-        chunk = -(-min(req.num_tokens, budget) // self.config.block_size)
-        if state is LoadState.NO_ROOM and self.loader is not None:
-            return self.loader.room_wanted(req) + chunk
-        return chunk
-
-    def _loss_cap(self, req: Request, state: LoadState) -> int:
-        """The most computed work a victim may lose to make room for `req`: one chunk
-        (`room_loss_cap`), or, for a turn waiting for room to load its prefix, as much as that
-        load saves recomputing. Waiting instead, the turn recomputes that prefix once its wait
-        runs out, and the recompute's growth preempts whoever runs last anyway: an H100 replay
-        saw resumed turns wait 50-105 ms for room, then recompute 1,500-4,500 tokens (their
-        TTFT 0.25-0.39 s, the p99)."""
-        cap = self.config.room_loss_cap
-        if state is LoadState.NO_ROOM and self.loader is not None:
-            cap = max(cap, self.loader.room_wanted(req) * self.config.block_size)
-        return cap
-
-    def _take_room(self, req: Request, need: int, out: SchedulerOutput,
-                   cap: int | None = None) -> bool:
-        """`req` cannot get the `need` blocks it waits for: paused sessions' pins yield first
-        (`ensure_free`), then running requests ranked after it are preempted, those with the
-        least computed work first, until what they alone hold covers the rest. Their blocks go
-        to `req` at once, so what they computed is recomputed later: a request that has
-        computed more than `cap` tokens (default `room_loss_cap`: a prefill past its first chunk,
-        a decoding turn) is no victim, and `req` waits for room instead. Nothing is preempted when even
-        all the victims would not cover it. True when there is room now.
-
-        Under arrival order this seldom acts: a request that cannot be admitted stops the
-        queue, so nothing ranked after it is admitted meanwhile. Under `agent` a resumed turn
-        takes the room of first turns and of turns that ranked after it, instead of waiting
-        for them to finish."""
-        if self.pool.ensure_free(need):
-            return True
-        key = self._key(req)
-        cap = self.config.room_loss_cap if cap is None else cap
-        victims = sorted((r for r in self.running
-                          if self._key(r) > key and r.num_computed_tokens <= cap),
-                         key=lambda r: (r.num_computed_tokens, [-x for x in self._key(r)]))
-        own = [sum(1 for b in v.block_ids if self.pool.ref_count(b) == 1) for v in victims]
-        short = need - self.pool.num_free_blocks
-        if sum(own) < short:
-            return False
-        for v, n in zip(victims, own):
-            if short <= 0:
-                break
-            out.scheduled = [x for x in out.scheduled if x.request is not v]
-            self._preempt(v)
-            self.preempted_room += 1
-            out.preempted.append(v.request_id)
-            log.debug("request %s takes the room of %s (%d blocks of its own)", req.request_id,
-                      v.request_id, n)
-            short -= n
-        return True
 
     def _admit(self, req: Request, budget: int, out: SchedulerOutput) -> bool:
         bs = self.config.block_size
