@@ -14,15 +14,15 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 from kvstore.block_pool import BlockHash, chain_hashes
 from kvstore.residency import prefix_residency
 from sessions.costs import CostModel
 from sessions.estimator import PauseEstimator, PauseForecast
-from sessions.policy import CachePolicy, Placement, PlacementPlan, SessionKVView, TierUsage
+from sessions.policy import CachePolicy, PlacementPlan, SessionKVView, TierUsage
 from runtime.engine import Engine
+from runtime.kv_plans import PlanExecution, SessionKV
 from runtime.next_use_order import NextUseOrder
 
 log = logging.getLogger(__name__)
@@ -33,22 +33,7 @@ NEXT_USE_MEMO_S = 0.05
 STEP_CAP_MEMO_S = 0.01
 
 
-@dataclass
-class SessionKV:
-    session_id: str
-    hashes: list[BlockHash] = field(default_factory=list)
-    tokens: int = 0
-    paused_at: float | None = None
-    forecast: PauseForecast | None = None
-    human: bool = False
-    tool: str | None = None
-    last_used_at: float = 0.0
-    pinned: list[BlockHash] = field(default_factory=list)   # hashes this session pins on GPU
-    pinned_until: float = 0.0
-    plan: PlacementPlan | None = None
-
-
-class KVController:
+class KVController(PlanExecution):
     def __init__(self, engine: Engine, policy: CachePolicy, clock: Callable[[], float] = time.time):
         self.engine, self.policy, self.clock = engine, policy, clock
         self.sessions: dict[str, SessionKV] = {}
@@ -274,113 +259,6 @@ class KVController:
             self.pins_reclaimed += 1
             if pool.num_free_blocks >= target:
                 return
-
-    # -- plan execution ----------------------------------------------------------------------
-    def _execute(self, s: SessionKV, plan: PlacementPlan) -> None:
-        tiers = self.engine.tiers
-        private = s.hashes
-        if plan.placement is Placement.DROP:
-            self._drop(s)
-            return
-        if plan.placement is Placement.KEEP_GPU:
-            if plan.ttl_s > 0:       # pinned for the TTL; 0: plain prefix cache, evictable
-                self._pin(s, private)
-                s.pinned_until = self.clock() + plan.ttl_s
-            if plan.insure_cpu and tiers is not None and tiers.host is not None:
-                # the pool reuses an evicted block at once and cannot copy it then, so a copy
-                # that makes the eviction free is written through now
-                tiers.offload(private, "cpu")
-            return
-        if tiers is None:
-            return        # no tier below the GPU: the blocks stay cached on the GPU
-        mine = [h for h in private if self._owners.get(h) == {s.session_id}]
-        release = (lambda _: tiers.evict(mine, "gpu")) if plan.releases_gpu else None
-        if plan.writes_disk and tiers.disk is not None:
-            if tiers.host is not None:
-                # Across PCIe once: to CPU, then from the CPU copy to disk.
-                def to_disk(_):
-                    h = tiers.offload(private, "disk")
-                    if release is not None:
-                        h.add_done_callback(release)
-                tiers.offload(private, "cpu").add_done_callback(to_disk)
-                return
-            handle = tiers.offload(private, "disk")
-        elif plan.writes_cpu and tiers.host is not None:
-            handle = tiers.offload(private, "cpu")
-        else:
-            return
-        if release is not None:
-            handle.add_done_callback(release)
-
-    def _prefetch(self, s: SessionKV) -> None:
-        tiers = self.engine.tiers
-        if tiers is None:
-            return
-        missing = [h for h in s.hashes if self.engine.pool.lookup_hash(h) is None]
-        if missing:
-            tiers.prefetch(missing)
-        self._pin(s, s.hashes)   # hold them until the turn (pins drop at its end)
-
-    def _drop(self, s: SessionKV) -> None:
-        self._unpin(s)
-        self._evict_everywhere([h for h in s.hashes if self._owners.get(h) == {s.session_id}])
-
-    def _evict_everywhere(self, hashes: list[BlockHash]) -> None:
-        pool = self.engine.pool
-        for h in hashes:
-            b = pool.lookup_hash(h)
-            if b is not None:
-                pool.evict_cached(b)
-        if self.engine.tiers is not None:
-            self.engine.tiers.evict(hashes, "cpu")
-            self.engine.tiers.evict(hashes, "disk")
-
-    # -- bookkeeping ---------------------------------------------------------------------------
-    def _set_hashes(self, s: SessionKV, hashes: list[BlockHash]) -> None:
-        for h in s.hashes:
-            owners = self._owners.get(h)
-            if owners is not None:
-                owners.discard(s.session_id)
-                if not owners:
-                    del self._owners[h]
-                    del self._depth[h]
-        s.hashes = hashes
-        for i, h in enumerate(hashes):   # a chained hash is at one index in every log
-            self._owners.setdefault(h, set()).add(s.session_id)
-            self._depth[h] = i
-
-    def _pin(self, s: SessionKV, hashes: list[BlockHash]) -> None:
-        pool = self.engine.pool
-        for h in hashes:
-            if h in s.pinned:
-                continue
-            b = pool.lookup_hash(h)
-            if b is None:
-                continue
-            pool.incref([b])
-            self._pin_count[h] = self._pin_count.get(h, 0) + 1
-            s.pinned.append(h)
-
-    def _unpin(self, s: SessionKV) -> None:
-        pool = self.engine.pool
-        held = []
-        for h in s.pinned:
-            b = pool.lookup_hash(h)
-            self._pin_count[h] -= 1
-            if not self._pin_count[h]:
-                del self._pin_count[h]
-            if b is not None:
-                held.append(b)
-        pool.free_chain(held)
-        s.pinned, s.pinned_until = [], 0.0
-
-    def _refresh(self, s: SessionKV) -> None:
-        """Re-rank the session's cached blocks after its state changed."""
-        self._next_use.pop(s.session_id, None)
-        order = self.engine.pool.order
-        if isinstance(order, NextUseOrder):
-            pool = self.engine.pool
-            order.refresh(b for h in s.hashes if (b := pool.lookup_hash(h)) is not None)
 
 
 def default_cost_model(engine: Engine) -> CostModel:
