@@ -32,6 +32,7 @@ class TurnOutcome:
     server_ttft_s: float | None = None
     prompt_tokens: int = 0
     server_queue_s: float | None = None     # engine arrival -> admission, from the server
+    server_queue_reasons: dict[str, float] | None = None   # that time by reason
 
 
 class Backend(Protocol):
@@ -65,6 +66,7 @@ class TurnRecord:
     kv_source: dict[str, int]
     token_ids: list[int]
     server_queue_s: float | None = None  # engine arrival -> admission (in server_ttft_s)
+    server_queue_reasons: dict[str, float] | None = None   # that time by reason
 
 
 @dataclass
@@ -128,7 +130,7 @@ class GrpcBackend:
         if result is None:
             raise RuntimeError("the turn ended without a result")
         return TurnOutcome(sent, first, last, ids, dict(result.kv_source), result.ttft_s,
-                           result.prompt_tokens, result.queue_s)
+                           result.prompt_tokens, result.queue_s, dict(result.queue_reasons))
 
     def pause(self, handle, turn: ReplayTurn) -> None:
         handle.pause(turn.tool_after or "user", human=turn.human_after)
@@ -251,4 +253,4 @@ def _record(s: ReplaySession, t: ReplayTurn, prev: ReplayTurn | None, o: TurnOut
         prev.pause_real_s if prev else 0.0, prev.tool_after if prev else None,
         bool(prev and prev.human_after), o.prompt_tokens or context_before + len(t.input_ids),
         len(t.input_ids), n, o.sent_at - t0, first - o.sent_at, last - o.sent_at, decode,
-        o.server_ttft_s, o.kv_source, o.token_ids, o.server_queue_s)
+        o.server_ttft_s, o.kv_source, o.token_ids, o.server_queue_s, o.server_queue_reasons)

@@ -12,6 +12,19 @@ def _f(x, nd=3) -> str:
     return f"{x:,}" if isinstance(x, int) else str(x)
 
 
+def _queue_reasons(servers: dict) -> list[str]:
+    """What resumed turns queued for, per server (`TurnResult.queue_reasons`), when known."""
+    rows = [(n, s["resume_queue_by_reason_mean_s"]) for n, s in servers.items()
+            if s.get("resume_queue_by_reason_mean_s")]
+    if not rows:
+        return []
+    return ["Where resumed turns queued (mean seconds per resumed turn, by reason: behind a full "
+            "step or a turn that could not start, a running-sequence slot, their KV loading, "
+            "GPU room):", ""] + [
+        f"- {n}: " + ", ".join(f"{k} {v:.4f}" for k, v in reasons.items()) for n, reasons in rows
+    ] + [""]
+
+
 def _gib(b: int | None) -> str:
     return "-" if not b else f"{b / 2**30:.2f}"
 
@@ -96,6 +109,7 @@ def render_md(doc: dict) -> str:
               "paused session was likely back within one (`agentkv:engine_short_steps_total`; "
               "`agent` only), so that a turn arriving mid-step waits less.",
               ""]
+    lines += _queue_reasons(servers)
     lines += _checks(doc.get("checks") or {})
     if doc.get("peer"):
         p = doc["peer"]["peer"]

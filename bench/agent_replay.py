@@ -406,6 +406,8 @@ def _turn_row(t) -> dict:
             "start_s": round(t.start_s, 4), "ttft_s": round(t.ttft_s, 5),
             "turn_s": round(t.turn_s, 5), "decode_tok_s": round(t.decode_tok_s, 1),
             "server_ttft_s": _r5(t.server_ttft_s), "server_queue_s": _r5(t.server_queue_s),
+            "server_queue_reasons": None if t.server_queue_reasons is None else
+            {k: _r5(v) for k, v in t.server_queue_reasons.items()},
             "kv_source": t.kv_source}
 
 

@@ -48,6 +48,18 @@ def tier_bytes(before: dict, after: dict) -> dict[str, int]:
     return out
 
 
+def _by_reason(resumed: list) -> dict[str, float] | None:
+    """Resumed turns' mean queue seconds per reason (None without the server's reasons)."""
+    told = [t.server_queue_reasons for t in resumed if t.server_queue_reasons is not None]
+    if not told:
+        return None
+    out: dict[str, float] = {}
+    for reasons in told:
+        for k, v in reasons.items():
+            out[k] = out.get(k, 0.0) + v
+    return {k: _r(v / len(told)) for k, v in sorted(out.items())}
+
+
 def summarize(res: ReplayResult, expected_turns: int) -> dict:
     """Per-server figures from its replay records."""
     resumed = [t for t in res.turns if t.resume]
@@ -76,6 +88,7 @@ def summarize(res: ReplayResult, expected_turns: int) -> dict:
         # flight, a slot, GPU room, its KV's load), from the server's TurnResult
         "resume_queue_p50_s": _r(quantile(queued, 0.5)),
         "resume_queue_mean_s": _r(sum(queued) / len(queued)) if queued else None,
+        "resume_queue_by_reason_mean_s": _by_reason(resumed),
         "jct_mean_s": _r(sum(jct) / len(jct)) if jct else None,
         "jct_p50_s": _r(quantile(jct, 0.5)), "jct_p99_s": _r(quantile(jct, 0.99)),
         "decode_tok_s_p50": _r(quantile([t.decode_tok_s for t in res.turns if t.decode_tok_s],

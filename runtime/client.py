@@ -102,6 +102,7 @@ class TurnResult:
     text: str = ""                      # the streamed text (tool calls included)
     token_ids: list[int] = field(default_factory=list)
     queue_s: float = 0.0                # engine arrival -> admission (part of ttft_s)
+    queue_reasons: dict[str, float] = field(default_factory=dict)   # queue_s by reason
 
     @property
     def reused_tokens(self) -> int:
@@ -119,7 +120,8 @@ class TurnResult:
                    {"gpu": kv.gpu_tokens, "cpu": kv.cpu_tokens, "disk": kv.disk_tokens,
                     "recomputed": kv.recomputed_tokens},
                    r.rewrite.rewritten, r.rewrite.reused_prefix_tokens, r.rewrite.dropped_tokens,
-                   SessionInfo.from_pb(r.session), text, ids, r.queue_seconds)
+                   SessionInfo.from_pb(r.session), text, ids, r.queue_seconds,
+                   dict(r.queue_reasons))
 
 
 def _message(m) -> pb.ChatMessage:

@@ -356,7 +356,8 @@ class Engine:
         queue_s = None if req.admitted_at is None else req.admitted_at - req.arrival
         return RequestOutput(req.request_id, new, lps, True, req.finish_reason,
                              req.num_prompt_tokens, req.num_cached_tokens,
-                             len(req.output_token_ids), error, dict(req.kv_source), queue_s)
+                             len(req.output_token_ids), error, dict(req.kv_source), queue_s,
+                             dict(req.wait_reasons))
 
     # -- blocking batch API -----------------------------------------------------------------
     def generate(self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]

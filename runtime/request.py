@@ -86,6 +86,7 @@ class RequestOutput:
     error: str | None = None
     kv_source: dict[str, int] | None = None
     queue_s: float | None = None    # arrival to admission (a slot, room, its prefix load)
+    queue_reasons: dict[str, float] | None = None   # queue_s per reason (runtime/wait_reasons.py)
 
 
 @dataclass

@@ -195,9 +195,10 @@ class GenerateMixin:
             return
         self.metrics.observe_turn(finish, ttft, kv, prep.rewritten, final.queue_s)
         yield self._result(FINISH_TO_PB[finish], prep, out_ids, text, ttft, kv, s, turn,
-                           final.queue_s)
+                           final.queue_s, final.queue_reasons)
 
-    def _result(self, finish, prep, out_ids, text, ttft, kv, session, turn=None, queue_s=None):
+    def _result(self, finish, prep, out_ids, text, ttft, kv, session, turn=None, queue_s=None,
+                queue_reasons=None):
         if finish == pb.FINISH_REASON_CANCELLED:
             self.metrics.turns.labels("cancelled").inc()
         handle = prep.handle
@@ -217,5 +218,6 @@ class GenerateMixin:
                                       reused_prefix_tokens=prep.reused_prefix_tokens,
                                       dropped_tokens=prep.dropped_tokens),
             session=session_to_pb(session) if session is not None else None,
-            queue_seconds=max(0.0, queue_s or 0.0))
+            queue_seconds=max(0.0, queue_s or 0.0),
+            queue_reasons={k: v for k, v in (queue_reasons or {}).items() if v > 0})
         return api.GenerateResponse(result=res)

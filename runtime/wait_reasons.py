@@ -8,7 +8,8 @@ waited, not why. Each scheduling pass names, for every request it leaves waiting
     loading   its prefix was being copied back from CPU or disk
     room      no GPU room: for its prefix load, or for its first chunk
 
-The time from one pass to the next is charged to the reason the earlier pass gave. At the first
+The time from one pass to the next is charged to the reason the earlier pass gave, and the time
+from arrival to the first pass to `behind` (the step in flight). At the first
 admission the totals are handed back, and a wait of `log_after_s` or longer is logged at INFO
 with its breakdown, so a slow resumed turn in a server log explains itself.
 """
@@ -49,11 +50,12 @@ class WaitReasons:
         w.reason, w.noted_at = reason, now
 
     def admitted(self, request_id: str, arrival: float, now: float) -> dict[str, float]:
-        """The request's first admission: its seconds per reason (empty when it never waited
-        a pass); logged when they add up to `log_after_s` or more."""
+        """The request's first admission: its seconds per reason, adding up to `now - arrival`
+        (a request admitted by the first pass that saw it waited for the step in flight:
+        `behind`); logged when they add up to `log_after_s` or more."""
         w = self._waiting.pop(request_id, None)
         if w is None:
-            return {}
+            return {"behind": now - arrival} if now > arrival else {}
         w.totals[w.reason] = w.totals.get(w.reason, 0.0) + max(0.0, now - w.noted_at)
         total = now - w.since
         if total >= self.log_after_s:

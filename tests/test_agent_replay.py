@@ -50,6 +50,10 @@ def test_every_turn_played_and_sources_add_up(report):
             assert 0 < t["server_queue_s"] < t["server_ttft_s"]
             assert t["output_tokens"] >= 1
         assert 0 < s["resume_queue_p50_s"] < s["resume_ttft_p50_s"]
+        for t in doc["turn_records"][p]:    # the reasons add up to the queue time
+            assert sum(t["server_queue_reasons"].values()) == pytest.approx(
+                t["server_queue_s"], abs=1e-3)
+        assert set(s["resume_queue_by_reason_mean_s"]) <= {"behind", "slot", "loading", "room"}
 
 
 def test_kv_after_resume_recomputed_under_recompute_reused_under_agent(report):

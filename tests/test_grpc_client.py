@@ -30,6 +30,8 @@ def test_session_context_manager_streams_turns_and_closes(client):
         assert r.token_ids == [t for e in events[:-1] for t in e.token_ids]
         assert r.completion_tokens == len(r.token_ids) <= 5
         assert 0.0 < r.queue_s < r.ttft_s       # admission came before the first token
+        assert set(r.queue_reasons) <= {"behind", "slot", "loading", "room"}
+        assert sum(r.queue_reasons.values()) == pytest.approx(r.queue_s, abs=1e-6)
         with s.tool("web_search", expected_s=2.0):
             assert client.get_session(s.id).state == "paused"
             assert s.info.paused_tool == "web_search"

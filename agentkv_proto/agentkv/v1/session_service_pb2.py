@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 from agentkv_proto.agentkv.v1 import session_pb2 as agentkv_dot_v1_dot_session__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentkv/v1/session_service.proto\x12\nagentkv.v1\x1a\x18\x61gentkv/v1/session.proto\"\xa9\x01\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.agentkv.v1.ChatMessage\x12\x12\n\ntools_json\x18\x04 \x03(\t\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.agentkv.v1.SamplingParams\"=\n\x15\x43reateSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\":\n\rMessagesInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.agentkv.v1.ChatMessage\"\xb5\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x01(\x0b\x32\x19.agentkv.v1.MessagesInputH\x00\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x16.agentkv.v1.TokenInputH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.agentkv.v1.SamplingParamsB\x07\n\x05input\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xee\x02\n\nTurnResult\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.agentkv.v1.FinishReason\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.agentkv.v1.ToolCall\x12\x1a\n\x12invalid_tool_calls\x18\x04 \x03(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.agentkv.v1.Usage\x12#\n\x1btime_to_first_token_seconds\x18\x06 \x01(\x01\x12\'\n\tkv_source\x18\x07 \x01(\x0b\x32\x14.agentkv.v1.KvSource\x12+\n\x07rewrite\x18\x08 \x01(\x0b\x32\x1a.agentkv.v1.ContextRewrite\x12$\n\x07session\x18\t \x01(\x0b\x32\x13.agentkv.v1.Session\x12\x15\n\rqueue_seconds\x18\n \x01(\x01\"n\n\x10GenerateResponse\x12\'\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x16.agentkv.v1.TokenDeltaH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.agentkv.v1.TurnResultH\x00\x42\x07\n\x05\x65vent\"j\n\x0cPauseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x18\n\x10\x65xpected_seconds\x18\x03 \x01(\x01\x12\x19\n\x11human_in_the_loop\x18\x04 \x01(\x08\"5\n\rPauseResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"F\n\rResumeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x19input_expected_in_seconds\x18\x02 \x01(\x01\"6\n\x0eResumeResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\":\n\x12GetSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"e\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.agentkv.v1.SessionState\"V\n\x14ListSessionsResponse\x12%\n\x08sessions\x18\x01 \x03(\x0b\x32\x13.agentkv.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x14\x43loseSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"#\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"I\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12$\n\x07session\x18\x02 \x01(\x0b\x32\x13.agentkv.v1.Session2\xe2\x04\n\x0eSessionService\x12T\n\rCreateSession\x12 .agentkv.v1.CreateSessionRequest\x1a!.agentkv.v1.CreateSessionResponse\x12G\n\x08Generate\x12\x1b.agentkv.v1.GenerateRequest\x1a\x1c.agentkv.v1.GenerateResponse0\x01\x12<\n\x05Pause\x12\x18.agentkv.v1.PauseRequest\x1a\x19.agentkv.v1.PauseResponse\x12?\n\x06Resume\x12\x19.agentkv.v1.ResumeRequest\x1a\x1a.agentkv.v1.ResumeResponse\x12K\n\nGetSession\x12\x1d.agentkv.v1.GetSessionRequest\x1a\x1e.agentkv.v1.GetSessionResponse\x12Q\n\x0cListSessions\x12\x1f.agentkv.v1.ListSessionsRequest\x1a .agentkv.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.agentkv.v1.CloseSessionRequest\x1a .agentkv.v1.CloseSessionResponse\x12?\n\x06\x43\x61ncel\x12\x19.agentkv.v1.CancelRequest\x1a\x1a.agentkv.v1.CancelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n agentkv/v1/session_service.proto\x12\nagentkv.v1\x1a\x18\x61gentkv/v1/session.proto\"\xa9\x01\n\x14\x43reateSessionRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rsystem_prompt\x18\x02 \x01(\t\x12)\n\x08messages\x18\x03 \x03(\x0b\x32\x17.agentkv.v1.ChatMessage\x12\x12\n\ntools_json\x18\x04 \x03(\t\x12,\n\x08sampling\x18\x05 \x01(\x0b\x32\x1a.agentkv.v1.SamplingParams\"=\n\x15\x43reateSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"\x1f\n\nTokenInput\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\":\n\rMessagesInput\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.agentkv.v1.ChatMessage\"\xb5\x01\n\x0fGenerateRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12-\n\x08messages\x18\x02 \x01(\x0b\x32\x19.agentkv.v1.MessagesInputH\x00\x12(\n\x06tokens\x18\x03 \x01(\x0b\x32\x16.agentkv.v1.TokenInputH\x00\x12,\n\x08sampling\x18\x04 \x01(\x0b\x32\x1a.agentkv.v1.SamplingParamsB\x07\n\x05input\"-\n\nTokenDelta\x12\x11\n\ttoken_ids\x18\x01 \x03(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"\xe4\x03\n\nTurnResult\x12/\n\rfinish_reason\x18\x01 \x01(\x0e\x32\x18.agentkv.v1.FinishReason\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\x12(\n\ntool_calls\x18\x03 \x03(\x0b\x32\x14.agentkv.v1.ToolCall\x12\x1a\n\x12invalid_tool_calls\x18\x04 \x03(\t\x12 \n\x05usage\x18\x05 \x01(\x0b\x32\x11.agentkv.v1.Usage\x12#\n\x1btime_to_first_token_seconds\x18\x06 \x01(\x01\x12\'\n\tkv_source\x18\x07 \x01(\x0b\x32\x14.agentkv.v1.KvSource\x12+\n\x07rewrite\x18\x08 \x01(\x0b\x32\x1a.agentkv.v1.ContextRewrite\x12$\n\x07session\x18\t \x01(\x0b\x32\x13.agentkv.v1.Session\x12\x15\n\rqueue_seconds\x18\n \x01(\x01\x12?\n\rqueue_reasons\x18\x0b \x03(\x0b\x32(.agentkv.v1.TurnResult.QueueReasonsEntry\x1a\x33\n\x11QueueReasonsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"n\n\x10GenerateResponse\x12\'\n\x05\x64\x65lta\x18\x01 \x01(\x0b\x32\x16.agentkv.v1.TokenDeltaH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.agentkv.v1.TurnResultH\x00\x42\x07\n\x05\x65vent\"j\n\x0cPauseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\ttool_name\x18\x02 \x01(\t\x12\x18\n\x10\x65xpected_seconds\x18\x03 \x01(\x01\x12\x19\n\x11human_in_the_loop\x18\x04 \x01(\x08\"5\n\rPauseResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"F\n\rResumeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x19input_expected_in_seconds\x18\x02 \x01(\x01\"6\n\x0eResumeResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"\'\n\x11GetSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\":\n\x12GetSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"e\n\x13ListSessionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.agentkv.v1.SessionState\"V\n\x14ListSessionsResponse\x12%\n\x08sessions\x18\x01 \x03(\x0b\x32\x13.agentkv.v1.Session\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\")\n\x13\x43loseSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"<\n\x14\x43loseSessionResponse\x12$\n\x07session\x18\x01 \x01(\x0b\x32\x13.agentkv.v1.Session\"#\n\rCancelRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"I\n\x0e\x43\x61ncelResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\x12$\n\x07session\x18\x02 \x01(\x0b\x32\x13.agentkv.v1.Session2\xe2\x04\n\x0eSessionService\x12T\n\rCreateSession\x12 .agentkv.v1.CreateSessionRequest\x1a!.agentkv.v1.CreateSessionResponse\x12G\n\x08Generate\x12\x1b.agentkv.v1.GenerateRequest\x1a\x1c.agentkv.v1.GenerateResponse0\x01\x12<\n\x05Pause\x12\x18.agentkv.v1.PauseRequest\x1a\x19.agentkv.v1.PauseResponse\x12?\n\x06Resume\x12\x19.agentkv.v1.ResumeRequest\x1a\x1a.agentkv.v1.ResumeResponse\x12K\n\nGetSession\x12\x1d.agentkv.v1.GetSessionRequest\x1a\x1e.agentkv.v1.GetSessionResponse\x12Q\n\x0cListSessions\x12\x1f.agentkv.v1.ListSessionsRequest\x1a .agentkv.v1.ListSessionsResponse\x12Q\n\x0c\x43loseSession\x12\x1f.agentkv.v1.CloseSessionRequest\x1a .agentkv.v1.CloseSessionResponse\x12?\n\x06\x43\x61ncel\x12\x19.agentkv.v1.CancelRequest\x1a\x1a.agentkv.v1.CancelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentkv.v1.session_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_TURNRESULT_QUEUEREASONSENTRY']._loaded_options = None
+  _globals['_TURNRESULT_QUEUEREASONSENTRY']._serialized_options = b'8\001'
   _globals['_CREATESESSIONREQUEST']._serialized_start=75
   _globals['_CREATESESSIONREQUEST']._serialized_end=244
   _globals['_CREATESESSIONRESPONSE']._serialized_start=246
@@ -45,33 +47,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TOKENDELTA']._serialized_start=586
   _globals['_TOKENDELTA']._serialized_end=631
   _globals['_TURNRESULT']._serialized_start=634
-  _globals['_TURNRESULT']._serialized_end=1000
-  _globals['_GENERATERESPONSE']._serialized_start=1002
-  _globals['_GENERATERESPONSE']._serialized_end=1112
-  _globals['_PAUSEREQUEST']._serialized_start=1114
-  _globals['_PAUSEREQUEST']._serialized_end=1220
-  _globals['_PAUSERESPONSE']._serialized_start=1222
-  _globals['_PAUSERESPONSE']._serialized_end=1275
-  _globals['_RESUMEREQUEST']._serialized_start=1277
-  _globals['_RESUMEREQUEST']._serialized_end=1347
-  _globals['_RESUMERESPONSE']._serialized_start=1349
-  _globals['_RESUMERESPONSE']._serialized_end=1403
-  _globals['_GETSESSIONREQUEST']._serialized_start=1405
-  _globals['_GETSESSIONREQUEST']._serialized_end=1444
-  _globals['_GETSESSIONRESPONSE']._serialized_start=1446
-  _globals['_GETSESSIONRESPONSE']._serialized_end=1504
-  _globals['_LISTSESSIONSREQUEST']._serialized_start=1506
-  _globals['_LISTSESSIONSREQUEST']._serialized_end=1607
-  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1609
-  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1695
-  _globals['_CLOSESESSIONREQUEST']._serialized_start=1697
-  _globals['_CLOSESESSIONREQUEST']._serialized_end=1738
-  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1740
-  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1800
-  _globals['_CANCELREQUEST']._serialized_start=1802
-  _globals['_CANCELREQUEST']._serialized_end=1837
-  _globals['_CANCELRESPONSE']._serialized_start=1839
-  _globals['_CANCELRESPONSE']._serialized_end=1912
-  _globals['_SESSIONSERVICE']._serialized_start=1915
-  _globals['_SESSIONSERVICE']._serialized_end=2525
+  _globals['_TURNRESULT']._serialized_end=1118
+  _globals['_TURNRESULT_QUEUEREASONSENTRY']._serialized_start=1067
+  _globals['_TURNRESULT_QUEUEREASONSENTRY']._serialized_end=1118
+  _globals['_GENERATERESPONSE']._serialized_start=1120
+  _globals['_GENERATERESPONSE']._serialized_end=1230
+  _globals['_PAUSEREQUEST']._serialized_start=1232
+  _globals['_PAUSEREQUEST']._serialized_end=1338
+  _globals['_PAUSERESPONSE']._serialized_start=1340
+  _globals['_PAUSERESPONSE']._serialized_end=1393
+  _globals['_RESUMEREQUEST']._serialized_start=1395
+  _globals['_RESUMEREQUEST']._serialized_end=1465
+  _globals['_RESUMERESPONSE']._serialized_start=1467
+  _globals['_RESUMERESPONSE']._serialized_end=1521
+  _globals['_GETSESSIONREQUEST']._serialized_start=1523
+  _globals['_GETSESSIONREQUEST']._serialized_end=1562
+  _globals['_GETSESSIONRESPONSE']._serialized_start=1564
+  _globals['_GETSESSIONRESPONSE']._serialized_end=1622
+  _globals['_LISTSESSIONSREQUEST']._serialized_start=1624
+  _globals['_LISTSESSIONSREQUEST']._serialized_end=1725
+  _globals['_LISTSESSIONSRESPONSE']._serialized_start=1727
+  _globals['_LISTSESSIONSRESPONSE']._serialized_end=1813
+  _globals['_CLOSESESSIONREQUEST']._serialized_start=1815
+  _globals['_CLOSESESSIONREQUEST']._serialized_end=1856
+  _globals['_CLOSESESSIONRESPONSE']._serialized_start=1858
+  _globals['_CLOSESESSIONRESPONSE']._serialized_end=1918
+  _globals['_CANCELREQUEST']._serialized_start=1920
+  _globals['_CANCELREQUEST']._serialized_end=1955
+  _globals['_CANCELRESPONSE']._serialized_start=1957
+  _globals['_CANCELRESPONSE']._serialized_end=2030
+  _globals['_SESSIONSERVICE']._serialized_start=2033
+  _globals['_SESSIONSERVICE']._serialized_end=2643
 # @@protoc_insertion_point(module_scope)

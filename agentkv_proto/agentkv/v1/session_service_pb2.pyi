@@ -60,7 +60,14 @@ class TokenDelta(_message.Message):
     def __init__(self, token_ids: _Optional[_Iterable[int]] = ..., text: _Optional[str] = ...) -> None: ...
 
 class TurnResult(_message.Message):
-    __slots__ = ("finish_reason", "content", "tool_calls", "invalid_tool_calls", "usage", "time_to_first_token_seconds", "kv_source", "rewrite", "session", "queue_seconds")
+    __slots__ = ("finish_reason", "content", "tool_calls", "invalid_tool_calls", "usage", "time_to_first_token_seconds", "kv_source", "rewrite", "session", "queue_seconds", "queue_reasons")
+    class QueueReasonsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     TOOL_CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +78,7 @@ class TurnResult(_message.Message):
     REWRITE_FIELD_NUMBER: _ClassVar[int]
     SESSION_FIELD_NUMBER: _ClassVar[int]
     QUEUE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_REASONS_FIELD_NUMBER: _ClassVar[int]
     finish_reason: _session_pb2.FinishReason
     content: str
     tool_calls: _containers.RepeatedCompositeFieldContainer[_session_pb2.ToolCall]
@@ -81,7 +89,8 @@ class TurnResult(_message.Message):
     rewrite: _session_pb2.ContextRewrite
     session: _session_pb2.Session
     queue_seconds: float
-    def __init__(self, finish_reason: _Optional[_Union[_session_pb2.FinishReason, str]] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_session_pb2.ToolCall, _Mapping]]] = ..., invalid_tool_calls: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[_session_pb2.Usage, _Mapping]] = ..., time_to_first_token_seconds: _Optional[float] = ..., kv_source: _Optional[_Union[_session_pb2.KvSource, _Mapping]] = ..., rewrite: _Optional[_Union[_session_pb2.ContextRewrite, _Mapping]] = ..., session: _Optional[_Union[_session_pb2.Session, _Mapping]] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
+    queue_reasons: _containers.ScalarMap[str, float]
+    def __init__(self, finish_reason: _Optional[_Union[_session_pb2.FinishReason, str]] = ..., content: _Optional[str] = ..., tool_calls: _Optional[_Iterable[_Union[_session_pb2.ToolCall, _Mapping]]] = ..., invalid_tool_calls: _Optional[_Iterable[str]] = ..., usage: _Optional[_Union[_session_pb2.Usage, _Mapping]] = ..., time_to_first_token_seconds: _Optional[float] = ..., kv_source: _Optional[_Union[_session_pb2.KvSource, _Mapping]] = ..., rewrite: _Optional[_Union[_session_pb2.ContextRewrite, _Mapping]] = ..., session: _Optional[_Union[_session_pb2.Session, _Mapping]] = ..., queue_seconds: _Optional[float] = ..., queue_reasons: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("delta", "result")
