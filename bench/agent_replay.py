@@ -72,6 +72,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPU KV budget as a fraction of the concurrent sessions' working set")
     p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--extend-graphs", action="store_true",
+                   help="every server replays small prefill and extend steps from CUDA graphs")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="the servers' token budget per engine step")
     p.add_argument("--cpu-cache-gb", type=float, default=32.0,
@@ -185,13 +187,14 @@ def main(argv=None) -> int:
                                             * wsum["concurrent_working_set_tokens"] / bs))
     spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
                       block_size=bs, max_num_batched_tokens=a.max_num_batched_tokens,
-                      cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
+                      extend_graphs=a.extend_graphs, cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
                       pause_prior_scale=1.0 / a.time_compression,
                       log_level=a.server_log_level,
                       stats_log_interval_s=a.server_stats_interval_s)
     budget = {"gpu_kv_blocks": blocks, "block_size": bs, "gpu_kv_tokens": blocks * bs,
               "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
               "max_num_batched_tokens": a.max_num_batched_tokens,
+              "extend_graphs": a.extend_graphs,
               "kv_bytes_per_token": info.kv_bytes_per_token,
               "fraction_of_concurrent_working_set":
                   round(blocks * bs / max(1, wsum["concurrent_working_set_tokens"]), 3),

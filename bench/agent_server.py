@@ -31,6 +31,7 @@ class ServerSpec:
     num_gpu_blocks: int = 2048
     block_size: int = 16
     max_num_batched_tokens: int = 2048
+    extend_graphs: bool = False
     cpu_cache_gb: float = 0.0
     disk_cache_gb: float = 0.0
     max_concurrent_turns: int = 256
@@ -50,7 +51,8 @@ class ServerSpec:
                 "--max-concurrent-turns", str(self.max_concurrent_turns),
                 "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
-                "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)]
+                "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)] \
+            + (["--extend-graphs"] if self.extend_graphs else [])
 
 
 class AgentServer:

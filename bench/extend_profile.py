@@ -9,11 +9,13 @@ it, under the torch profiler, into the GPU's busy time, its idle gaps (the host 
 up) and the host operations, per (context, new tokens):
 
     python bench/extend_profile.py --model shape:llama3-8b          # GPU, random bf16 weights
+    python bench/extend_profile.py --model shape:llama3-8b --extend-graphs   # eager, then graphs
     python bench/extend_profile.py --model tiny --device cpu --contexts 256 --new 16,64
 
 writes bench/results/extend_profile-<hardware>-<date>.json (bench/README.md): per shape the
 median wall time from adding the turn to its first token, and the profiled busy and idle GPU
-time per step (metrics `extend_nN_ctxC_wall_ms`, `extend_nN_ctxC_gpu_busy_ms`).
+time per step (metrics `extend_nN_ctxC_wall_ms`, `extend_nN_ctxC_gpu_busy_ms`; with
+`--extend-graphs` a second engine replays the same steps from CUDA graphs, metrics `..._graphs`).
 """
 from __future__ import annotations
 
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new", default="32,128,512")
     ap.add_argument("--turns", type=int, default=10)
     ap.add_argument("--num-gpu-blocks", type=int, default=None)
+    ap.add_argument("--extend-graphs", action="store_true",
+                    help="then the same shapes again on an engine with extend graphs on")
     ap.add_argument("--out-dir", default=str(Path(__file__).parent / "results"))
     args = ap.parse_args(argv)
     contexts = [int(x) for x in args.contexts.split(",")]
@@ -92,30 +96,37 @@ def main(argv: list[str] | None = None) -> int:
     blocks = args.num_gpu_blocks
     if blocks is None and args.device == "cpu":
         blocks = -(-(max(contexts) + max(news)) // 16) * 2 + 16
-    eng = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
-                              num_gpu_blocks=blocks,
-                              max_model_len=max(4096, max(contexts) + max(news) + 16)))
-    eng.online = True                        # as served: a prefill step is read back at once
-    hw = torch.cuda.get_device_name(eng.device) if eng.device.type == "cuda" else "cpu"
-    rows, metrics = [], {}
-    for c in contexts:
-        for n in news:
-            print(f"extend of {n} tokens on a {c}-token context ...", flush=True)
-            r = profile_extend(eng, c, n, args.turns, seed=c + n)
-            rows.append(r)
-            key = f"extend_n{n}_ctx{c // 1024}k" if c >= 1024 else f"extend_n{n}_ctx{c}"
-            metrics[f"{key}_wall_ms"] = {"value": round(r["wall_ms_median"], 3), "goal": None}
-            metrics[f"{key}_gpu_busy_ms"] = {"value": round(r["gpu_busy_ms_per_step"], 3),
-                                             "goal": None}
-            print(f"  wall {r['wall_ms_median']:.2f} ms per turn, {r['steps_per_turn']:.1f} "
-                  f"steps, GPU busy {r['gpu_busy_ms_per_step']:.2f} ms and idle "
-                  f"{r['gpu_idle_ms_per_step']:.2f} ms per step", flush=True)
+    rows, metrics, hw, dtype = [], {}, "cpu", ""
+    for graphs in [False] + ([True] if args.extend_graphs else []):
+        eng = Engine(EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
+                                  num_gpu_blocks=blocks, extend_graphs=graphs,
+                                  max_model_len=max(4096, max(contexts) + max(news) + 16)))
+        eng.online = True                    # as served: a prefill step is read back at once
+        hw = torch.cuda.get_device_name(eng.device) if eng.device.type == "cuda" else "cpu"
+        dtype = str(eng.dtype).replace("torch.", "")
+        tag = "_graphs" if graphs else ""
+        for c in contexts:
+            for n in news:
+                print(f"extend of {n} tokens on a {c}-token context{tag} ...", flush=True)
+                r = profile_extend(eng, c, n, args.turns, seed=c + n)
+                r["extend_graphs"] = graphs
+                rows.append(r)
+                key = f"extend_n{n}_ctx{c // 1024}k" if c >= 1024 else f"extend_n{n}_ctx{c}"
+                metrics[f"{key}_wall_ms{tag}"] = {"value": round(r["wall_ms_median"], 3),
+                                                  "goal": None}
+                metrics[f"{key}_gpu_busy_ms{tag}"] = {
+                    "value": round(r["gpu_busy_ms_per_step"], 3), "goal": None}
+                print(f"  wall {r['wall_ms_median']:.2f} ms per turn, {r['steps_per_turn']:.1f}"
+                      f" steps, GPU busy {r['gpu_busy_ms_per_step']:.2f} ms and idle "
+                      f"{r['gpu_idle_ms_per_step']:.2f} ms per step", flush=True)
+        del eng
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
     date = dt.date.today().isoformat()
     doc = {"bench": "extend_profile", "hardware": hw, "commit": git_commit(), "date": date,
            "command": "python bench/extend_profile.py " + " ".join(argv or sys.argv[1:]),
            "ceilings": {}, "metrics": metrics, "rows": rows,
-           "model": args.model, "dtype": str(eng.dtype).replace("torch.", ""),
-           "cuda_graphs": eng.runner.graphs is not None}
+           "model": args.model, "dtype": dtype}
     out = Path(args.out_dir) / f"extend_profile-{hardware_tag(hw)}-{date.replace('-', '')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=1))

@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
                    help="tokens per KV block (a power of two)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunk size)")
+    p.add_argument("--extend-graphs", action="store_true",
+                   help="replay small prefill, extend and mixed steps (up to 512 tokens) from "
+                        "CUDA graphs (CUDA and the triton kernels only)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")
     p.add_argument("--stats-log-interval-s", type=float, default=10.0,
                    help="log a line on the engine's progress this often while it works (at "
@@ -75,7 +78,7 @@ def config_from_args(args):
                           gpu_memory_fraction=args.gpu_memory_fraction,
                           num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
                           max_num_batched_tokens=args.max_num_batched_tokens,
-                          cpu_cache_gb=args.cpu_cache_gb,
+                          extend_graphs=args.extend_graphs, cpu_cache_gb=args.cpu_cache_gb,
                           stats_log_interval_s=args.stats_log_interval_s,
                           disk_cache_path=args.disk_cache_path, disk_cache_gb=args.disk_cache_gb)
     limits = Limits(max_sessions_per_tenant=args.max_sessions_per_tenant,

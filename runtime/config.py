@@ -23,6 +23,9 @@ class EngineConfig:
     cuda_graphs: bool | None = None       # decode steps replayed from CUDA graphs
     cuda_graph_batch_sizes: tuple[int, ...] | None = None   # capture buckets; None = default
     async_scheduling: bool | None = None  # launch step N+1 before step N's tokens are read
+    # small prefill / extend / mixed steps replayed from CUDA graphs (runtime/extend_graphs.py);
+    # off until measured on a GPU
+    extend_graphs: bool = False
     stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0

@@ -30,6 +30,7 @@ import torch
 
 from kernels import KernelOps
 from runtime.models.llama import AttentionMetadata, LlamaFamilyModel
+from runtime.staging_ring import StagingRing
 from runtime.step_inputs import HostBatch, pad_batch
 
 log = logging.getLogger(__name__)
@@ -93,14 +94,8 @@ class DecodeGraphs:
         self.batch_sizes, self.widths = tuple(sorted(batch_sizes)), tuple(sorted(widths))
         self.capture_enabled = capture
         bmax, vocab = self.batch_sizes[-1], model.arch.vocab_size
-        words = StagingLayout(bmax, self.widths[-1]).size
-        self.pinned = device.type == "cuda"
-        self.stage = torch.zeros(words, dtype=torch.int32, device=device)       # [words]
-        # host staging ring: a buffer is rewritten only after its copy has run (its event)
-        self._host = [torch.zeros(words, dtype=torch.int32, pin_memory=self.pinned)
-                      for _ in range(3)]
-        self._host_events: list = [None] * len(self._host)
-        self._next_host = 0
+        self.ring = StagingRing(StagingLayout(bmax, self.widths[-1]).size, device)
+        self.stage = self.ring.stage                                             # [words]
         self.prev = torch.zeros(max(bmax, max_prev_rows or 0), dtype=torch.int64,
                                 device=device)                                   # [rows]
         self.query_start_loc = torch.arange(bmax + 1, dtype=torch.int32, device=device)
@@ -172,20 +167,13 @@ class DecodeGraphs:
         batch, width = bucket
         p = pad_batch(b, batch, width)
         layout = StagingLayout(batch, width)
-        k = self._next_host
-        self._next_host = (k + 1) % len(self._host)
-        if self._host_events[k] is not None:
-            self._host_events[k].synchronize()   # that buffer's copy (two steps back) has run
-        host = self._host[k]
+        host = self.ring.host()
         ids, pos, slots, src, seq_lens, table = layout.split(host.numpy())
         ids[:], pos[:], slots[:] = p.input_ids.numpy(), p.positions.numpy(), p.slot_mapping.numpy()
         seq_lens[:], table[:] = p.seq_lens.numpy(), p.block_tables.numpy()
         src[:] = -1
         src[p.ph_dst.numpy()] = p.ph_src.numpy()
-        self.stage[:layout.size].copy_(host[:layout.size], non_blocking=self.pinned)
-        if self.pinned:
-            self._host_events[k] = torch.cuda.Event()
-            self._host_events[k].record()
+        self.ring.send(layout.size)
         if len(p.ph_dst):
             self.prev[:prev_tokens.shape[0]].copy_(prev_tokens)
         graph = self._graphs.get((batch, width))

@@ -18,6 +18,7 @@ from kvstore.block_pool import BlockPool
 from kvstore.spec import KVCacheSpec, dtype_from_name
 from runtime.config import EngineConfig, SamplingParams
 from runtime.cuda_graphs import DecodeGraphs, GraphStats, default_batch_sizes, width_buckets
+from runtime.extend_graphs import ExtendGraphs, extend_graph_buckets
 from runtime.errors import InvalidRequestError
 from runtime.inflight import InflightStep, StepTimer
 from runtime.memory_profile import KVBudget, kv_budget
@@ -81,7 +82,10 @@ class Engine:
         graph_sizes = self._graph_batch_sizes()
         max_blocks = -(-self.max_model_len // config.block_size)
         self.kv_budget: KVBudget | None = None
-        num_blocks = self._num_blocks(graph_sizes[-1] if graph_sizes else 0, max_blocks)
+        ext = extend_graph_buckets(config.extend_graphs, self.device, self.ops.backend,
+                                   config.max_num_batched_tokens, config.max_num_seqs)
+        num_blocks = self._num_blocks(graph_sizes[-1] if graph_sizes else 0, max_blocks,
+                                      (ext[0][-1], ext[1][-1]) if ext else None)
         self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)
         self.pool = BlockPool(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(SchedulerConfig(config.max_num_batched_tokens,
@@ -96,8 +100,13 @@ class Engine:
             log.info("captured %d decode graphs in %.1f s (pool %.2f GiB)",
                      self.graph_stats.num_graphs, self.graph_stats.capture_s,
                      self.graph_stats.pool_bytes / 2**30)
+        extend = None
+        if ext is not None:
+            extend = ExtendGraphs(self.model, self.kv_cache, self.ops, self.device, *ext,
+                                  max_blocks, max_prev_rows=config.max_num_seqs)
+            extend.capture(progress=log.info)
         self.runner = ModelRunner(self.model, self.kv_spec, self.kv_cache, self.ops, self.device,
-                                  graphs)
+                                  graphs, extend)
         self._inflight: InflightStep | None = None
         self.tiers, self.rates = build_tiers(self)
         if self.tiers is not None:
@@ -132,7 +141,8 @@ class Engine:
                              f"({cfg.max_num_seqs})")
         return sizes
 
-    def _num_blocks(self, graph_batch: int, max_blocks: int) -> int:
+    def _num_blocks(self, graph_batch: int, max_blocks: int,
+                    extend_graph: tuple[int, int] | None = None) -> int:
         if self.config.num_gpu_blocks is not None:
             return self.config.num_gpu_blocks
         if self.device.type != "cuda":
@@ -140,7 +150,7 @@ class Engine:
         cfg = self.config
         self.kv_budget = kv_budget(self.model, self.kv_spec, self.ops, self.device,
                                    cfg.gpu_memory_fraction, cfg.max_num_batched_tokens,
-                                   cfg.max_num_seqs, graph_batch, max_blocks)
+                                   cfg.max_num_seqs, graph_batch, max_blocks, extend_graph)
         return self.kv_budget.num_blocks
 
     # -- requests ---------------------------------------------------------------------------

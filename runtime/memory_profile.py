@@ -61,9 +61,11 @@ def forward_peak_bytes(model: LlamaFamilyModel, spec: KVCacheSpec, ops: KernelOp
 
 def kv_budget(model: LlamaFamilyModel, spec: KVCacheSpec, ops: KernelOps, device: torch.device,
               memory_fraction: float, max_num_batched_tokens: int, max_num_seqs: int,
-              graph_batch: int, max_blocks_per_seq: int) -> KVBudget:
+              graph_batch: int, max_blocks_per_seq: int,
+              extend_graph: tuple[int, int] | None = None) -> KVBudget:
     """Size the KV cache after measuring the eager and graph activations (graph_batch 0: no
-    graphs)."""
+    decode graphs; extend_graph: the largest (tokens, seqs) extend graph bucket, whose pool is
+    apart from the decode graphs')."""
     vocab = model.arch.vocab_size
     width = -(-max_num_batched_tokens // spec.block_size)
     prefill = forward_peak_bytes(model, spec, ops, device, 1, max_num_batched_tokens, width,
@@ -72,6 +74,10 @@ def kv_budget(model: LlamaFamilyModel, spec: KVCacheSpec, ops: KernelOps, device
     if graph_batch:
         graphs = forward_peak_bytes(model, spec, ops, device, graph_batch, 1, max_blocks_per_seq,
                                     graph_batch) + graph_batch * vocab * 4
+    if extend_graph is not None:
+        tokens, seqs = extend_graph
+        graphs += forward_peak_bytes(model, spec, ops, device, 1, tokens, max_blocks_per_seq,
+                                     seqs) + seqs * vocab * 4
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     used = total - free

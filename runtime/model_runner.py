@@ -1,8 +1,9 @@
 """Turns a scheduler step into one forward over the flattened batch and returns sampling logits.
 
-Decode steps that fit a captured bucket replay a CUDA graph (runtime/cuda_graphs.py); every other
-step (prefill, extend, mixed, or too large a batch) runs the model eagerly. Nothing here reads
-from the device: the logits stay there for the sampler.
+Decode steps that fit a captured bucket replay a CUDA graph (runtime/cuda_graphs.py); with
+extend graphs on, so do small prefill, extend and mixed steps (runtime/extend_graphs.py); every
+other step runs the model eagerly. Nothing here reads from the device: the logits stay there for
+the sampler.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 from kernels import KernelOps
 from kvstore.spec import KVCacheSpec
 from runtime.cuda_graphs import DecodeGraphs
+from runtime.extend_graphs import ExtendGraphs
 from runtime.models.llama import AttentionMetadata, LlamaFamilyModel
 from runtime.scheduler import SchedulerOutput
 from runtime.step_inputs import HostBatch, build_host_batch, upload
@@ -28,13 +30,15 @@ class StepLogits:
 
 class ModelRunner:
     def __init__(self, model: LlamaFamilyModel, spec: KVCacheSpec, kv_cache: torch.Tensor,
-                 ops: KernelOps, device: torch.device, graphs: DecodeGraphs | None = None):
+                 ops: KernelOps, device: torch.device, graphs: DecodeGraphs | None = None,
+                 extend_graphs: ExtendGraphs | None = None):
         self.model = model
         self.spec = spec
         self.kv_cache = kv_cache      # [num_blocks, num_layers, 2, block_size, Hkv, D]
         self.ops = ops
         self.device = device
         self.graphs = graphs
+        self.extend_graphs = extend_graphs
 
     def prepare(self, out: SchedulerOutput, pending_rows: dict[str, int] | None = None
                 ) -> HostBatch:
@@ -53,6 +57,13 @@ class ModelRunner:
             logits = self.graphs.run(b, prev_tokens)                      # [num_seqs, V]
             if len(rows) != b.num_seqs:   # a one-token prefill chunk that does not sample
                 logits = logits[torch.tensor(rows, device=self.device)]
+            return StepLogits(logits, rows, True, len(b.ph_dst))
+        eg = self.extend_graphs
+        if eg is not None and not b.decode_only and eg.bucket(b.num_tokens, b.num_seqs,
+                                                              b.width):
+            logits = eg.run(b, prev_tokens)                               # [num_seqs, V]
+            if len(rows) != b.num_seqs:   # prefill chunks that do not sample yet
+                logits = logits[torch.tensor(rows, dtype=torch.long, device=self.device)]
             return StepLogits(logits, rows, True, len(b.ph_dst))
         d = upload(b, self.device)
         if len(b.ph_dst):
