@@ -44,7 +44,7 @@ class EngineStats:
     generated_tokens: int = 0
     preemptions: int = 0
     step_errors: int = 0
-    graph_steps: int = 0                  # decode steps replayed from a CUDA graph
+    graph_steps: int = 0                  # steps replayed from a CUDA graph (decode or extend)
     device_fed_tokens: int = 0            # input ids taken on the device from the step before
 
 
