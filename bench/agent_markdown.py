@@ -118,7 +118,15 @@ def render_md(doc: dict) -> str:
                   f"through `init_continuous_batching()`, page size {p['page_size']}, "
                   f"{p['kv_tokens']:,} KV tokens, {p['max_batch_tokens']} tokens a batch, CUDA "
                   f"graphs {'on' if p['cuda_graphs'] else 'off'}; every turn re-sends the whole "
-                  "history; TTFT from `add_request` to the first streamed token.", ""]
+                  "history; TTFT from `add_request` to the first streamed token."]
+        peer = doc["peer"]
+        n_sessions = (doc.get("workload") or {}).get("sessions")
+        if n_sessions and peer.get("sessions_completed", n_sessions) < n_sessions:
+            lines += ["", f"It finished {peer['sessions_completed']} of {n_sessions} sessions "
+                      f"({peer['turns']} of {peer['turns_expected']} turns) before the replay's "
+                      "deadline: its JCT mean counts the finished sessions only, so it understates "
+                      "the peer's mean: a lower bound."]
+        lines += [""]
     errs = [f"{n}: {e}" for n, s in servers.items() for e in s.get("error_samples", [])[:3]]
     errs += [f"fp32 run: {e}" for e in ((doc.get("checks") or {}).get("fp32_run") or {}).get(
         "error_samples", [])[:3]]
