@@ -52,6 +52,44 @@ def width_buckets(max_blocks: int, first: int = 64, ratio: int = 4) -> tuple[int
     return tuple(widths + [max_blocks])
 
 
+def require_capturable(option: str, device: torch.device, backend: str) -> None:
+    """Raise unless graphs can be captured here: a CUDA device and the Triton kernels (the torch
+    references read tensors back, which a capture forbids). `option` names the switch."""
+    if device.type != "cuda":
+        raise ValueError(f"{option} needs a CUDA device; the engine runs on {device}")
+    if backend != "triton":
+        raise ValueError(f"{option} needs the triton kernel backend (the torch references "
+                         "synchronize with the host, which a graph capture forbids)")
+
+
+class GraphCapture:
+    """A graph runner's warm-up and capture: each forward runs once eagerly (compiling kernels,
+    sizing workspaces), then is captured into one memory pool shared by the runner's graphs.
+    Without capture (a CPU device, `enabled=False`) only the eager run happens."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.device, self.enabled = device, enabled
+        self._reserved = torch.cuda.memory_reserved(device) if enabled else 0
+        self.pool = torch.cuda.graph_pool_handle() if enabled else None
+
+    def record(self, forward: Callable[[], None]) -> "torch.cuda.CUDAGraph | None":
+        forward()
+        if not self.enabled:
+            return None
+        torch.cuda.synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            forward()
+        return graph
+
+    def pool_bytes(self) -> int:
+        """Device memory the pool took since this capture began (0 without capture)."""
+        if not self.enabled:
+            return 0
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_reserved(self.device) - self._reserved
+
+
 @dataclass
 class GraphStats:
     num_graphs: int
@@ -137,25 +175,17 @@ class DecodeGraphs:
             # in, so it is made at its largest size before any capture and never replaced
             from kernels.attention_decode import _split_counters
             _split_counters(self.device, self.batch_sizes[-1] * self.model.arch.num_kv_heads)
-        reserved = torch.cuda.memory_reserved(self.device) if self.capture_enabled else 0
-        pool = torch.cuda.graph_pool_handle() if self.capture_enabled else None
+        cap = GraphCapture(self.device, self.capture_enabled)
         for width in reversed(self.widths):
             for batch in reversed(self.batch_sizes):
                 self._fill_padding(batch, width)
-                self._forward(batch, width)          # compiles kernels, sizes workspaces
-                if self.capture_enabled:
-                    torch.cuda.synchronize(self.device)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
-                        self._forward(batch, width)
+                graph = cap.record(lambda: self._forward(batch, width))
+                if graph is not None:
                     self._graphs[(batch, width)] = graph
             if progress is not None:
                 progress(f"captured width {width}: {len(self.batch_sizes)} batch sizes")
-        if self.capture_enabled:
-            torch.cuda.synchronize(self.device)
-            reserved = torch.cuda.memory_reserved(self.device) - reserved
         self.stats = GraphStats(len(self._graphs), self.batch_sizes, self.widths,
-                                time.perf_counter() - t0, reserved)
+                                time.perf_counter() - t0, cap.pool_bytes())
         return self.stats
 
     def run(self, b: HostBatch, prev_tokens: torch.Tensor | None) -> torch.Tensor:

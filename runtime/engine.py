@@ -17,7 +17,8 @@ from kernels import get_kernel_ops
 from kvstore.block_pool import BlockPool
 from kvstore.spec import KVCacheSpec, dtype_from_name
 from runtime.config import EngineConfig, SamplingParams
-from runtime.cuda_graphs import DecodeGraphs, GraphStats, default_batch_sizes, width_buckets
+from runtime.cuda_graphs import (DecodeGraphs, GraphStats, default_batch_sizes,
+                                 require_capturable, width_buckets)
 from runtime.extend_graphs import ExtendGraphs, extend_graph_buckets
 from runtime.errors import InvalidRequestError
 from runtime.inflight import InflightStep, StepTimer
@@ -129,11 +130,7 @@ class Engine:
         capturable = self.device.type == "cuda" and self.ops.backend == "triton"
         if cfg.cuda_graphs is False or (cfg.cuda_graphs is None and not capturable):
             return ()
-        if self.device.type != "cuda":
-            raise ValueError(f"cuda_graphs needs a CUDA device; the engine runs on {self.device}")
-        if not capturable:
-            raise ValueError("cuda_graphs needs the triton kernel backend (the torch references "
-                             "synchronize with the host, which a graph capture forbids)")
+        require_capturable("cuda_graphs", self.device, self.ops.backend)
         sizes = tuple(b for b in (cfg.cuda_graph_batch_sizes
                                   or default_batch_sizes(cfg.max_num_seqs)) if b <= cfg.max_num_seqs)
         if not sizes:

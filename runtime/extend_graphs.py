@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from kernels import KernelOps
+from runtime.cuda_graphs import GraphCapture, require_capturable
 from runtime.models.llama import AttentionMetadata, LlamaFamilyModel
 from runtime.staging_ring import StagingRing
 from runtime.step_inputs import HostBatch
@@ -59,11 +60,7 @@ def extend_graph_buckets(enabled: bool, device: torch.device, backend: str,
     raises when they are asked for where they cannot be captured."""
     if not enabled:
         return None
-    if device.type != "cuda":
-        raise ValueError(f"extend_graphs needs a CUDA device; the engine runs on {device}")
-    if backend != "triton":
-        raise ValueError("extend_graphs needs the triton kernel backend (the torch references "
-                         "synchronize with the host, which a graph capture forbids)")
+    require_capturable("extend_graphs", device, backend)
     tokens, seqs = default_buckets(max_num_batched_tokens, max_num_seqs)
     if not tokens:
         raise ValueError(f"extend_graphs needs max_num_batched_tokens >= {TOKEN_BUCKETS[0]}, "
@@ -164,22 +161,14 @@ class ExtendGraphs:
     def capture(self, progress: Callable[[str], None] | None = None) -> ExtendGraphStats:
         """Warm up and capture every bucket, largest first, into one shared memory pool."""
         t0 = time.perf_counter()
-        reserved = torch.cuda.memory_reserved(self.device) if self.capture_enabled else 0
-        pool = torch.cuda.graph_pool_handle() if self.capture_enabled else None
+        cap = GraphCapture(self.device, self.capture_enabled)
         for tokens, seqs in sorted(self.buckets(), reverse=True):
             self._fill_padding(tokens, seqs)
-            self._forward(tokens, seqs)                  # compiles kernels, sizes workspaces
-            if self.capture_enabled:
-                torch.cuda.synchronize(self.device)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self._forward(tokens, seqs)
+            graph = cap.record(lambda: self._forward(tokens, seqs))
+            if graph is not None:
                 self._graphs[(tokens, seqs)] = graph
-        if self.capture_enabled:
-            torch.cuda.synchronize(self.device)
-            reserved = torch.cuda.memory_reserved(self.device) - reserved
         self.stats = ExtendGraphStats(len(self._graphs), self.token_buckets, self.seq_buckets,
-                                      time.perf_counter() - t0, reserved)
+                                      time.perf_counter() - t0, cap.pool_bytes())
         if progress is not None:
             progress(f"captured {self.stats.num_graphs} extend graphs in "
                      f"{self.stats.capture_s:.1f} s")
@@ -218,5 +207,7 @@ def _fill_host(b: HostBatch, ids, pos, slots, src, rows, qsl, seq_lens, table) -
     qsl[:s + 1], qsl[s + 1:] = starts, t
     rows[:s], rows[s:] = starts[1:].astype(np.int64) - 1, 0
     seq_lens[:s], seq_lens[s:] = b.seq_lens.numpy(), 1
-    table[:] = 0
+    # a row is read only up to its context's last block: older entries past that stay, and a
+    # padding sequence reads its first entry alone
     table[:s, :b.width] = b.block_tables.numpy()
+    table[s:, 0] = 0
