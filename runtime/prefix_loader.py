@@ -15,6 +15,9 @@ the next step: up to `inline_wait_long_s` when the step being built carries pref
 next look is a whole long step away), up to `inline_wait_s` when it does not (a decode step).
 The prefetched blocks, and the GPU prefix before them, are held for the request until its
 admission matches them as ordinary prefix-cache hits, so they cannot be evicted in between.
+A request found with nothing to load that then waits for GPU room anyway is looked at again
+(`not_admitted`): while it waits, others' growth may evict its GPU prefix, whose copy the tiers
+often hold (a turn's end starts one under `agent`); loading it back beats recomputing it.
 """
 from __future__ import annotations
 
@@ -88,6 +91,7 @@ class PrefixLoader:
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
+        self._hashes: dict[str, list[bytes]] = {}  # prompt block hashes of requests looked at again
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
     def ready(self, req: Request, long_step: bool = False) -> LoadState:
@@ -109,6 +113,8 @@ class PrefixLoader:
         wait = self._waiting.get(rid)
         if wait is not None:
             hashes = wait.hashes
+        elif rid in self._hashes:           # looked at again (`not_admitted`): the same prompt
+            hashes = self._hashes[rid]
         else:
             usable = (req.num_tokens - 1) // self.bs
             hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
@@ -159,6 +165,21 @@ class PrefixLoader:
             return LoadState.LOADING
         self._finish(req, load)
         return LoadState.READY
+
+    def not_admitted(self, req: Request) -> None:
+        """`req` was ready but found no GPU room this step: look at its prefix again next time.
+        Its GPU hit is not held meanwhile (a hold would stall the running turns' growth), so
+        that growth may evict part of it, and the tiers may hold copies by then that they did
+        not at the first look (a copy started at the turn's end lands a few ms later). An H100
+        replay saw a resumed turn wait 224 ms for room, then recompute 3,946 context tokens its
+        CPU tier held: its TTFT, 0.45 s, was the p99."""
+        rid = req.request_id
+        if rid in self._checked and rid not in self._loads:
+            self._checked.discard(rid)
+            if rid not in self._hashes:
+                usable = (req.num_tokens - 1) // self.bs
+                self._hashes[rid] = chain_hashes(req.all_token_ids[:usable * self.bs],
+                                                 self.bs, self.fp)
 
     def room_wanted(self, req: Request) -> int:
         """GPU blocks the load that `req` waits for (`NO_ROOM`) needs; 0 when it waits for none."""
@@ -240,6 +261,7 @@ class PrefixLoader:
     def after_admit(self, req: Request) -> None:
         """The request was admitted and holds its own references: drop the loader's."""
         self._checked.discard(req.request_id)
+        self._hashes.pop(req.request_id, None)
         self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
@@ -271,6 +293,7 @@ class PrefixLoader:
     def forget(self, req: Request) -> None:
         """The request left before admission (aborted): release whatever was loaded for it."""
         self._checked.discard(req.request_id)
+        self._hashes.pop(req.request_id, None)
         self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:

@@ -195,8 +195,10 @@ class Scheduler(RoomTaking):
                 ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
             if not ok:
                 self._wait(req, "room")
-                if self.loader is not None and not self.running:
-                    self.loader.release_others(req)   # nothing else will free blocks
+                if self.loader is not None:
+                    self.loader.not_admitted(req)     # its prefix may move meanwhile
+                    if not self.running:
+                        self.loader.release_others(req)   # nothing else will free blocks
                 admit = False             # the queue waits behind it; yielded prefills go on
                 continue
             if jumped is not None and self._key(req) < jumped and out.scheduled[-1].samples:

@@ -89,6 +89,16 @@ def run_behind_a_big_prompt(eng, g, prompt):
     return req
 
 
+def steps_while_waiting(eng, req) -> int:
+    """Step the engine until `req` is admitted (pool invariants checked); returns the steps."""
+    steps = 0
+    while req.status.name == "WAITING":
+        eng.step()
+        steps += 1
+        eng.pool.check_invariants()
+    return steps
+
+
 def test_a_prefix_load_waits_for_room_and_starts_once(folder):
     """A waiting prompt whose prefix sits on the CPU, while a running request holds most of the
     GPU: it waits in line without starting a load (a partial one would leave a gap and make the
@@ -198,11 +208,7 @@ def test_a_resumed_turn_takes_the_room_of_a_request_it_outranks(folder):
     eng.step()                            # big: 16 blocks of 24, 8 free; prompt wants 9 + 1
     rid = eng.add_request(prompt, PARAMS, priority=1.0)
     req = eng.requests[rid]
-    steps = 0
-    while req.status.name == "WAITING":
-        eng.step()
-        steps += 1
-        eng.pool.check_invariants()
+    steps = steps_while_waiting(eng, req)
     assert steps <= 2                     # not behind big's 40 decode steps
     assert big_req.num_preemptions == 1
     while eng.has_unfinished():
@@ -262,4 +268,31 @@ def test_a_step_carrying_prefill_waits_longer_for_a_cpu_load(folder):
     while eng.has_unfinished():
         eng.step()
     assert req.output_token_ids == alone.token_ids
+    eng.tiers.close()
+
+
+def test_a_turn_waiting_for_room_loads_what_it_lost_meanwhile_from_the_cpu(folder):
+    """A prompt whose whole prefix is on the GPU (and on the CPU) finds no room for the rest
+    and waits behind a running request; that request's growth evicts part of the prefix in the
+    meantime. Once admitted, the prompt loads the evicted part from the CPU instead of
+    recomputing it, and its tokens do not change."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 16)
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)
+    eng.tiers.prefetch(hashes).wait()                  # back on the GPU, cached, and on the CPU
+    eng.tiers.poll()
+    assert all(eng.pool.lookup_hash(h) is not None for h in hashes)
+    big = torch.randint(3, 512, (232,), generator=g).tolist()     # 15 blocks, 18 at its end
+    eng.add_request(big, SamplingParams(max_tokens=50, ignore_eos=True))
+    eng.step()
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    waited = steps_while_waiting(eng, req)
+    assert waited >= 49                    # behind big's 49 decode steps, then its load
+    while eng.has_unfinished():
+        eng.step()
+    # big grew by 3 blocks meanwhile, evicting the prefix's last 3 (tail first): 48 tokens
+    # loaded back from the CPU, not recomputed
+    assert req.kv_source == {"gpu": 96, "cpu": 48, "recomputed": 6}
+    assert req.output_token_ids == alone.token_ids
+    eng.pool.check_invariants()
     eng.tiers.close()

@@ -354,6 +354,9 @@ class RoomLoader:
     def release_others(self, req):
         pass
 
+    def not_admitted(self, req):
+        pass
+
 
 @pytest.mark.parametrize("want, takes", [(3, True), (2, False)])
 def test_a_turn_waiting_to_load_takes_room_worth_less_than_the_load(want, takes):
