@@ -72,8 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="GPU KV budget as a fraction of the concurrent sessions' working set")
     p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
     p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    p.add_argument("--extend-graphs", action="store_true",
-                   help="every server replays small prefill and extend steps from CUDA graphs")
+    p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,
+                   help="every server replays small prefill and extend steps from CUDA graphs "
+                        "(default: the server's, on with CUDA)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="the servers' token budget per engine step")
     p.add_argument("--cpu-cache-gb", type=float, default=32.0,

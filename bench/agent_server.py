@@ -31,7 +31,7 @@ class ServerSpec:
     num_gpu_blocks: int = 2048
     block_size: int = 16
     max_num_batched_tokens: int = 2048
-    extend_graphs: bool = False
+    extend_graphs: bool | None = None    # None: the server's default (on with CUDA)
     cpu_cache_gb: float = 0.0
     disk_cache_gb: float = 0.0
     max_concurrent_turns: int = 256
@@ -52,7 +52,8 @@ class ServerSpec:
                 "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
                 "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)] \
-            + (["--extend-graphs"] if self.extend_graphs else [])
+            + ([] if self.extend_graphs is None
+               else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"])
 
 
 class AgentServer:

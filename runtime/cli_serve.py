@@ -6,6 +6,7 @@ picked), and shuts down gracefully on SIGINT or SIGTERM: no new calls, running t
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import signal
 import sys
@@ -28,9 +29,9 @@ def add_parser(sub) -> None:
                    help="tokens per KV block (a power of two)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunk size)")
-    p.add_argument("--extend-graphs", action="store_true",
+    p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="replay small prefill, extend and mixed steps (up to 512 tokens) from "
-                        "CUDA graphs (CUDA and the triton kernels only)")
+                        "CUDA graphs (default: on with CUDA and the triton kernels)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")
     p.add_argument("--stats-log-interval-s", type=float, default=10.0,
                    help="log a line on the engine's progress this often while it works (at "

@@ -24,8 +24,9 @@ class EngineConfig:
     cuda_graph_batch_sizes: tuple[int, ...] | None = None   # capture buckets; None = default
     async_scheduling: bool | None = None  # launch step N+1 before step N's tokens are read
     # small prefill / extend / mixed steps replayed from CUDA graphs (runtime/extend_graphs.py);
-    # off until measured on a GPU
-    extend_graphs: bool = False
+    # None = on wherever the decode graphs are (a 32-token extend on a 4K context of an 8B
+    # model: 16.9 ms eager, 11.4 ms from a graph on an H100)
+    extend_graphs: bool | None = None
     stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0

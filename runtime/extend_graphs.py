@@ -53,11 +53,15 @@ def default_buckets(max_num_batched_tokens: int, max_num_seqs: int
     return tokens, seqs
 
 
-def extend_graph_buckets(enabled: bool, device: torch.device, backend: str,
-                         max_num_batched_tokens: int, max_num_seqs: int
+def extend_graph_buckets(enabled: bool | None, device: torch.device, backend: str,
+                         max_num_batched_tokens: int, max_num_seqs: int,
+                         decode_graphs: bool = True
                          ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
-    """The engine's extend graph buckets, or None when they are off (EngineConfig.extend_graphs);
-    raises when they are asked for where they cannot be captured."""
+    """The engine's extend graph buckets, or None when they are off (EngineConfig.extend_graphs;
+    None: on wherever the decode graphs are on and a bucket fits the step budget); raises when
+    they are asked for where they cannot be captured."""
+    if enabled is None:
+        enabled = decode_graphs and max_num_batched_tokens >= TOKEN_BUCKETS[0]
     if not enabled:
         return None
     require_capturable("extend_graphs", device, backend)

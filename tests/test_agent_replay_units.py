@@ -276,3 +276,12 @@ def test_replay_shares_give_recompute_twice_the_time_after_every_server_start():
     assert replay_share(400.0, pols, 20.0) == 100.0
     assert replay_share(200.0, pols[1:], 20.0) == 30.0          # (200 - 80) / 4
     assert replay_share(60.0, ["agent"], 50.0) == 10.0
+
+
+def test_the_replay_servers_extend_graphs_flag():
+    """Unset, a replay server keeps its own default; set, the flag says which way."""
+    from agent_server import ServerSpec
+    for value, flags in ((None, []), (True, ["--extend-graphs"]),
+                         (False, ["--no-extend-graphs"])):
+        args = ServerSpec("m", extend_graphs=value).args(Path("/tmp"))
+        assert [a for a in args if a.endswith("extend-graphs")] == flags

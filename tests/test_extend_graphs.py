@@ -55,6 +55,33 @@ def test_extend_graphs_are_refused_where_they_cannot_be_captured():
         extend_graph_buckets(True, torch.device("cuda"), "triton", 8, 64)
 
 
+def test_extend_graphs_follow_the_decode_graphs_by_default(folder):
+    """Unset, extend graphs are on wherever decode graphs are (CUDA and the Triton kernels) and
+    a bucket fits the step budget; never an error."""
+    on = extend_graph_buckets(None, torch.device("cuda"), "triton", 2048, 64, decode_graphs=True)
+    assert on == default_buckets(2048, 64)
+    assert extend_graph_buckets(None, torch.device("cuda"), "triton", 2048, 64,
+                                decode_graphs=False) is None
+    assert extend_graph_buckets(None, torch.device("cpu"), "torch", 2048, 64,
+                                decode_graphs=False) is None
+    assert extend_graph_buckets(None, torch.device("cuda"), "triton", 8, 64) is None
+    eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
+                              kernel_backend="torch", num_gpu_blocks=64))
+    assert eng.config.extend_graphs is None and eng.runner.extend_graphs is None
+
+
+def test_the_serve_flag_switches_extend_graphs_both_ways():
+    import argparse
+
+    from runtime import cli_serve
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli_serve.add_parser(sub)
+    parse = sub.choices["serve"].parse_args
+    assert parse([]).extend_graphs is None
+    assert parse(["--extend-graphs"]).extend_graphs is True
+    assert parse(["--no-extend-graphs"]).extend_graphs is False
+
+
 def cpu_engine(folder, extend: bool, async_scheduling: bool):
     eng = Engine(EngineConfig(model=str(folder), device="cpu", dtype="float32",
                               kernel_backend="torch", num_gpu_blocks=200,
