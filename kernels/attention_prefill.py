@@ -49,6 +49,21 @@ def check_kv_layer_strides(kv_layer: torch.Tensor) -> None:
                          f"{inner}); got strides {tuple(kv_layer.stride())}")
 
 
+def kernel_io(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor | None,
+              seq_lens: torch.Tensor, block_tables: torch.Tensor,
+              *more: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checks every attention kernel's wrapper makes; returns q with a unit last stride
+    and `out` (allocated like q when None), whose last dim must be contiguous."""
+    check_attention_args(q, kv_layer, seq_lens, block_tables)
+    check_device(q, kv_layer, *more, seq_lens, block_tables)
+    check_kv_layer_strides(kv_layer)
+    if out is None:
+        out = torch.empty_like(q)
+    if out.stride(2) != 1:
+        raise ValueError("out's last dim must be contiguous")
+    return (q if q.stride(2) == 1 else q.contiguous()), out
+
+
 def gather_context(kv_layer: torch.Tensor, block_table: torch.Tensor, seq_len: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The first `seq_len` cached K and V rows of one sequence: two [seq_len, Hkv, D] tensors."""
@@ -166,6 +181,27 @@ def _attend_range(
     return acc, l_i, m_i
 
 
+@kernel
+def _query_tile(q_ptr, q_start, q_len, ctx_before, tile0, kvh, stride_qt, stride_qh,
+                GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr):
+    # A work item's query rows: tokens tile0 ... of the chunk x GROUP_PAD query heads of kv
+    # head kvh, so every K/V tile loaded from the cache serves the whole GQA group. Returns q
+    # [BLOCK_M, HEAD_DIM] (rows past the chunk or the group zero), each row's absolute
+    # position, global token index (int64), query head and validity ([BLOCK_M] each).
+    rows = tl.arange(0, BLOCK_M)
+    tok = tile0 + rows // GROUP_PAD                   # [BLOCK_M] token within the chunk
+    head = kvh * GROUP + rows % GROUP_PAD             # [BLOCK_M] query head
+    row_ok = (tok < q_len) & (rows % GROUP_PAD < GROUP)
+    d = tl.arange(0, HEAD_DIM)
+    tok64 = (q_start + tok).to(tl.int64)
+    q = tl.load(q_ptr + tok64[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
+                mask=row_ok[:, None], other=0.0)   # [BLOCK_M, HEAD_DIM]
+    if F32_DOT:
+        q = q.to(tl.float32)
+    return q, ctx_before + tok, tok64, head, row_ok
+
+
 @kernel(do_not_specialize=("num_m_tiles", "num_seqs", "stride_bt"))
 def _prefill_kernel(
     q_ptr, kv_ptr, out_ptr, qsl_ptr, seq_lens_ptr, bt_ptr,
@@ -193,17 +229,10 @@ def _prefill_kernel(
     tile0 = pid_m * TOKENS
     if tile0 < q_len:
         ctx_before = seq_len - q_len                      # cached tokens before this chunk
-        rows = tl.arange(0, BLOCK_M)
-        tok = tile0 + rows // GROUP_PAD                   # [BLOCK_M] token within the chunk
-        head = kvh * GROUP + rows % GROUP_PAD             # [BLOCK_M] query head
-        row_ok = (tok < q_len) & (rows % GROUP_PAD < GROUP)
-        q_pos = ctx_before + tok                          # [BLOCK_M] absolute position
+        q, q_pos, tok64, head, row_ok = _query_tile(
+            q_ptr, q_start, q_len, ctx_before, tile0, kvh, stride_qt, stride_qh,
+            GROUP, GROUP_PAD, HEAD_DIM, BLOCK_M, F32_DOT)
         d = tl.arange(0, HEAD_DIM)
-        tok64 = (q_start + tok).to(tl.int64)
-        q = tl.load(q_ptr + tok64[:, None] * stride_qt + head[:, None] * stride_qh + d[None, :],
-                    mask=row_ok[:, None], other=0.0)   # [BLOCK_M, HEAD_DIM]
-        if F32_DOT:
-            q = q.to(tl.float32)
 
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
         l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -246,20 +275,19 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
                             config: PrefillConfig | PrefillWSConfig | None = None
                             ) -> torch.Tensor:
     """Triton version of `paged_prefill_attention_ref` (same arguments and result)."""
-    check_attention_args(q, kv_layer, seq_lens, block_tables)
-    check_device(q, kv_layer, query_start_loc, seq_lens, block_tables)
+    q, out = kernel_io(q, kv_layer, out, seq_lens, block_tables, query_start_loc)
     num_tokens, num_q_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_layer.shape
-    if out is None:
-        out = torch.empty_like(q)
     if num_tokens == 0 or max_query_len == 0:
         return out
-    if q.stride(2) != 1:
-        q = q.contiguous()
-    if out.stride(2) != 1:
-        raise ValueError("out's last dim must be contiguous")
-    check_kv_layer_strides(kv_layer)
     group = num_q_heads // num_kv_heads
+    if config is None and q.device.type == "cuda":
+        from kernels import attention_extend_split as split
+        splits = split.auto_splits(q, kv_layer, seq_lens, block_tables, max_query_len)
+        if splits > 1:     # a few short chunks on long contexts: most SMs would sit idle
+            return split.paged_extend_split_attention(q, kv_layer, query_start_loc, seq_lens,
+                                                      block_tables, scale, max_query_len,
+                                                      splits, out)
     cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len, group,
                                            scale)
     ws_inputs_ok = kv_layer.dtype == q.dtype and ws_strides_ok(q, out, kv_layer)
