@@ -1,8 +1,9 @@
 """Attention of a resumed turn's extend: a few new tokens on a long cached context.
 
 Times `paged_prefill_attention` as the engine calls it (no config) with the split-K path
-(kernels/attention_extend_split.py, AGENTKV_EXTEND_SPLIT=auto) and without it (=off: the
-prefill kernels, one program per query tile x sequence x kv head), and torch's
+(kernels/attention_extend_split.py, AGENTKV_EXTEND_SPLIT=auto) and without it (=off, the
+default until this bench has run on a GPU: the prefill kernels, one program per query tile x
+sequence x kv head), and torch's
 scaled_dot_product_attention on the same tokens with dense K/V as a peer, per (sequences x new
 tokens, context). Llama-3-8B heads (32 query, 8 kv, head_dim 128) in bf16; the ceiling is the
 device copy bandwidth measured in the same run, against which the K/V bytes read are set.
@@ -84,15 +85,21 @@ def case_rows(name, seqs, new, ctx, hq, hkv, d, device, dtype) -> list[dict]:
     cuda = device == "cuda"
     kv_bytes = seqs * ctx * 2 * hkv * d * q.element_size()
     rows = []
-    for mode in ("off", "auto"):
-        os.environ["AGENTKV_EXTEND_SPLIT"] = mode
-        splits = auto_splits(q, kv, lens, table, new)
-        ms = time_ms(lambda: paged_prefill_attention(q, kv, qsl, lens, table, scale, new,
-                                                     out=out), cuda)
-        rows.append({"op": "extend_attn", "case": name, "variant": f"split_{mode}",
-                     "splits": splits, "ms": round(ms, 4),
-                     "kv_GBps": round(kv_bytes / ms / 1e6, 1)})
-    os.environ["AGENTKV_EXTEND_SPLIT"] = "auto"
+    before = os.environ.get("AGENTKV_EXTEND_SPLIT")
+    try:
+        for mode in ("off", "auto"):
+            os.environ["AGENTKV_EXTEND_SPLIT"] = mode
+            splits = auto_splits(q, kv, lens, table, new)
+            ms = time_ms(lambda: paged_prefill_attention(q, kv, qsl, lens, table, scale, new,
+                                                         out=out), cuda)
+            rows.append({"op": "extend_attn", "case": name, "variant": f"split_{mode}",
+                         "splits": splits, "ms": round(ms, 4),
+                         "kv_GBps": round(kv_bytes / ms / 1e6, 1)})
+    finally:
+        if before is None:
+            os.environ.pop("AGENTKV_EXTEND_SPLIT", None)
+        else:
+            os.environ["AGENTKV_EXTEND_SPLIT"] = before
     # the peer: SDPA on dense K/V [seqs, Hq, ctx, D] with the extend's causal mask
     k = torch.randn((seqs, hq, ctx, d), generator=g).to(device, dtype)
     v = torch.randn_like(k)

@@ -10,8 +10,9 @@ program writes its rows' partial output and log-sum-exp, and the decode kernels'
 (`attention_decode._decode_reduce_kernel`, one program per token and query head) combines them.
 
 Same arguments and result as `attention_prefill.paged_prefill_attention`, which dispatches here
-when its launch would leave most SMs idle (`choose_extend_splits`); the torch reference is the
-prefill one. The split count comes from host-known sizes only (query tiles, sequences, kv heads
+with AGENTKV_EXTEND_SPLIT=auto when its launch would leave most SMs idle
+(`choose_extend_splits`); the torch reference is the prefill one. The switch is off by default
+until the kernel has been measured on a GPU (`bench/extend_attention.py`). The split count comes from host-known sizes only (query tiles, sequences, kv heads
 and the block table's width), so a CUDA graph captured for a step shape serves every step of it.
 """
 from __future__ import annotations
@@ -44,9 +45,9 @@ def paged_extend_split_attention_ref(q: torch.Tensor, kv_layer: torch.Tensor,
 
 
 def split_choice() -> str:
-    """AGENTKV_EXTEND_SPLIT: "auto" (default: split launches that would leave SMs idle) or
-    "off" (never split; the prefill kernels as they are)."""
-    choice = os.environ.get("AGENTKV_EXTEND_SPLIT", "auto")
+    """AGENTKV_EXTEND_SPLIT: "auto" (split launches that would leave SMs idle) or "off"
+    (default: never split; the prefill kernels as they are)."""
+    choice = os.environ.get("AGENTKV_EXTEND_SPLIT", "off")
     if choice not in ("auto", "off"):
         raise ValueError(f"AGENTKV_EXTEND_SPLIT must be auto or off; got {choice!r}")
     return choice

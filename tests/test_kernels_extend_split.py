@@ -65,11 +65,14 @@ def test_choose_extend_splits():
 
 def test_auto_splits_and_its_switch(monkeypatch):
     b = make_batch([(3, 130), (1, 77)], 8, 2, 64, 16, torch.float32, seed=3)
+    wide = torch.zeros((2, 64), dtype=torch.int32)          # 1024 tokens wide
+    monkeypatch.delenv("AGENTKV_EXTEND_SPLIT", raising=False)
+    assert auto_splits(b.q, b.kv_layer, b.seq_lens, wide, 3) == 1     # off by default
+    monkeypatch.setenv("AGENTKV_EXTEND_SPLIT", "auto")
     # the CPU tiles (32 rows: 8 tokens of the 4-head group), 2 sequences x 2 kv heads = 4
     # items; the table is 11 blocks = 176 tokens wide: 176 // (4 * 32) = 1 split
     assert auto_splits(b.q, b.kv_layer, b.seq_lens, b.block_tables, 3) == 1
-    wide = torch.zeros((2, 64), dtype=torch.int32)          # 1024 tokens: 8 splits
-    assert auto_splits(b.q, b.kv_layer, b.seq_lens, wide, 3) == 8
+    assert auto_splits(b.q, b.kv_layer, b.seq_lens, wide, 3) == 8   # 1024 // 128
     monkeypatch.setenv("AGENTKV_EXTEND_SPLIT", "off")
     assert auto_splits(b.q, b.kv_layer, b.seq_lens, wide, 3) == 1
     monkeypatch.setenv("AGENTKV_EXTEND_SPLIT", "sometimes")
@@ -87,9 +90,10 @@ def test_split_kernel_rejects_zero_splits():
 @pytest.mark.skipif(not CUDA, reason="real sizes and the dispatch need a GPU")
 @pytest.mark.parametrize("seqs", [[(32, 4096)], [(128, 8192)], [(1, 3000), (64, 6000)],
                                   [(300, 1030), (1, 1)]])
-def test_prefill_entry_point_splits_short_chunks_on_long_contexts(seqs):
-    """Llama-3-8B heads in bf16: the default entry point takes the split path for these (few
-    items) and matches the reference."""
+def test_prefill_entry_point_splits_short_chunks_on_long_contexts(seqs, monkeypatch):
+    """Llama-3-8B heads in bf16: with AGENTKV_EXTEND_SPLIT=auto the entry point takes the split
+    path for these (few items) and matches the reference."""
+    monkeypatch.setenv("AGENTKV_EXTEND_SPLIT", "auto")
     hq, hkv, d, bs, dtype = 32, 8, 128, 16, torch.bfloat16
     b = make_batch(seqs, hq, hkv, d, bs, dtype, seed=11)
     max_q = max(b.q_lens)
