@@ -112,6 +112,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--peer-page-size", type=int, default=256)
     p.add_argument("--server-logs", default=None, help="copy every server's log to this folder")
     p.add_argument("--server-log-level", default="WARNING")
+    p.add_argument("--server-first-token-log-s", type=float, default=None, metavar="S",
+                   help="each server logs (at INFO) the queue and steps of every request whose "
+                        "first token took S seconds or more")
     p.add_argument("--server-stats-interval-s", type=float, default=1.0,
                    help="each server's progress line (logged at INFO) this often")
     p.add_argument("--deadline-s", type=float, default=60.0, help="per replay")
@@ -191,7 +194,8 @@ def main(argv=None) -> int:
                       extend_graphs=a.extend_graphs, cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
                       pause_prior_scale=1.0 / a.time_compression,
                       log_level=a.server_log_level,
-                      stats_log_interval_s=a.server_stats_interval_s)
+                      stats_log_interval_s=a.server_stats_interval_s,
+                      first_token_log_s=a.server_first_token_log_s)
     budget = {"gpu_kv_blocks": blocks, "block_size": bs, "gpu_kv_tokens": blocks * bs,
               "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
               "max_num_batched_tokens": a.max_num_batched_tokens,

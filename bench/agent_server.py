@@ -38,6 +38,7 @@ class ServerSpec:
     pause_prior_scale: float = 1.0       # 1 / the replay's time compression
     log_level: str = "WARNING"
     stats_log_interval_s: float = 10.0     # the engine's progress line (at INFO)
+    first_token_log_s: float | None = None  # log slow first tokens' steps (at INFO)
 
     def args(self, data_dir: Path) -> list[str]:
         return ["--log-level", self.log_level, "serve", "--model", self.model,
@@ -52,6 +53,8 @@ class ServerSpec:
                 "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
                 "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)] \
+            + ([] if self.first_token_log_s is None
+               else ["--first-token-log-s", repr(self.first_token_log_s)]) \
             + ([] if self.extend_graphs is None
                else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"])
 

@@ -36,6 +36,9 @@ def add_parser(sub) -> None:
     p.add_argument("--stats-log-interval-s", type=float, default=10.0,
                    help="log a line on the engine's progress this often while it works (at "
                         "INFO; 0: never)")
+    p.add_argument("--first-token-log-s", type=float, default=None, metavar="S",
+                   help="log (at INFO) where the time went for each request whose first token "
+                        "took S seconds or more: its queue and the steps it ran in")
     p.add_argument("--disk-cache-path", default=None,
                    help="LMDB folder of the disk KV tier (default: the data directory)")
     p.add_argument("--disk-cache-gb", type=float, default=0.0, help="disk KV tier size (0: off)")
@@ -81,6 +84,7 @@ def config_from_args(args):
                           max_num_batched_tokens=args.max_num_batched_tokens,
                           extend_graphs=args.extend_graphs, cpu_cache_gb=args.cpu_cache_gb,
                           stats_log_interval_s=args.stats_log_interval_s,
+                          first_token_log_s=args.first_token_log_s,
                           disk_cache_path=args.disk_cache_path, disk_cache_gb=args.disk_cache_gb)
     limits = Limits(max_sessions_per_tenant=args.max_sessions_per_tenant,
                     max_concurrent_turns=args.max_concurrent_turns,

@@ -28,6 +28,9 @@ class EngineConfig:
     # model: 16.9 ms eager, 11.4 ms from a graph on an H100)
     extend_graphs: bool | None = None
     stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
+    # log where the time went for requests whose first token took this long (None: never;
+    # runtime/first_token_log.py)
+    first_token_log_s: float | None = None
     # KV tiers below the GPU (see kvstore/config.py)
     cpu_cache_gb: float = 0.0
     disk_cache_path: str | None = None
@@ -42,6 +45,8 @@ class EngineConfig:
             raise ValueError("max_num_seqs must be positive")
         if self.stats_log_interval_s < 0:
             raise ValueError("stats_log_interval_s must be >= 0 (0 turns the progress line off)")
+        if self.first_token_log_s is not None and self.first_token_log_s < 0:
+            raise ValueError("first_token_log_s must be >= 0 (None logs no first tokens)")
         if not 0.0 < self.gpu_memory_fraction <= 1.0:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:

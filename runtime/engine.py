@@ -20,6 +20,7 @@ from runtime.config import EngineConfig, SamplingParams
 from runtime.cuda_graphs import (DecodeGraphs, GraphStats, default_batch_sizes,
                                  require_capturable, width_buckets)
 from runtime.extend_graphs import ExtendGraphs, extend_graph_buckets
+from runtime.first_token_log import FirstTokenStep, maybe_log
 from runtime.errors import InvalidRequestError
 from runtime.inflight import InflightStep, StepTimer
 from runtime.memory_profile import KVBudget, kv_budget
@@ -253,6 +254,7 @@ class Engine:
     def _launch(self, sched) -> InflightStep:
         prev = self._inflight
         prefill_tokens = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
+        launched_at = time.monotonic()
         timer = StepTimer.begin(self.device) if prefill_tokens == sched.num_tokens else None
         step = self.runner.execute(sched, prev.pending_rows if prev else None,
                                    prev.device_tokens if prev else None)
@@ -264,8 +266,8 @@ class Engine:
             timer.stop()
         self.stats.graph_steps += step.graph
         return InflightStep(sched, picks, drawn.token_ids if drawn else None,
-                            copy_to_host(drawn) if drawn else None, step.graph, timer,
-                            prefill_tokens)
+                            copy_to_host(drawn) if drawn else None, step.graph, launched_at,
+                            timer, prefill_tokens)
 
     def _commit(self, step: InflightStep) -> None:
         """Count the launched step's tokens as computed (the scheduler plans the next step on
@@ -275,6 +277,8 @@ class Engine:
             if req.is_finished:       # stopped by the previous step's token
                 continue
             before = req.num_prompt_tokens_computed
+            if req.first_token_time is None:
+                req.steps_before_first_token += 1
             self.scheduler.commit_computed(s)
             self.stats.prompt_tokens_computed += req.num_prompt_tokens_computed - before
         for row, req in enumerate(step.requests):
@@ -311,6 +315,12 @@ class Engine:
             if req.first_token_time is None:
                 req.first_token_time = now
                 self.stats.prompt_tokens_cached += req.num_cached_tokens
+                maybe_log(self.config.first_token_log_s, req.request_id, req.arrival,
+                          req.admitted_at, now, req.steps_before_first_token,
+                          FirstTokenStep(step.sched.num_tokens, step.prefill_tokens,
+                                         len(step.sched.scheduled), step.graph,
+                                         step.launched_at),
+                          req.num_cached_tokens, req.num_prompt_tokens)
             if req.all_token_ids[-1] != PLACEHOLDER:
                 raise RuntimeError(f"request {req.request_id} lost the placeholder of its token")
             req.all_token_ids.pop()

@@ -52,6 +52,7 @@ class InflightStep:
     device_tokens: torch.Tensor | None        # [num_sampled] int64, on the device
     host: HostCopy | None                     # the same tokens (and logprobs) on their way back
     graph: bool                               # replayed from a CUDA graph
+    launched_at: float = 0.0                  # time.monotonic() at launch
     prefill_timer: StepTimer | None = None    # set when every scheduled token was prefill
     prefill_tokens: int = 0
     pending_rows: dict[str, int] = field(default_factory=dict)   # request id -> sampled row

@@ -43,6 +43,7 @@ class Request:
     finish_reason: FinishReason | None = None
     generator: torch.Generator | None = None
     first_token_time: float | None = None
+    steps_before_first_token: int = 0        # steps it ran in up to its first token
     admitted_at: float | None = None         # monotonic time of its first admission
     # seconds it waited before that, per reason (runtime/wait_reasons.py)
     wait_reasons: dict[str, float] = field(default_factory=dict)

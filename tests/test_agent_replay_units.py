@@ -278,10 +278,13 @@ def test_replay_shares_give_recompute_twice_the_time_after_every_server_start():
     assert replay_share(60.0, ["agent"], 50.0) == 10.0
 
 
-def test_the_replay_servers_extend_graphs_flag():
+def test_the_replay_servers_extend_graphs_and_first_token_flags():
     """Unset, a replay server keeps its own default; set, the flag says which way."""
     from agent_server import ServerSpec
     for value, flags in ((None, []), (True, ["--extend-graphs"]),
                          (False, ["--no-extend-graphs"])):
         args = ServerSpec("m", extend_graphs=value).args(Path("/tmp"))
         assert [a for a in args if a.endswith("extend-graphs")] == flags
+    assert "--first-token-log-s" not in ServerSpec("m").args(Path("/tmp"))
+    args = ServerSpec("m", first_token_log_s=0.03).args(Path("/tmp"))
+    assert args[args.index("--first-token-log-s") + 1] == "0.03"
