@@ -124,6 +124,7 @@ class GenerateMixin:
             if hook is not None:      # a session's later turns go ahead of first turns (aged)
                 priority = hook.admission_priority(handle.session_id, handle.turn_index > 0)
                 hook.turn_started(handle.session_id, prep.request_id)
+            submitted = time.monotonic()
             stream = self.engine_thread.submit(prep.prompt, prep.params, prep.request_id,
                                                priority=priority, loop=loop)
         except Exception as exc:
@@ -165,6 +166,13 @@ class GenerateMixin:
             await self.abort_with(context, exc)
             return
         ttft = first - arrival if first is not None else None
+        threshold = self.engine_thread.engine.config.first_token_log_s
+        if ttft is not None and threshold is not None and ttft >= threshold:
+            # the engine logs its own part (runtime/first_token_log.py) under the request id
+            log.info("request %s (session %s turn %d) first token after %.1f ms: prepared in "
+                     "%.1f ms, then %.1f ms from submission to the engine to the token here",
+                     prep.request_id, handle.session_id, handle.turn_index, 1e3 * ttft,
+                     1e3 * (submitted - arrival), 1e3 * (first - submitted))
         reason = final.finish_reason
         if reason is FinishReason.ABORT or run.cancelled:
             s = await self.db(self.manager.abort_turn, handle, "cancelled")

@@ -56,3 +56,27 @@ def test_serve_takes_the_threshold():
     assert cli_serve.config_from_args(parse([])).engine.first_token_log_s is None
     cfg = cli_serve.config_from_args(parse(["--first-token-log-s", "0.05"]))
     assert cfg.engine.first_token_log_s == 0.05
+
+
+def test_a_served_turn_gets_both_lines_under_one_request_id(tmp_path, caplog):
+    """Through gRPC: the server's line (preparation, then submission to the token) and the
+    engine's (queue and steps) name the same request."""
+    import re
+    from dataclasses import replace
+
+    from grpc_server_fixture import running_server, server_config
+    from runtime.client import AgentKVClient
+    cfg = server_config(tmp_path / "data")
+    cfg = replace(cfg, engine=replace(cfg.engine, first_token_log_s=0.0))
+    with caplog.at_level(logging.INFO), running_server(cfg) as st, \
+            AgentKVClient(st.target, timeout=60) as c:
+        c.wait_ready()
+        with c.session(max_tokens=3) as s:
+            s.run([{"role": "user", "content": "hello"}], max_tokens=3)
+    server = [r.getMessage() for r in caplog.records if r.name == "agentkv.server"
+              and "first token after" in r.getMessage()]
+    engine = [r.getMessage() for r in caplog.records if r.name == "runtime.first_token_log"]
+    assert len(server) == 1 and len(engine) == 1
+    rid = re.match(r"request (\S+) \(session \S+ turn 0\) first token after [\d.]+ ms: "
+                   r"prepared in [\d.]+ ms, then [\d.]+ ms from submission", server[0]).group(1)
+    assert engine[0].startswith(f"request {rid} first token after ")
