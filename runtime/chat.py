@@ -32,14 +32,15 @@ alone as it would in the whole rendering.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from runtime.tokenizer import Tokenizer, unmark
+from runtime.tokenizer import _MARK_END, _MARK_START, Tokenizer, unmark
 from runtime.tool_calls import ToolCall
 
-_MARKERS = ("\ue000", "\ue001")
+_MARKER_RE = re.compile(f"[{_MARK_START}{_MARK_END}]")   # the render's control-token markers
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,17 @@ def render_turn(tokenizer: Tokenizer, messages: Sequence[Any], tools: Sequence[M
 
 
 def _marked_suffix(marked: str, plain_len: int) -> str:
-    """The part of a marked rendering after its first ``plain_len`` unmarked characters."""
-    i = count = 0
-    while count < plain_len and i < len(marked):
-        if marked[i] not in _MARKERS:
-            count += 1
-        i += 1
-    return marked[i:]
+    """The part of a marked rendering after its first ``plain_len`` unmarked characters (the
+    markers before the last of them skipped, those right after it kept). Steps from marker to
+    marker, not character by character: the rendering is the whole conversation, and a loop
+    over its characters cost milliseconds per turn at agent context lengths."""
+    count = pos = 0
+    for m in _MARKER_RE.finditer(marked):
+        plain = m.start() - pos                    # unmarked characters before this marker
+        if count + plain >= plain_len:
+            break
+        count, pos = count + plain, m.end()
+    return marked[pos + plain_len - count:]
 
 
 def _glue_after_log(tokenizer: Tokenizer, history: Sequence[Any], tools: Sequence[Mapping] | None,

@@ -149,3 +149,20 @@ def test_tool_call_message_dataclass_renders_like_dicts(tok):
                 {"role": "tool", "content": "sunny", "tool_call_id": "c1", "name": "get_weather"}]
     assert tok.apply_chat_template(as_dataclass) == tok.apply_chat_template(as_dicts)
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Kyoto"}}\n</tool_call>' in tok.render_chat(as_dataclass)
+
+
+def _marked_suffix_by_characters(marked: str, plain_len: int) -> str:
+    """The definition: walk the characters, counting the unmarked ones."""
+    i = count = 0
+    while count < plain_len and i < len(marked):
+        if marked[i] not in "\ue000\ue001":
+            count += 1
+        i += 1
+    return marked[i:]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab\ue000\ue001", max_size=40), st.integers(0, 45))
+def test_marked_suffix_steps_from_marker_to_marker_to_the_same_place(marked, plain_len):
+    from runtime.chat import _marked_suffix
+    assert _marked_suffix(marked, plain_len) == _marked_suffix_by_characters(marked, plain_len)
