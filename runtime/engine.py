@@ -178,7 +178,10 @@ class Engine:
             raise InvalidRequestError("stop strings need a tokenizer; this model folder has none")
 
     def add_request(self, prompt: list[int], params: SamplingParams, request_id: str | None = None,
-                    priority: float | None = None) -> str:
+                    priority: float | None = None, arrival: float | None = None) -> str:
+        """Queue a request. `arrival` (time.monotonic()): when it was submitted, if earlier than
+        now (the engine thread adds requests between steps: the wait for the step in flight
+        counts in its queue time, as `behind`); None: now."""
         prompt = [int(t) for t in prompt]
         self.validate(prompt, params)
         rid = request_id or uuid.uuid4().hex
@@ -187,7 +190,8 @@ class Engine:
         gen = None
         if params.seed is not None and params.temperature > 0:
             gen = torch.Generator(device="cpu").manual_seed(params.seed)
-        req = Request(rid, prompt, params, time.monotonic(), priority,
+        now = time.monotonic()
+        req = Request(rid, prompt, params, now if arrival is None else min(arrival, now), priority,
                       eos_token_ids=() if params.ignore_eos else self.eos_token_ids, generator=gen)
         self.requests[rid] = req
         self.scheduler.add(req)

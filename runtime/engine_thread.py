@@ -73,6 +73,7 @@ class _Add:
     stream: RequestStream
     done: threading.Event
     error: list
+    submitted: float = 0.0      # time.monotonic() at submit: the request's arrival
 
 
 @dataclass
@@ -112,7 +113,8 @@ class EngineThread:
             raise EngineStoppedError("the engine is not running")
         self.engine.validate(prompt, params)   # read-only checks: safe from any thread
         stream = RequestStream(request_id, loop)
-        self._cmds.put(_Add(prompt, params, request_id, priority, stream, threading.Event(), []))
+        self._cmds.put(_Add(prompt, params, request_id, priority, stream, threading.Event(), [],
+                            time.monotonic()))
         return stream
 
     def abort(self, request_id: str) -> None:
@@ -151,7 +153,8 @@ class EngineThread:
     def _handle(self, cmd) -> None:
         if isinstance(cmd, _Add):
             try:
-                self.engine.add_request(cmd.prompt, cmd.params, cmd.request_id, cmd.priority)
+                self.engine.add_request(cmd.prompt, cmd.params, cmd.request_id, cmd.priority,
+                                        arrival=cmd.submitted)
                 self._streams[cmd.request_id] = cmd.stream
             except Exception as e:
                 cmd.stream.put(e)

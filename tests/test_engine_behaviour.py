@@ -127,6 +127,23 @@ def test_sampling_seed_top_k_top_p_stop_tokens_and_logprobs(folder):
     assert s.token_ids == greedy.token_ids[:first + 1] and s.finish_reason is FinishReason.STOP
 
 
+def test_a_request_queued_behind_the_engine_thread_counts_that_wait(folder):
+    """The engine thread adds requests between steps: a request submitted while the thread is
+    busy (here, 0.3 s of other work) arrives when it was submitted, and that wait is its queue
+    time, charged to `behind` (the step in flight)."""
+    import time
+    loop = EngineThread(make_engine(folder)).start()
+    try:
+        loop.call(lambda e: time.sleep(0.3), wait=False)
+        outs = list(loop.submit(rand_tokens(12, 5), SamplingParams(max_tokens=2, ignore_eos=True),
+                                "q1"))
+        final = outs[-1]
+        assert final.finished and 0.3 <= final.queue_s < 5.0
+        assert final.queue_reasons == pytest.approx({"behind": final.queue_s})
+    finally:
+        loop.shutdown()
+
+
 def test_thread_mode_streams_in_order_and_abort_ends_a_stream(folder):
     eng = make_engine(folder)
     loop = EngineThread(eng).start()
