@@ -7,7 +7,7 @@ import time
 import torch
 
 
-def _timed(fn, reps: int, dev: torch.device) -> list[float]:
+def timed(fn, reps: int, dev: torch.device) -> list[float]:
     """Seconds of each of `reps` calls (CUDA events on a GPU, host clock on a CPU)."""
     for _ in range(3):
         fn()
@@ -32,7 +32,7 @@ def copy_bandwidth(dev: torch.device) -> float:
     n = (1 << 31) if dev.type == "cuda" else (1 << 27)
     a = torch.randn(n // 4, device=dev)
     b = torch.empty_like(a)
-    times = _timed(lambda: b.copy_(a), 20 if dev.type == "cuda" else 5, dev)
+    times = timed(lambda: b.copy_(a), 20 if dev.type == "cuda" else 5, dev)
     return 2 * n / times[len(times) // 2] / 1e9
 
 
@@ -41,7 +41,7 @@ def matmul_tflops(dev: torch.device, dtype: torch.dtype) -> float:
     n = 8192 if dev.type == "cuda" else 1024
     a = torch.randn(n, n, device=dev, dtype=dtype)
     b = torch.randn(n, n, device=dev, dtype=dtype)
-    times = _timed(lambda: a @ b, 10 if dev.type == "cuda" else 3, dev)
+    times = timed(lambda: a @ b, 10 if dev.type == "cuda" else 3, dev)
     return 2 * n ** 3 / times[len(times) // 2] / 1e12
 
 

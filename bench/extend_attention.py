@@ -34,6 +34,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from bench_common import git_commit, hardware_tag  # noqa: E402
+from engine_ceilings import copy_bandwidth, timed  # noqa: E402
 from kernels.attention_extend_split import auto_splits  # noqa: E402
 from kernels.attention_prefill import paged_prefill_attention  # noqa: E402
 
@@ -42,32 +43,10 @@ CASES = {"1x32_ctx4k": (1, 32, 4096), "1x32_ctx8k": (1, 32, 8192),
 SMOKE = {"1x8_ctx256": (1, 8, 256)}
 
 
-def time_ms(fn, cuda: bool, reps: int = 50) -> float:
-    """Median of `reps` timed calls after warm-up (CUDA events on a GPU)."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(reps if cuda else 2):
-        if cuda:
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            import time
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return sorted(times)[len(times) // 2]
-
-
-def copy_ceiling_GBps(device: str) -> float:
-    x = torch.empty(1 << 28, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    ms = time_ms(lambda: y.copy_(x), device == "cuda", reps=20)
-    return 2 * x.numel() / ms / 1e6
+def time_ms(fn, device: str, reps: int = 50) -> float:
+    """Median milliseconds of `reps` calls after three warm-up calls (engine_ceilings.timed)."""
+    times = timed(fn, reps if device == "cuda" else 2, torch.device(device))
+    return 1e3 * times[len(times) // 2]
 
 
 def case_rows(name, seqs, new, ctx, hq, hkv, d, device, dtype) -> list[dict]:
@@ -82,7 +61,6 @@ def case_rows(name, seqs, new, ctx, hq, hkv, d, device, dtype) -> list[dict]:
     q = torch.randn((seqs * new, hq, d), generator=g).to(device, dtype)
     out = torch.empty_like(q)
     scale = d ** -0.5
-    cuda = device == "cuda"
     kv_bytes = seqs * ctx * 2 * hkv * d * q.element_size()
     rows = []
     before = os.environ.get("AGENTKV_EXTEND_SPLIT")
@@ -91,7 +69,7 @@ def case_rows(name, seqs, new, ctx, hq, hkv, d, device, dtype) -> list[dict]:
             os.environ["AGENTKV_EXTEND_SPLIT"] = mode
             splits = auto_splits(q, kv, lens, table, new)
             ms = time_ms(lambda: paged_prefill_attention(q, kv, qsl, lens, table, scale, new,
-                                                         out=out), cuda)
+                                                         out=out), device)
             rows.append({"op": "extend_attn", "case": name, "variant": f"split_{mode}",
                          "splits": splits, "ms": round(ms, 4),
                          "kv_GBps": round(kv_bytes / ms / 1e6, 1)})
@@ -107,7 +85,7 @@ def case_rows(name, seqs, new, ctx, hq, hkv, d, device, dtype) -> list[dict]:
     mask = (torch.arange(ctx, device=device)[None, :]
             <= torch.arange(ctx - new, ctx, device=device)[:, None])  # [new, ctx]
     ms = time_ms(lambda: F.scaled_dot_product_attention(qd, k, v, attn_mask=mask, scale=scale),
-                 cuda)
+                 device)
     rows.append({"op": "extend_attn", "case": name, "variant": "torch_sdpa_dense",
                  "ms": round(ms, 4)})
     return rows
@@ -136,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
            "date": dt.date.today().isoformat(),
            "command": "python bench/extend_attention.py " + " ".join(
                sys.argv[1:] if argv is None else argv),
-           "ceilings": {"copy_GBps": round(copy_ceiling_GBps(device), 1)},
+           "ceilings": {"copy_GBps": round(copy_bandwidth(torch.device(device)), 1)},
            "metrics": metrics, "rows": rows}
     out = Path(a.out_dir)
     out.mkdir(parents=True, exist_ok=True)
