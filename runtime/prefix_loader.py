@@ -27,7 +27,7 @@ import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-from kvstore.block_pool import BlockPool, chain_hashes
+from kvstore.block_pool import BlockPool
 from kvstore.tiers import TieredKVStore
 from runtime.request import Request
 
@@ -76,7 +76,6 @@ class _Load:
 class _Wait:
     since: float
     held: list[int]          # the request's GPU prefix, held so that the wait cannot evict it
-    hashes: list[bytes]      # its prompt's block hashes (the prompt does not change meanwhile)
     blocks: int = 0          # GPU blocks the load it waits for needs
 
 
@@ -91,7 +90,6 @@ class PrefixLoader:
         self._loads: dict[str, _Load] = {}
         self._checked: set[str] = set()
         self._waiting: dict[str, _Wait] = {}     # requests waiting for room to load, GPU prefix held
-        self._hashes: dict[str, list[bytes]] = {}  # prompt block hashes of requests looked at again
         self.loaded_tokens = {"cpu": 0, "disk": 0}
 
     def ready(self, req: Request, long_step: bool = False) -> LoadState:
@@ -111,13 +109,7 @@ class PrefixLoader:
         if rid in self._checked or req.num_computed_tokens or req.num_preemptions:
             return LoadState.READY
         wait = self._waiting.get(rid)
-        if wait is not None:
-            hashes = wait.hashes
-        elif rid in self._hashes:           # looked at again (`not_admitted`): the same prompt
-            hashes = self._hashes[rid]
-        else:
-            usable = (req.num_tokens - 1) // self.bs
-            hashes = chain_hashes(req.all_token_ids[:usable * self.bs], self.bs, self.fp)
+        hashes = req.prefix_hashes(self.bs, self.fp)
         g = 0
         while g < len(hashes) and self.pool.lookup_hash(hashes[g]) is not None:
             g += 1
@@ -148,7 +140,7 @@ class PrefixLoader:
                 # turning cheap hits into a longer load.
                 held = [self.pool.lookup_hash(h) for h in hashes[:g]]
                 self.pool.incref(held)
-                self._waiting[rid] = _Wait(time.perf_counter(), held, hashes)
+                self._waiting[rid] = _Wait(time.perf_counter(), held)
                 log.info("request %s waits for GPU room to load %d prefix blocks (%d free of %d, "
                          "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
                          self.pool.num_blocks, g)
@@ -173,13 +165,8 @@ class PrefixLoader:
         not at the first look (a copy started at the turn's end lands a few ms later). An H100
         replay saw a resumed turn wait 224 ms for room, then recompute 3,946 context tokens its
         CPU tier held: its TTFT, 0.45 s, was the p99."""
-        rid = req.request_id
-        if rid in self._checked and rid not in self._loads:
-            self._checked.discard(rid)
-            if rid not in self._hashes:
-                usable = (req.num_tokens - 1) // self.bs
-                self._hashes[rid] = chain_hashes(req.all_token_ids[:usable * self.bs],
-                                                 self.bs, self.fp)
+        if req.request_id not in self._loads:
+            self._checked.discard(req.request_id)
 
     def room_wanted(self, req: Request) -> int:
         """GPU blocks the load that `req` waits for (`NO_ROOM`) needs; 0 when it waits for none."""
@@ -261,7 +248,6 @@ class PrefixLoader:
     def after_admit(self, req: Request) -> None:
         """The request was admitted and holds its own references: drop the loader's."""
         self._checked.discard(req.request_id)
-        self._hashes.pop(req.request_id, None)
         self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:
@@ -293,7 +279,6 @@ class PrefixLoader:
     def forget(self, req: Request) -> None:
         """The request left before admission (aborted): release whatever was loaded for it."""
         self._checked.discard(req.request_id)
-        self._hashes.pop(req.request_id, None)
         self._unwait(req.request_id)
         load = self._loads.pop(req.request_id, None)
         if load is not None:

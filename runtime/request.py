@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kvstore.block_pool import chain_hashes
+
 from runtime.config import SamplingParams
 
 
@@ -53,6 +55,17 @@ class Request:
 
     def __post_init__(self) -> None:
         self.all_token_ids: list[int] = list(self.prompt_token_ids)
+        self._prefix_hashes: tuple[int, list[bytes]] | None = None
+
+    def prefix_hashes(self, block_size: int, fingerprint: bytes) -> list[bytes]:
+        """Chain hashes of the full blocks a prefix-cache match may reuse (the last token is
+        always computed, to sample from). Kept while the token count stays: the loader's looks
+        and the admission, one pass each step while the request waits, hash the prompt once."""
+        usable = (self.num_tokens - 1) // block_size
+        if self._prefix_hashes is None or self._prefix_hashes[0] != usable:
+            self._prefix_hashes = (usable, chain_hashes(self.all_token_ids[:usable * block_size],
+                                                        block_size, fingerprint))
+        return self._prefix_hashes[1]
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -224,8 +224,7 @@ class Scheduler(RoomTaking):
         bs = self.config.block_size
         if req.num_computed_tokens == 0 and not req.block_ids:
             # Longest cached prefix; at least the last token is always recomputed (to sample).
-            usable = (req.num_tokens - 1) // bs
-            hashes = chain_hashes(req.all_token_ids[:usable * bs], bs, self.fingerprint)
+            hashes = req.prefix_hashes(bs, self.fingerprint)
             hit = self.pool.match_prefix(hashes)
             req.block_ids = hit
             req.block_hashes = hashes[:len(hit)]
