@@ -33,6 +33,11 @@ def make_config(family: str, vocab: int = 512, hidden: int = 128, layers: int = 
     raise ValueError(family)
 
 
+def rand_tokens(n: int, seed: int) -> list[int]:
+    """`n` random token ids of these models' 512-token vocabulary (ids 0-2 left out)."""
+    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
 def save_model(family: str, folder: Path, seed: int = 0, init_std: float = 0.2, **kw) -> Path:
     """Random weights with a large init scale, so greedy logits have clear margins."""
     from transformers import AutoModelForCausalLM

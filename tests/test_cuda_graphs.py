@@ -8,7 +8,7 @@ logits view are all exercised; only capture and replay need CUDA, which the GPU 
 import pytest
 import torch
 
-from hf_models import save_model
+from hf_models import rand_tokens, save_model
 from runtime import Engine, EngineConfig, SamplingParams
 from runtime.cuda_graphs import DecodeGraphs, default_batch_sizes, width_buckets
 from runtime.step_inputs import HostBatch, pad_batch
@@ -19,10 +19,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return save_model("llama", tmp_path_factory.mktemp("graphs") / "model", max_pos=2048)
-
-
-def rand_tokens(n, seed):
-    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def test_buckets():

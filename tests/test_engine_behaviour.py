@@ -1,10 +1,9 @@
 """Engine behaviour beyond greedy identity: prefix reuse counters, leaks, bad input, sampling."""
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hf_models import save_model
+from hf_models import rand_tokens, save_model
 from runtime import Engine, EngineConfig, FinishReason, InvalidRequestError, SamplingParams
 from runtime.engine_thread import EngineThread
 from runtime.models.arch import UnsupportedModelError
@@ -21,10 +20,6 @@ def make_engine(folder, **kw):
                max_num_batched_tokens=256, kernel_backend="torch")
     cfg.update(kw)
     return Engine(EngineConfig(**cfg))
-
-
-def rand_tokens(n, seed):
-    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def test_shared_256_token_prefix_is_computed_once(folder):

@@ -8,9 +8,8 @@ token, finish reason and logprob; they also check that placeholders really were 
 import random
 
 import pytest
-import torch
 
-from hf_models import hf_greedy, save_model
+from hf_models import hf_greedy, rand_tokens, save_model
 from runtime import Engine, EngineConfig, FinishReason, SamplingParams
 from runtime.engine_thread import EngineThread
 from runtime.step_inputs import PLACEHOLDER
@@ -27,10 +26,6 @@ def make_engine(folder, async_scheduling, **kw):
                async_scheduling=async_scheduling)
     cfg.update(kw)
     return Engine(EngineConfig(**cfg))
-
-
-def rand_tokens(n, seed):
-    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def workload(stop_token: int | None = None):

@@ -9,7 +9,7 @@ GPU tests below cover (greedy tokens with extend graphs equal those without in f
 import pytest
 import torch
 
-from hf_models import save_model
+from hf_models import rand_tokens, save_model
 from runtime import Engine, EngineConfig, SamplingParams
 from runtime.extend_graphs import (ExtendGraphs, ExtendLayout, default_buckets,
                                    extend_graph_buckets)
@@ -20,10 +20,6 @@ cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs nee
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     return save_model("llama", tmp_path_factory.mktemp("extend") / "model", max_pos=2048)
-
-
-def rand_tokens(n, seed):
-    return torch.randint(3, 512, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
 def test_buckets_and_layout():
