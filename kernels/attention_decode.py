@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels._triton import check_device, interpreter_needs_f32_dot, kernel, next_power_of_2
+from kernels._triton import interpreter_needs_f32_dot, kernel, next_power_of_2
 from kernels.attention_prefill import (LOG2E, attend_one_sequence, check_attention_args,
-                                      check_kv_layer_strides, gather_context)
+                                      gather_context, kernel_io)
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
 
@@ -281,21 +281,13 @@ def paged_decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, seq_lens: to
     """Triton version of `paged_decode_attention_ref`. With num_splits None, the split count
     comes from the batch size, the kv heads and the block table's width (an upper bound on the
     context, known without reading seq_lens back from the device)."""
-    check_attention_args(q, kv_layer, seq_lens, block_tables)
-    check_device(q, kv_layer, seq_lens, block_tables)
+    q, out = kernel_io(q, kv_layer, out, seq_lens, block_tables)
     num_seqs, num_q_heads, head_dim = q.shape
     _, _, block_size, num_kv_heads, _ = kv_layer.shape
     if q.shape[0] != seq_lens.shape[0]:
         raise ValueError(f"q has {q.shape[0]} sequences but seq_lens has {seq_lens.shape[0]}")
-    if out is None:
-        out = torch.empty_like(q)
     if num_seqs == 0:
         return out
-    if q.stride(2) != 1:
-        q = q.contiguous()
-    if out.stride(2) != 1:
-        raise ValueError("out's last dim must be contiguous")
-    check_kv_layer_strides(kv_layer)
     cfg = config or default_decode_config(head_dim, q.dtype, q.device, num_seqs * num_kv_heads)
     if num_splits is None:
         num_splits = choose_num_splits(num_seqs, num_kv_heads, block_tables.shape[1] * block_size,
