@@ -33,6 +33,7 @@ class TurnOutcome:
     prompt_tokens: int = 0
     server_queue_s: float | None = None     # engine arrival -> admission, from the server
     server_queue_reasons: dict[str, float] | None = None   # that time by reason
+    server_session: str | None = None       # the server's session id (its log names it)
 
 
 class Backend(Protocol):
@@ -67,6 +68,10 @@ class TurnRecord:
     token_ids: list[int]
     server_queue_s: float | None = None  # engine arrival -> admission (in server_ttft_s)
     server_queue_reasons: dict[str, float] | None = None   # that time by reason
+    server_session: str | None = None
+    # the server's and the engine's first-token lines for this turn, read back from the
+    # server's log (runtime/first_token_log.py); None unless the turn was logged
+    first_token: dict | None = None
 
 
 @dataclass
@@ -130,7 +135,8 @@ class GrpcBackend:
         if result is None:
             raise RuntimeError("the turn ended without a result")
         return TurnOutcome(sent, first, last, ids, dict(result.kv_source), result.ttft_s,
-                           result.prompt_tokens, result.queue_s, dict(result.queue_reasons))
+                           result.prompt_tokens, result.queue_s, dict(result.queue_reasons),
+                           handle.id)
 
     def pause(self, handle, turn: ReplayTurn) -> None:
         handle.pause(turn.tool_after or "user", human=turn.human_after)
@@ -253,4 +259,5 @@ def _record(s: ReplaySession, t: ReplayTurn, prev: ReplayTurn | None, o: TurnOut
         prev.pause_real_s if prev else 0.0, prev.tool_after if prev else None,
         bool(prev and prev.human_after), o.prompt_tokens or context_before + len(t.input_ids),
         len(t.input_ids), n, o.sent_at - t0, first - o.sent_at, last - o.sent_at, decode,
-        o.server_ttft_s, o.kv_source, o.token_ids, o.server_queue_s, o.server_queue_reasons)
+        o.server_ttft_s, o.kv_source, o.token_ids, o.server_queue_s, o.server_queue_reasons,
+        o.server_session)

@@ -1,6 +1,7 @@
 """The short markdown report of an agent replay (bench/results/agent-<hw>-<date>.md)."""
 from __future__ import annotations
 
+from agent_first_tokens import markdown as first_token_md
 from agent_report import goal_met
 
 
@@ -110,6 +111,8 @@ def render_md(doc: dict) -> str:
               "`agent` only), so that a turn arriving mid-step waits less.",
               ""]
     lines += _queue_reasons(servers)
+    ft = doc.get("first_tokens") or {}
+    lines += first_token_md(ft.get("resumed") or {}, ft.get("threshold_s"))
     lines += _checks(doc.get("checks") or {})
     if doc.get("peer"):
         p = doc["peer"]["peer"]

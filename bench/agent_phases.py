@@ -16,6 +16,7 @@ import numpy as np
 
 from agent_checks import TokenComparison, compare_outputs, free_engine, kv_roundtrip
 from agent_driver import DriverConfig, GrpcBackend, ReplayResult, replay
+from agent_first_tokens import attach
 from agent_report import counter_delta, summarize, tier_bytes
 from agent_server import AgentServer, GpuMonitor, ServerSpec
 from agent_ties import check_ties, reference_model, reference_tops, run_tops
@@ -94,6 +95,9 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
         if setup.log_dir is not None and srv.log_path.exists():
             setup.log_dir.mkdir(parents=True, exist_ok=True)
             shutil.copy(srv.log_path, setup.log_dir / f"{setup.work_dir.name}-{policy}.log")
+    if setup.spec.first_token_log_s is not None:
+        n = attach(res.turns, srv.log_path)
+        log(f"[{policy}] {n} turns' first-token lines read from the server's log")
     failures = counter_delta(before, after, "agentkv:kv_checksum_failures")
     info = {"server_start_s": round(srv.start_s, 2),
             "phase_s": round(time.perf_counter() - t0, 2),

@@ -41,6 +41,7 @@ sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
 from agent_driver import DriverConfig  # noqa: E402
+from agent_first_tokens import summary as first_token_summary  # noqa: E402
 from agent_markdown import render_md  # noqa: E402
 from agent_phases import (RunSetup, check_sample, engine_checks, model_info,  # noqa: E402
                           run_policy, sample_check)
@@ -255,6 +256,9 @@ def main(argv=None) -> int:
     doc["rows"] = [{"server": k, **{x: y for x, y in v.items() if x not in skip}}
                    for k, v in servers.items()]
     doc["turn_records"] = {k: [_turn_row(t) for t in r.turns] for k, r in results.items()}
+    if a.server_first_token_log_s is not None:
+        doc["first_tokens"] = {"threshold_s": a.server_first_token_log_s, "resumed": {
+            k: first_token_summary(rows) for k, rows in doc["turn_records"].items()}}
     doc["complete"], doc["wall_s"] = True, round(time.perf_counter() - t_start, 1)
     save()
     guarded(doc, log, "plot", lambda: plot(
@@ -416,7 +420,7 @@ def _turn_row(t) -> dict:
             "server_ttft_s": _r5(t.server_ttft_s), "server_queue_s": _r5(t.server_queue_s),
             "server_queue_reasons": None if t.server_queue_reasons is None else
             {k: _r5(v) for k, v in t.server_queue_reasons.items()},
-            "kv_source": t.kv_source}
+            "kv_source": t.kv_source, "first_token": t.first_token}
 
 
 def _r5(x: float | None) -> float | None:

@@ -25,6 +25,7 @@ import time
 
 from agentkv_proto.agentkv.v1 import session_pb2 as pb
 from agentkv_proto.agentkv.v1 import session_service_pb2 as api
+from runtime.first_token_log import describe_server
 from runtime.request import FinishReason
 from runtime.server_convert import (FINISH_TO_PB, kv_source_to_pb, messages_from_pb,
                                     sampling_to_dict, session_to_pb, tool_call_to_pb)
@@ -169,10 +170,8 @@ class GenerateMixin:
         threshold = self.engine_thread.engine.config.first_token_log_s
         if ttft is not None and threshold is not None and ttft >= threshold:
             # the engine logs its own part (runtime/first_token_log.py) under the request id
-            log.info("request %s (session %s turn %d) first token after %.1f ms: prepared in "
-                     "%.1f ms, then %.1f ms from submission to the engine to the token here",
-                     prep.request_id, handle.session_id, handle.turn_index, 1e3 * ttft,
-                     1e3 * (submitted - arrival), 1e3 * (first - submitted))
+            log.info(describe_server(prep.request_id, handle.session_id, handle.turn_index, ttft,
+                                     submitted - arrival, first - submitted))
         reason = final.finish_reason
         if reason is FinishReason.ABORT or run.cancelled:
             s = await self.db(self.manager.abort_turn, handle, "cancelled")

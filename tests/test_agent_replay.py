@@ -20,7 +20,8 @@ import agent_replay  # noqa: E402
 def report(tmp_path_factory):
     out = tmp_path_factory.mktemp("replay")
     rc = agent_replay.main(["--smoke", "--policies", "recompute,agent", "--no-hf",
-                            "--fp32-sessions", "0", "--out", str(out), "--date", "20261122"])
+                            "--fp32-sessions", "0", "--out", str(out), "--date", "20261122",
+                            "--server-log-level", "INFO", "--server-first-token-log-s", "0"])
     assert rc == 0
     stem = out / "agent-cpu-20261122"
     return json.loads(stem.with_suffix(".json").read_text()), stem
@@ -36,6 +37,29 @@ def test_report_files_and_fixed_metric_names(report):
             assert doc["metrics"][f"{p}.{k}"]["value"] > 0
     assert doc["metrics"]["wrong_tokens"] == {"value": 0, "goal": "<= 0"}
     assert doc["metrics"]["agent.resume_ttft_p50_s"]["goal"].startswith("<= ")
+
+
+def test_each_turn_carries_its_first_token_lines_from_the_server_log(report):
+    """Every turn's first token was logged (threshold 0): the server's and the engine's lines,
+    matched to the turn by its server session and index, agree with what the client saw."""
+    doc, stem = report
+    for p in ("recompute", "agent"):
+        rows = doc["turn_records"][p]
+        assert rows and all(r["first_token"] is not None for r in rows)
+        for r in rows:
+            ft = r["first_token"]
+            assert ft["server_ms"] == pytest.approx(1e3 * r["server_ttft_s"], abs=0.11)
+            assert ft["prepared_ms"] + ft["to_token_ms"] == pytest.approx(ft["server_ms"],
+                                                                         abs=0.2)
+            assert ft["engine_ms"] <= ft["to_token_ms"] + 0.1
+            assert ft["prompt_tokens"] == r["prompt_tokens"]
+            assert ft["steps"] >= 1 and ft["step_seqs"] >= 1 and ft["step_tokens"] >= 1
+        s = doc["first_tokens"]["resumed"][p]
+        assert s["resumed_logged"] == s["resumed"] == sum(r["resume"] for r in rows) > 0
+    assert doc["first_tokens"]["threshold_s"] == 0
+    md = stem.with_suffix(".md").read_text()
+    assert "## Where resumed turns' first-token time went" in md
+    assert "| agent | " in md.split("first-token time went")[1]
 
 
 def test_every_turn_played_and_sources_add_up(report):

@@ -6,7 +6,8 @@ import pytest
 
 from hf_models import save_model
 from runtime import Engine, EngineConfig, SamplingParams
-from runtime.first_token_log import FirstTokenStep, describe, maybe_log
+from runtime.first_token_log import (FirstTokenStep, describe, describe_server,
+                                     maybe_log, read_lines)
 
 
 def test_the_line_names_the_queue_and_the_last_step(caplog):
@@ -21,6 +22,31 @@ def test_the_line_names_the_queue_and_the_last_step(caplog):
         assert not maybe_log(0.05, "r1", 10.0, 10.005, 10.032, 1, step, 4096, 4224)
         assert maybe_log(0.03, "r1", 10.0, 10.005, 10.032, 1, step, 4096, 4224)
     assert caplog.text.count("request r1 first token") == 1
+
+
+def test_both_lines_read_back_into_one_record_per_request():
+    """`read_lines` is the inverse of the two formats, whatever precedes each message."""
+    step = FirstTokenStep(tokens=130, prefill_tokens=128, seqs=3, graph=True, launched_at=10.020)
+    text = "\n".join([
+        "12:00:01 INFO runtime.first_token_log: "
+        + describe("s-1/4/ab12", 10.0, 10.005, 10.032, 2, step, 4096, 4224),
+        "12:00:01 INFO agentkv.server: "
+        + describe_server("s-1/4/ab12", "s-1", 4, 0.0345, 0.0021, 0.0324),
+        "12:00:02 INFO runtime.first_token_log: "
+        + describe("r2", 5.0, None, 5.25, 1, FirstTokenStep(7, 0, 7, False, 5.2), 0, 9),
+        "12:00:02 INFO agentkv.server: request r3 first token after 1.0 ms: something else"])
+    got = read_lines(text)
+    assert set(got) == {"s-1/4/ab12", "r2"}
+    r = got["s-1/4/ab12"]
+    assert (r.session_id, r.turn_index, r.server_ms, r.prepared_ms, r.to_token_ms) == \
+        ("s-1", 4, 34.5, 2.1, 32.4)
+    assert (r.engine_ms, r.queued_ms, r.steps, r.cached_tokens, r.prompt_tokens) == \
+        (32.0, 5.0, 2, 4096, 4224)
+    assert (r.step_tokens, r.step_prefill_tokens, r.step_seqs, r.graph) == (130, 128, 3, True)
+    assert (r.launched_after_admission_ms, r.read_back_ms) == (15.0, 12.0)
+    r2 = got["r2"]                        # never queued: no admission figures, no server line
+    assert r2.queued_ms is None and r2.launched_after_admission_ms is None
+    assert (r2.engine_ms, r2.read_back_ms, r2.graph, r2.session_id) == (250.0, 50.0, False, None)
 
 
 @pytest.fixture(scope="module")
