@@ -23,8 +23,8 @@ import torch
 
 from kernels._triton import interpreter_needs_f32_dot, kernel, next_power_of_2
 from kernels.attention_decode import _decode_reduce_kernel, _num_sms
-from kernels.attention_prefill import (LOG2E, _attend_range, _query_tile, kernel_io,
-                                      paged_prefill_attention_ref)
+from kernels.attention_prefill import (LOG2E, _attend_range, _item_span, _online_softmax_start,
+                                      _query_tile, kernel_io, paged_prefill_attention_ref)
 from kernels.prefill_config import PrefillConfig, triton_prefill_config
 
 tl = None  # triton.language, bound on the first launch (see kernels/_triton.py)
@@ -83,24 +83,17 @@ def _extend_split_kernel(
     pid_m = pid // (num_seqs * NUM_KV_HEADS)
     seq = (pid // NUM_KV_HEADS) % num_seqs
     kvh = pid % NUM_KV_HEADS
-    q_start = tl.load(qsl_ptr + seq)
-    q_len = tl.load(qsl_ptr + seq + 1) - q_start
-    seq_len = tl.load(seq_lens_ptr + seq)
-    tile0 = pid_m * TOKENS
+    q_start, q_len, tile0, ctx_before, diag_start, kv_end = _item_span(
+        qsl_ptr, seq_lens_ptr, seq, pid_m, TOKENS)
     if tile0 < q_len:
-        ctx_before = seq_len - q_len
         q, q_pos, tok64, head, row_ok = _query_tile(
             q_ptr, q_start, q_len, ctx_before, tile0, kvh, stride_qt, stride_qh,
             GROUP, GROUP_PAD, HEAD_DIM, BLOCK_M, F32_DOT)
         d = tl.arange(0, HEAD_DIM)
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        m_i, l_i, acc = _online_softmax_start(BLOCK_M, HEAD_DIM)
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
         # this split's keys [lo, hi) of the tile's [0, kv_end), whole BLOCK_N tiles each; keys
         # below full_end are visible to every row, the rest take the causal mask
-        diag_start = ctx_before + tile0
-        kv_end = tl.minimum(seq_len, diag_start + TOKENS)
         split_len = tl.cdiv(tl.cdiv(kv_end, num_splits), BLOCK_N) * BLOCK_N
         lo = split * split_len
         hi = tl.minimum(lo + split_len, kv_end)

@@ -182,6 +182,30 @@ def _attend_range(
 
 
 @kernel
+def _item_span(qsl_ptr, seq_lens_ptr, seq, pid_m, TOKENS: tl.constexpr):
+    # Query tile pid_m of sequence seq's chunk: the chunk's first row in q and its length, the
+    # tile's first token within it, the cached tokens before the chunk, and the keys the tile
+    # sees: [0, diag_start) by every row, the rest up to kv_end under the causal mask.
+    q_start = tl.load(qsl_ptr + seq)
+    q_len = tl.load(qsl_ptr + seq + 1) - q_start
+    seq_len = tl.load(seq_lens_ptr + seq)                 # issued with the two loads above
+    tile0 = pid_m * TOKENS
+    ctx_before = seq_len - q_len
+    diag_start = ctx_before + tile0
+    kv_end = tl.minimum(seq_len, diag_start + TOKENS)
+    return q_start, q_len, tile0, ctx_before, diag_start, kv_end
+
+
+@kernel
+def _online_softmax_start(BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
+    # The online softmax's running max and sum [BLOCK_M] and output accumulator [BLOCK_M, D].
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+    return m_i, l_i, acc
+
+
+@kernel
 def _query_tile(q_ptr, q_start, q_len, ctx_before, tile0, kvh, stride_qt, stride_qh,
                 GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr,
                 BLOCK_M: tl.constexpr, F32_DOT: tl.constexpr):
@@ -223,26 +247,18 @@ def _prefill_kernel(
     pid_m = num_m_tiles - 1 - pid // (num_seqs * NUM_KV_HEADS)
     seq = (pid // NUM_KV_HEADS) % num_seqs
     kvh = pid % NUM_KV_HEADS
-    q_start = tl.load(qsl_ptr + seq)
-    q_len = tl.load(qsl_ptr + seq + 1) - q_start
-    seq_len = tl.load(seq_lens_ptr + seq)                 # issued with the two loads above
-    tile0 = pid_m * TOKENS
+    q_start, q_len, tile0, ctx_before, diag_start, kv_end = _item_span(
+        qsl_ptr, seq_lens_ptr, seq, pid_m, TOKENS)
     if tile0 < q_len:
-        ctx_before = seq_len - q_len                      # cached tokens before this chunk
         q, q_pos, tok64, head, row_ok = _query_tile(
             q_ptr, q_start, q_len, ctx_before, tile0, kvh, stride_qt, stride_qh,
             GROUP, GROUP_PAD, HEAD_DIM, BLOCK_M, F32_DOT)
         d = tl.arange(0, HEAD_DIM)
-
-        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-        l_i = tl.zeros([BLOCK_M], tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+        m_i, l_i, acc = _online_softmax_start(BLOCK_M, HEAD_DIM)
         bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
         # keys [0, diag_start) are visible to every row of the tile; the rest need the mask.
         # Whole BLOCK_N tiles of them go unmasked, then (with a smaller BLOCK_N_DIAG) whole
         # BLOCK_N_DIAG tiles, and the rest up to the diagonal's end in masked BLOCK_N_DIAG tiles.
-        diag_start = ctx_before + tile0
-        kv_end = tl.minimum(seq_len, diag_start + TOKENS)
         full_end = (diag_start // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attend_range(
             acc, l_i, m_i, q, q_pos, kv_ptr, bt_row, 0, full_end, kv_end, qk_scale,

@@ -47,11 +47,16 @@ def describe(request_id: str, arrival: float, admitted_at: float | None, now: fl
             f"token read back {1e3 * (now - step.launched_at):.1f} ms after launch")
 
 
+def reached(threshold_s: float | None, seconds: float | None) -> bool:
+    """Whether a first token that took `seconds` is logged under `threshold_s` (None: never)."""
+    return threshold_s is not None and seconds is not None and seconds >= threshold_s
+
+
 def maybe_log(threshold_s: float | None, request_id: str, arrival: float,
               admitted_at: float | None, now: float, steps: int, step: FirstTokenStep,
               cached_tokens: int, prompt_tokens: int) -> bool:
     """Log the line when the time to first token reached `threshold_s`; True when logged."""
-    if threshold_s is None or now - arrival < threshold_s:
+    if not reached(threshold_s, now - arrival):
         return False
     log.info(describe(request_id, arrival, admitted_at, now, steps, step, cached_tokens,
                       prompt_tokens))

@@ -25,7 +25,7 @@ import time
 
 from agentkv_proto.agentkv.v1 import session_pb2 as pb
 from agentkv_proto.agentkv.v1 import session_service_pb2 as api
-from runtime.first_token_log import describe_server
+from runtime.first_token_log import describe_server, reached
 from runtime.request import FinishReason
 from runtime.server_convert import (FINISH_TO_PB, kv_source_to_pb, messages_from_pb,
                                     sampling_to_dict, session_to_pb, tool_call_to_pb)
@@ -167,8 +167,7 @@ class GenerateMixin:
             await self.abort_with(context, exc)
             return
         ttft = first - arrival if first is not None else None
-        threshold = self.engine_thread.engine.config.first_token_log_s
-        if ttft is not None and threshold is not None and ttft >= threshold:
+        if reached(self.engine_thread.engine.config.first_token_log_s, ttft):
             # the engine logs its own part (runtime/first_token_log.py) under the request id
             log.info(describe_server(prep.request_id, handle.session_id, handle.turn_index, ttft,
                                      submitted - arrival, first - submitted))
