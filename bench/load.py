@@ -2,6 +2,7 @@
 
 Each of N sessions (one client thread each) runs a bounded number of short turns and closes; a
 probe thread calls GetSession on random open sessions the whole time and records its latency.
+The clients run in a process of their own (bench/load_client.py), as a server's clients do.
 After every session closed, the engine's GPU block pool must be all free (never used, or cached
 with no reference), the pinned host pool's slots all free, and the process RSS no more than a
 stated bound above what it was after a warm-up round. The engine commits its KV pool's pages when
@@ -20,12 +21,10 @@ import argparse
 import datetime
 import json
 import os
-import random
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,19 +32,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 sys.path.append(str(REPO / "bench"))
 
-import grpc  # noqa: E402
 from bench_common import git_commit  # noqa: E402
+from load_client import LoadResult  # noqa: E402
 
-from agentkv_proto.agentkv.v1 import session_pb2 as pb  # noqa: E402
-from agentkv_proto.agentkv.v1 import session_service_pb2 as api  # noqa: E402
-from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc  # noqa: E402
 from runtime.config import EngineConfig  # noqa: E402
 from runtime.limits import Limits  # noqa: E402
 from runtime.server import ServerThread  # noqa: E402
 from runtime.server_config import ServerConfig  # noqa: E402
 
-PROMPTS = ["Summarise the build log.", "Which test failed first?", "Plan the next refactor step.",
-           "Read config.toml and list the keys.", "What does the error message mean?"]
 RSS_BOUND_MIB = 64.0
 
 
@@ -66,128 +60,22 @@ def rss_mib() -> float:
     return 0.0
 
 
-@dataclass
-class LoadResult:
-    turns: int = 0
-    tokens: int = 0
-    requests: int = 0
-    errors: list[str] = field(default_factory=list)
-    get_latencies_s: list[float] = field(default_factory=list)
-    wall_s: float = 0.0
-
-    def p99_ms(self) -> float:
-        xs = sorted(self.get_latencies_s)
-        return 1000 * xs[min(len(xs) - 1, int(0.99 * len(xs)))] if xs else float("nan")
-
-
-def run_load(target: str, sessions: int, turns: int, max_tokens: int, time_limit_s: float,
-             seed: int = 0) -> LoadResult:
-    """N sessions, each `turns` turns of at most `max_tokens` (bounded by count and time), then
-    closed; GetSession probed throughout. Every error is recorded, none is retried."""
-    res = LoadResult()
-    lock = threading.Lock()
-    deadline = time.monotonic() + time_limit_s
-    open_ids: list[str] = []
-    generating = threading.Event()
-    done = threading.Event()
-    channel = grpc.insecure_channel(target, options=[("grpc.max_concurrent_streams", 1000)])
-    stub = api_grpc.SessionServiceStub(channel)
-    start = threading.Barrier(sessions + 1)
-
-    def fail(what: str, e: Exception) -> None:
-        with lock:
-            res.errors.append(f"{what}: {getattr(e, 'code', lambda: '')()} "
-                              f"{getattr(e, 'details', lambda: str(e))()}")
-
-    def worker(i: int) -> None:
-        rnd = random.Random(seed * 100_003 + i)
-        try:
-            start.wait(60)
-        except threading.BrokenBarrierError:
-            return
-        try:
-            s = stub.CreateSession(api.CreateSessionRequest(
-                system_prompt=f"You are agent {i}.",
-                sampling=pb.SamplingParams(max_tokens=max_tokens, temperature=0.0)),
-                timeout=60).session
-        except grpc.RpcError as e:
-            fail("CreateSession", e)
-            return
-        with lock:
-            res.requests += 1
-            open_ids.append(s.session_id)
-        for t in range(turns):
-            if time.monotonic() > deadline:
-                break
-            req = api.GenerateRequest(session_id=s.session_id,
-                                      sampling=pb.SamplingParams(max_tokens=max_tokens,
-                                                                 ignore_eos=True))
-            req.messages.messages.append(pb.ChatMessage(role="user",
-                                                        content=rnd.choice(PROMPTS)))
-            try:
-                generating.set()
-                events = list(stub.Generate(req, timeout=max(10.0, deadline - time.monotonic()
-                                                             + 30)))
-                r = events[-1].result
-                with lock:
-                    res.requests += 1
-                    res.turns += 1
-                    res.tokens += r.usage.completion_tokens
-                if r.session.turns != t + 1:
-                    with lock:
-                        res.errors.append(f"session {s.session_id}: {r.session.turns} turns "
-                                          f"after turn {t + 1}")
-            except grpc.RpcError as e:
-                fail("Generate", e)
-                break
-        with lock:
-            open_ids.remove(s.session_id)
-        try:
-            stub.CloseSession(api.CloseSessionRequest(session_id=s.session_id), timeout=60)
-            with lock:
-                res.requests += 1
-        except grpc.RpcError as e:
-            fail("CloseSession", e)
-
-    def probe() -> None:
-        rnd = random.Random(seed)
-        generating.wait(60)
-        n = 0
-        while not done.is_set() and n < 100_000 and time.monotonic() < deadline + 30:
-            with lock:
-                sid = rnd.choice(open_ids) if open_ids else None
-            if sid is None:
-                time.sleep(0.005)
-                continue
-            t0 = time.perf_counter()
-            try:
-                stub.GetSession(api.GetSessionRequest(session_id=sid), timeout=10)
-                dt = time.perf_counter() - t0
-                with lock:
-                    res.get_latencies_s.append(dt)
-                    res.requests += 1
-            except grpc.RpcError as e:
-                if e.code() not in (grpc.StatusCode.NOT_FOUND,):   # closed meanwhile: fine
-                    fail("GetSession", e)
-            n += 1
-            time.sleep(0.005)
-
-    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(sessions)]
-    prober = threading.Thread(target=probe, daemon=True)
-    for t in threads:
-        t.start()
-    prober.start()
-    t0 = time.monotonic()
-    start.wait(60)
-    for t in threads:
-        t.join(max(1.0, deadline - time.monotonic() + 120))
-    done.set()
-    prober.join(30)
-    res.wall_s = time.monotonic() - t0
-    if any(t.is_alive() for t in threads):
-        res.errors.append("some sessions did not finish in time")
-    channel.close()
-    return res
+def run_clients(target: str, sessions: int, turns: int, max_tokens: int, time_limit_s: float,
+                seed: int = 0) -> LoadResult:
+    """bench/load_client.py against `target` in a process of its own; its LoadResult. A client
+    that dies or prints no result is an error of the run, not a crash of the bench."""
+    cmd = [sys.executable, str(REPO / "bench" / "load_client.py"), "--target", target,
+           "--sessions", str(sessions), "--turns", str(turns), "--max-tokens", str(max_tokens),
+           "--time-limit", str(time_limit_s), "--seed", str(seed)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=time_limit_s + 300)
+    except subprocess.TimeoutExpired:
+        return LoadResult(errors=["the load client did not finish in time"])
+    lines = out.stdout.strip().splitlines()
+    if out.returncode != 0 or not lines:
+        return LoadResult(errors=[f"the load client exited with {out.returncode}: "
+                                  f"{out.stderr.strip()[-2000:]}"])
+    return LoadResult(**json.loads(lines[-1]))
 
 
 def pool_state(st: ServerThread) -> dict:
@@ -219,10 +107,10 @@ def measure(sessions: int, turns: int, max_tokens: int, time_limit_s: float,
     """Warm-up round, then the measured round; everything the metrics need."""
     st = ServerThread(load_config(data_dir, sessions)).start()
     try:
-        warm = run_load(st.target, min(sessions, 50), 1, max_tokens, time_limit_s, seed=1)
+        warm = run_clients(st.target, min(sessions, 50), 1, max_tokens, time_limit_s, seed=1)
         settled(st)
         rss0 = rss_mib()
-        res = run_load(st.target, sessions, turns, max_tokens, time_limit_s, seed=2)
+        res = run_clients(st.target, sessions, turns, max_tokens, time_limit_s, seed=2)
         after = settled(st)
         rss1 = rss_mib()
         open_sessions = sum(n for k, n in st.server.manager.count_by_state().items()

@@ -34,6 +34,9 @@ from sessions.state import SessionEvent, next_state
 
 log = logging.getLogger("agentkv.server")
 
+# Residency of at most this many log tokens is computed on the event loop (see residency()).
+INLINE_RESIDENCY_TOKENS = 4096
+
 
 @dataclass
 class RunningTurn:
@@ -94,7 +97,10 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
 
         Read without waiting for the engine thread (a step can take long under load): the
         lookups are single dictionary reads, safe beside the engine's writes, so the answer is
-        a consistent-enough snapshot of a state that changes every step anyway."""
+        a consistent-enough snapshot of a state that changes every step anyway. Short logs are
+        hashed here on the event loop (well under a millisecond); a hop to the pool costs more
+        than that while the engine computes, and it made most of GetSession's tail under load.
+        Longer logs go to the pool so the loop stays free."""
         engine = self.engine_thread.engine
         bs, fp = engine.config.block_size, engine.fingerprint
         logs = [list(s.token_log) for s in sessions]
@@ -102,6 +108,8 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         def look(e) -> list[dict[str, int]]:
             return [prefix_residency(chain_hashes(log, bs, fp), bs, e.pool, e.tiers)
                     for log in logs]
+        if sum(len(log) for log in logs) <= INLINE_RESIDENCY_TOKENS:
+            return look(engine)
         return await self.aux(look, engine)
 
     def served_model(self, asked: str) -> str:
