@@ -545,7 +545,7 @@ def kernel_resources() -> list[dict]:
     return found
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out-dir", default=None,
                     help="where the JSON goes (default bench/results; a temp dir with --smoke)")
@@ -558,7 +558,8 @@ def main() -> None:
                     help="tokens per KV page (default 16; --smoke keeps its own)")
     ap.add_argument("--jobs", type=int, default=0,
                     help="compile the attention variants ahead in this many processes (GPU)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
     sections = set(args.only.split(","))
     if not sections <= set(SECTIONS):
         sys.exit(f"--only takes sections of {SECTIONS}; got {args.only}")
@@ -616,7 +617,7 @@ def main() -> None:
         "hardware": hardware,
         "commit": args.commit or git_commit(),
         "date": today.isoformat(),
-        "command": "python bench/kernels.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/kernels.py " + " ".join(argv),
         "ceilings": {"copy_GBps": round(b.copy_gbps, 1)},
         "block_size": sizes.block_size,
         "metrics": {k: {"value": None if v != v else round(v, 3), "goal": GOALS[k]}
