@@ -265,7 +265,9 @@ def main(argv=None) -> int:
     # environment; its git metadata, where some travelled with it, may be stale
     commit = os.environ.get("AGENTKV_COMMIT") or git_commit()
     result = {"bench": "engine", "hardware": hw, "commit": commit,
-              "date": date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+              "date": date.today().isoformat(),
+              "command": "python bench/engine_throughput.py "
+              + " ".join(sys.argv[1:] if argv is None else argv),
               "ceilings": ceilings, "metrics": metrics, "rows": rows + [model_row]}
     if hf is not None:
         result["hf_peer_note"] = (
