@@ -7,3 +7,7 @@ class InvalidRequestError(ValueError):
 
 class EngineStoppedError(RuntimeError):
     """The engine's step loop is not running (shut down, or never started)."""
+
+
+class StartupError(RuntimeError):
+    """The server could not start for a reason its operator can fix (a port taken, ...)."""

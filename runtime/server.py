@@ -1,8 +1,8 @@
 """The agentkv gRPC server: engine, sessions, and the services on one grpc.aio server.
 
-`AgentKVServer(config).start()` loads the model and starts the engine thread, opens the session
-store in the data directory and restores its sessions, then serves on `config.host:port`
-(127.0.0.1 unless told otherwise):
+`AgentKVServer(config).start()` binds `config.host:port` (127.0.0.1 unless told otherwise; a
+taken port fails before anything loads), opens the session store in the data directory, loads
+the model and starts the engine thread, restores the sessions, then serves there:
 
 * `agentkv.v1.SessionService` (runtime/service.py, runtime/server_generate.py);
 * the standard `grpc.health.v1.Health` service ("" and "agentkv.v1.SessionService" SERVING;
@@ -34,6 +34,7 @@ from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc
 from runtime.auth import Authenticator
 from runtime.engine import Engine
 from runtime.engine_thread import EngineThread
+from runtime.errors import StartupError
 from runtime.metrics import Metrics, engine_snapshot
 from runtime.server_config import ServerConfig
 from runtime.server_tls import server_credentials
@@ -95,14 +96,19 @@ class AgentKVServer:
     async def _start(self) -> int:
         cfg = self.config
         loop = asyncio.get_running_loop()
+        self._listen()      # first: a taken port fails at once, not after the model has loaded
         if self.auth.is_open:
             log.warning("no API keys configured (--api-keys, AGENTKV_API_KEYS): the server is "
                         "open and every caller is tenant 'default'")
+        data_dir = cfg.resolved_data_dir
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot create the data directory {str(data_dir)!r}: "
+                               f"{e.strerror or e}; choose another (--data-dir)") from e
+        self.store = SessionStore(str(data_dir))
         engine = await loop.run_in_executor(None, Engine, cfg.engine_config())
         self.engine_thread = EngineThread(engine).start()
-        data_dir = cfg.resolved_data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = SessionStore(str(data_dir))
         await loop.run_in_executor(None, self._drop_old_blocks, engine, data_dir)
         if self.estimator is None:           # what earlier runs learned of pause lengths
             self.estimator = load_estimator(self.store.env)
@@ -125,35 +131,49 @@ class AgentKVServer:
                                  self.metrics, events, model_name(cfg.engine.model),
                                  cfg.default_max_tokens, self.kv_hook)
         self.metrics.attach(self._read_engine, self._read_sessions)
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", cfg.limits.grpc_receive_bytes),
-            ("grpc.max_send_message_length", cfg.limits.grpc_receive_bytes),
-            ("grpc.so_reuseport", 0),
-        ])
         api_grpc.add_SessionServiceServicer_to_server(SessionService(self._deps), self._server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
              reflection.SERVICE_NAME), self._server)
-        host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        if cfg.tls_cert:
-            creds = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca)
-            self.port = self._server.add_secure_port(f"{host}:{cfg.port}", creds)
-        else:
-            self.port = self._server.add_insecure_port(f"{host}:{cfg.port}")
-        if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.host}:{cfg.port} (in use?)")
         await self._server.start()
         for name in ("", SERVICE_NAME):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if cfg.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            try:
+                self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.metrics_host)
+            except OSError as e:
+                raise StartupError(f"cannot serve metrics on {cfg.metrics_host}:"
+                                   f"{cfg.metrics_port}: {e.strerror or e}; free the port or "
+                                   "choose another (--metrics-port)") from e
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
         self._expirer = asyncio.create_task(self._expire_loop())
         log.info("agentkv serving %s on %s:%d (policy %s, data %s)", self._deps.model_name,
                  cfg.host, self.port, cfg.policy, data_dir)
         return self.port
+
+    def _listen(self) -> None:
+        """Create the gRPC server and bind its port (held from here on; the services are added
+        and the server started once the engine and the sessions are up)."""
+        cfg = self.config
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", cfg.limits.grpc_receive_bytes),
+            ("grpc.max_send_message_length", cfg.limits.grpc_receive_bytes),
+            ("grpc.so_reuseport", 0),
+        ])
+        addr = f"[{cfg.host}]:{cfg.port}" if ":" in cfg.host else f"{cfg.host}:{cfg.port}"
+        creds = server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca) \
+            if cfg.tls_cert else None
+        try:
+            self.port = self._server.add_secure_port(addr, creds) if creds is not None \
+                else self._server.add_insecure_port(addr)
+        except RuntimeError:          # grpc's "Failed to bind to address ..."
+            self.port = 0
+        if not self.port:
+            raise StartupError(f"cannot listen on {addr}: the port is taken by another process, "
+                               f"or {cfg.host!r} is not an address of this machine; free the "
+                               "port or choose another (--port, --host)")
 
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, grace_s: float | None = None) -> None:
