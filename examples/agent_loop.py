@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from runtime.client import AgentKVClient, TurnResult  # noqa: E402
+from runtime.client import AgentKVClient, AgentKVError, TurnResult  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -130,13 +130,23 @@ def main(argv=None) -> int:
     ap.add_argument("--api-key", default=None)
     ap.add_argument("--max-tokens", type=int, default=16, help="per turn")
     ap.add_argument("--search-latency", type=float, default=1.0, help="seconds")
+    ap.add_argument("--wait-s", type=float, default=30.0,
+                    help="how long to wait for the server to answer")
     args = ap.parse_args(argv)
+    try:
+        return run(args)
+    except AgentKVError as e:
+        print(f"agent_loop: {e}", file=sys.stderr)
+        return 1
+
+
+def run(args) -> int:
     tools = {"read_file": read_file, "web_search": make_web_search(args.search_latency),
              "calculator": calculator}
     expected = {"read_file": 0.01, "web_search": args.search_latency, "calculator": 0.01}
 
     with AgentKVClient(args.target, api_key=args.api_key) as client:
-        client.wait_ready()
+        client.wait_ready(args.wait_s)
         with client.session(system_prompt="You are a careful assistant. Think, then call tools.",
                             tools=TOOLS, max_tokens=args.max_tokens) as s:
             print(f"session {s.id} on {args.target}; task: {TASK}")

@@ -251,14 +251,21 @@ class AgentKVClient:
     """A channel to an agentkv server. api_key: sent as `authorization: Bearer <key>`."""
 
     def __init__(self, target: str, api_key: str | None = None, timeout: float | None = None):
+        self.target = target
         self.channel = grpc.insecure_channel(target)
         self.stub = api_grpc.SessionServiceStub(self.channel)
         self.metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.timeout = timeout
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Block until the channel connects (the server is up)."""
-        grpc.channel_ready_future(self.channel).result(timeout)
+        """Block until the channel connects (the server is up); AgentKVError (UNAVAILABLE)
+        when no server answered within `timeout` seconds."""
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout)
+        except grpc.FutureTimeoutError:
+            raise AgentKVError("UNAVAILABLE", f"no agentkv server answered at {self.target} "
+                               f"within {timeout:g} s: start one (agentkv serve) or check the "
+                               "address") from None
 
     def session(self, model: str = "", system_prompt: str = "", messages: list | None = None,
                 tools: list[dict] | None = None, max_tokens: int | None = None,

@@ -70,3 +70,17 @@ def test_human_in_the_loop_session_survives_a_restart():
     else:
         assert "recomputed from the restored token log" in out
     assert out.count("server stopped (exit status 0)") == 2
+
+
+def test_the_agent_loop_says_when_no_server_answers():
+    import socket
+    with socket.socket() as s:            # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.run([sys.executable, "examples/agent_loop.py", "--target",
+                        f"127.0.0.1:{port}", "--wait-s", "0.5"], cwd=ROOT, capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == (f"agent_loop: UNAVAILABLE: no agentkv server answered at "
+                                f"127.0.0.1:{port} within 0.5 s: start one (agentkv serve) or "
+                                "check the address")
