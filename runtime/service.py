@@ -16,12 +16,12 @@ from pathlib import Path
 
 from agentkv_proto.agentkv.v1 import session_service_pb2 as api
 from agentkv_proto.agentkv.v1 import session_service_pb2_grpc as api_grpc
-from kvstore.block_pool import chain_hashes
 from kvstore.residency import prefix_residency
 from runtime.auth import Authenticator
 from runtime.engine_thread import EngineThread
 from runtime.limits import (Limits, check_concurrent_turns, check_message_size,
                             check_output_tokens, check_tools)
+from runtime.log_hashes import LogHashCache
 from runtime.metrics import Metrics
 from runtime.server_convert import (RequestError, STATE_FROM_PB, messages_from_pb,
                                     sampling_to_dict, session_to_pb, tools_from_pb)
@@ -34,8 +34,9 @@ from sessions.state import SessionEvent, next_state
 
 log = logging.getLogger("agentkv.server")
 
-# Residency of at most this many log tokens is computed on the event loop (see residency()).
-INLINE_RESIDENCY_TOKENS = 4096
+# Residency work up to this (tokens to hash + 2 x blocks to look up) runs on the event loop
+# (see residency()): about half a millisecond.
+INLINE_RESIDENCY_WORK = 4096
 
 
 @dataclass
@@ -73,6 +74,8 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         self.metrics = deps.metrics
         self.limits = deps.limits
         self.tokenizer = deps.engine_thread.engine.tokenizer
+        engine = deps.engine_thread.engine
+        self.log_hashes = LogHashCache(engine.config.block_size, engine.fingerprint)
         self.turns: dict[str, RunningTurn] = {}
         self.turns_by_tenant: dict[str, int] = {}
 
@@ -97,18 +100,19 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
 
         Read without waiting for the engine thread (a step can take long under load): the
         lookups are single dictionary reads, safe beside the engine's writes, so the answer is
-        a consistent-enough snapshot of a state that changes every step anyway. Short logs are
-        hashed here on the event loop (well under a millisecond); a hop to the pool costs more
-        than that while the engine computes, and it made most of GetSession's tail under load.
-        Longer logs go to the pool so the loop stays free."""
+        a consistent-enough snapshot of a state that changes every step anyway. The logs' block
+        hashes come from `log_hashes` (only what a turn added since the last call is hashed).
+        Small work is done here on the event loop (well under a millisecond): a hop to the pool
+        costs more than that while the engine computes, and it made most of GetSession's tail
+        under load. Larger work goes to the pool so the loop stays free."""
         engine = self.engine_thread.engine
-        bs, fp = engine.config.block_size, engine.fingerprint
-        logs = [list(s.token_log) for s in sessions]
+        bs, cache = engine.config.block_size, self.log_hashes
 
         def look(e) -> list[dict[str, int]]:
-            return [prefix_residency(chain_hashes(log, bs, fp), bs, e.pool, e.tiers)
-                    for log in logs]
-        if sum(len(log) for log in logs) <= INLINE_RESIDENCY_TOKENS:
+            return [prefix_residency(cache.hashes(s), bs, e.pool, e.tiers) for s in sessions]
+        # one token hashed ~ one unit; one block looked up on the three tiers ~ two
+        work = sum(cache.tokens_to_hash(s) + 2 * (len(s.token_log) // bs) for s in sessions)
+        if work <= INLINE_RESIDENCY_WORK:
             return look(engine)
         return await self.aux(look, engine)
 
