@@ -2,7 +2,9 @@
 
 `AgentKVServer(config).start()` binds `config.host:port` (127.0.0.1 unless told otherwise; a
 taken port fails before anything loads), opens the session store in the data directory, loads
-the model and starts the engine thread, restores the sessions, then serves there:
+the model and starts the engine thread, restores the sessions, then serves there (a call made
+while the model loads waits; after gRPC's 20 s connect timeout it fails UNAVAILABLE, unless the
+client waits for ready):
 
 * `agentkv.v1.SessionService` (runtime/service.py, runtime/server_generate.py);
 * the standard `grpc.health.v1.Health` service ("" and "agentkv.v1.SessionService" SERVING;
