@@ -10,6 +10,8 @@ Counted by the server as things happen:
     agentkv:session_resumes_total{trigger} counter    client (Resume RPC) | turn (Generate)
     agentkv:session_events_total{event}    counter    create | turn_end | pause | resume | close
     agentkv:rpc_errors_total{method,code}  counter    calls answered with an error status
+    agentkv:rpc_duration_seconds{method}   histogram  a unary call's arrival at its handler ->
+                                                      its answer (errors included)
 
 Read at scrape time (engine state through `EngineThread.call`, on the engine thread between
 steps, so the HTTP thread never races the step loop; session counts from the manager):
@@ -42,6 +44,8 @@ log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5,
                 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+RPC_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+               10.0)
 
 
 def _tier_rows(engine) -> list[tuple[str, int, int, int, int]]:
@@ -193,6 +197,9 @@ class Metrics:
                               registry=r)
         self.rpc_errors = Counter("agentkv:rpc_errors", "Calls answered with an error status",
                                   ["method", "code"], registry=r)
+        self.rpc_seconds = Histogram("agentkv:rpc_duration_seconds",
+                                     "Time a unary call took in its handler, by method",
+                                     ["method"], buckets=RPC_BUCKETS, registry=r)
         self._http = None
 
     def attach(self, read_engine: Callable[[], dict | None],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 
 import grpc
 
@@ -56,15 +57,24 @@ def status_for(exc: BaseException) -> tuple[grpc.StatusCode, str]:
 
 
 def unary(method):
-    """Run a unary RPC method, turning raised errors into gRPC statuses."""
+    """Run a unary RPC method, turning raised errors into gRPC statuses; its duration goes to
+    `agentkv:rpc_duration_seconds{method}` whether it answered or failed (observed before the
+    answer leaves, so a client that reads the metric next finds its call counted)."""
     @functools.wraps(method)
     async def wrapper(self, request, context):
+        t0 = time.perf_counter()
+
+        def timed() -> None:
+            self.metrics.rpc_seconds.labels(method.__name__).observe(time.perf_counter() - t0)
         try:
-            return await method(self, request, context)
+            out = await method(self, request, context)
         except Exception as exc:
+            timed()
             if isinstance(exc, grpc.aio.AbortError):
                 raise
             code, msg = status_for(exc)
             self.metrics.rpc_errors.labels(method.__name__, code.name).inc()
             await context.abort(code, msg)
+        timed()
+        return out
     return wrapper

@@ -206,3 +206,22 @@ def test_a_chat_re_render_that_changes_the_log_is_reported_as_a_rewrite(client, 
     assert reg.get_sample_value("agentkv:chat_rewrites_total") == before + 1
     # the log was cut and regrown: it is now the chat rendering plus this turn's output
     assert client.get(s.session_id).context_tokens == r2.usage.context_tokens
+
+
+def test_each_unary_call_is_timed_by_method(client, server):
+    """agentkv:rpc_duration_seconds{method} counts every unary call, answered or refused."""
+    reg = server.server.metrics.registry
+
+    def count(method):
+        return reg.get_sample_value("agentkv:rpc_duration_seconds_count", {"method": method}) or 0
+    before = {m: count(m) for m in ("CreateSession", "GetSession")}
+    s = client.create()
+    for _ in range(3):
+        client.get(s.session_id)
+    with pytest.raises(grpc.RpcError):
+        client.get("s_no_such_session")
+    assert count("CreateSession") == before["CreateSession"] + 1
+    assert count("GetSession") == before["GetSession"] + 4
+    assert reg.get_sample_value("agentkv:rpc_duration_seconds_sum", {"method": "GetSession"}) > 0
+    assert reg.get_sample_value("agentkv:rpc_duration_seconds_bucket",
+                                {"method": "GetSession", "le": "+Inf"}) == count("GetSession")
