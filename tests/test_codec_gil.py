@@ -29,11 +29,7 @@ def _median_step_ms(x: torch.Tensor, n: int = 15) -> float:
     return statistics.median(_step_ms(x) for _ in range(n))
 
 
-def test_encoding_blocks_does_not_stall_a_thread_running_torch_ops():
-    block = torch.empty(SPEC.block_shape, dtype=SPEC.dtype).normal_()
-    buf = bytearray(SPEC.block_bytes + codec.HEADER_MAX)
-    x = torch.randn(8, 8)
-    alone = _median_step_ms(x)
+def _step_ms_while_encoding(x: torch.Tensor, block: torch.Tensor, buf: bytearray) -> float:
     stop = threading.Event()
     encoded = [0]
 
@@ -47,14 +43,29 @@ def test_encoding_blocks_does_not_stall_a_thread_running_torch_ops():
     th.start()
     time.sleep(0.05)
     try:
-        during = _median_step_ms(x)
+        return _median_step_ms(x)
     finally:
         stop.set()
         th.join()
-    assert encoded[0] > 0
-    # Holding the GIL for each 8 MiB copy made a step 4x slower (1.4 -> 6.0 ms here); copied
-    # without it, 1.1-1.3x.
-    assert during < 2.5 * alone + 0.5, f"{alone:.2f} ms alone, {during:.2f} ms while encoding"
+        assert encoded[0] > 0
+
+
+def test_encoding_blocks_does_not_stall_a_thread_running_torch_ops():
+    block = torch.empty(SPEC.block_shape, dtype=SPEC.dtype).normal_()
+    buf = bytearray(SPEC.block_bytes + codec.HEADER_MAX)
+    x = torch.randn(8, 8)
+    # Holding the GIL for each 8 MiB copy made a step 4x slower (1.4 -> 6.0 ms here), every
+    # time; copied without it, 1.1-1.3x. A busy machine (2 cores, another process at work)
+    # can slow one measurement as much, so the best of three (alone, during) pairs counts.
+    tries = []
+    for _ in range(3):
+        alone = _median_step_ms(x)
+        during = _step_ms_while_encoding(x, block, buf)
+        tries.append((alone, during))
+        if during < 2.5 * alone + 0.5:
+            break
+    assert during < 2.5 * alone + 0.5, \
+        "; ".join(f"{a:.2f} ms alone, {d:.2f} ms while encoding" for a, d in tries)
 
 
 def test_encoded_block_is_header_then_the_exact_bytes():
