@@ -13,7 +13,9 @@ preallocated pool; closed sessions stay listed for `retain_closed_s` by design (
 
 writes bench/results/load-cpu-YYYYMMDD.json (bench/README.md): metrics `errors` (<= 0),
 `getsession_p99_ms` (<= 50), `leaked_gpu_blocks` (<= 0), `leaked_host_slots` (<= 0),
-`rss_growth_mib` (<= the bound), `turns`, `tokens_per_s`.
+`rss_growth_mib` (<= the bound), `turns`, `tokens_per_s`; its row gives the server's own part of
+GetSession's p99 (`getsession_handler_p99_le_ms`: the smallest bucket bound of
+`agentkv:rpc_duration_seconds` that holds 99% of the measured round's calls).
 """
 from __future__ import annotations
 
@@ -102,6 +104,26 @@ def settled(st: ServerThread, timeout: float = 30.0) -> dict:
         time.sleep(0.1)
 
 
+def handler_buckets(st: ServerThread, method: str = "GetSession") -> dict[float, float]:
+    """Cumulative counts of agentkv:rpc_duration_seconds{method} by bucket bound (seconds)."""
+    out: dict[float, float] = {}
+    for fam in st.server.metrics.registry.collect():
+        for smp in fam.samples:
+            if smp.name == "agentkv:rpc_duration_seconds_bucket" and \
+                    smp.labels.get("method") == method:
+                out[float(smp.labels["le"])] = smp.value
+    return out
+
+
+def bucket_p99_ms(before: dict[float, float], after: dict[float, float]) -> float | None:
+    """The smallest bucket bound holding 99% of the calls made between two readings (ms)."""
+    counts = sorted((le, after[le] - before.get(le, 0.0)) for le in after)
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    return next(1000 * le for le, n in counts if n >= 0.99 * total)
+
+
 def measure(sessions: int, turns: int, max_tokens: int, time_limit_s: float,
             data_dir: str) -> dict:
     """Warm-up round, then the measured round; everything the metrics need."""
@@ -110,7 +132,9 @@ def measure(sessions: int, turns: int, max_tokens: int, time_limit_s: float,
         warm = run_clients(st.target, min(sessions, 50), 1, max_tokens, time_limit_s, seed=1)
         settled(st)
         rss0 = rss_mib()
+        b0 = handler_buckets(st)
         res = run_clients(st.target, sessions, turns, max_tokens, time_limit_s, seed=2)
+        handler_p99 = bucket_p99_ms(b0, handler_buckets(st))
         after = settled(st)
         rss1 = rss_mib()
         open_sessions = sum(n for k, n in st.server.manager.count_by_state().items()
@@ -118,7 +142,8 @@ def measure(sessions: int, turns: int, max_tokens: int, time_limit_s: float,
     finally:
         st.stop()
     return {"result": res, "warmup_errors": warm.errors, "pools": after, "rss_before_mib": rss0,
-            "rss_after_mib": rss1, "open_sessions": open_sessions}
+            "rss_after_mib": rss1, "open_sessions": open_sessions,
+            "getsession_handler_p99_le_ms": handler_p99}
 
 
 def main(argv=None) -> int:
@@ -155,6 +180,7 @@ def main(argv=None) -> int:
                   "requests": r.requests, "getsession_calls": len(r.get_latencies_s),
                   "getsession_p50_ms": round(1000 * sorted(r.get_latencies_s)[
                       len(r.get_latencies_s) // 2], 2) if r.get_latencies_s else None,
+                  "getsession_handler_p99_le_ms": m["getsession_handler_p99_le_ms"],
                   "pools_after": p, "rss_before_mib": round(m["rss_before_mib"], 1),
                   "rss_after_mib": round(m["rss_after_mib"], 1),
                   "errors_sample": (r.errors + m["warmup_errors"])[:20]}],
