@@ -59,16 +59,13 @@ class LogHashCache:
     def hashes(self, s: Session) -> list[BlockHash]:
         """The chained hashes of the full blocks of `s.token_log`."""
         old = self._reusable(s)
-        log = s.token_log
-        if len(old) == len(log) // self.block_size:
-            out = list(old)
-        else:
-            out = list(old) + chain_hashes(log, self.block_size, self.fingerprint,
-                                           start=len(old), parent=old[-1] if old else None)
-        self._put(s.session_id, _Entry(s.num_turns, len(log), tuple(out)))
-        return out
+        out = old + tuple(chain_hashes(s.token_log, self.block_size, self.fingerprint,
+                                       start=len(old), parent=old[-1] if old else None))
+        self._put(s.session_id, _Entry(s.num_turns, len(s.token_log), out))
+        return list(out)
 
     def forget(self, session_id: str) -> None:
+        """Drop a session's hashes (it was closed: its log will not grow again)."""
         with self._lock:
             e = self._entries.pop(session_id, None)
             if e is not None:

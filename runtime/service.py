@@ -73,8 +73,8 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         self.engine_thread = deps.engine_thread
         self.metrics = deps.metrics
         self.limits = deps.limits
-        self.tokenizer = deps.engine_thread.engine.tokenizer
         engine = deps.engine_thread.engine
+        self.tokenizer = engine.tokenizer
         self.log_hashes = LogHashCache(engine.config.block_size, engine.fingerprint)
         self.turns: dict[str, RunningTurn] = {}
         self.turns_by_tenant: dict[str, int] = {}
@@ -181,6 +181,7 @@ class SessionService(GenerateMixin, api_grpc.SessionServiceServicer):
         tenant = self.begin_call(request, context)
         s = await self.db(self.manager.close, tenant, request.session_id)
         self.stop_turn(request.session_id, tenant)
+        self.log_hashes.forget(request.session_id)
         return api.CloseSessionResponse(session=session_to_pb(s))
 
     @unary

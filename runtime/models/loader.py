@@ -139,7 +139,8 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int =
     net = net.to_empty(device=device).to(dtype)     # the parameters in the engine dtype
     params = dict(net.named_parameters())
     seen: set[str] = set()
-    total_gb, done_gb, t0 = sum(f.stat().st_size for f in files) / 1e9, 0.0, time.perf_counter()
+    sizes_gb = [f.stat().st_size / 1e9 for f in files]
+    t0 = time.perf_counter()
     for i, f in enumerate(files, 1):
         with safe_open(str(f), framework="pt", device="cpu") as st:
             for hf_name in st.keys():
@@ -162,10 +163,9 @@ def load_model(model: str, dtype: torch.dtype, device: torch.device, seed: int =
                         start, size = _fused_offset(arch, part)
                         p.narrow(0, start, size).copy_(t)
                 seen.add(f"{ours}:{part}")
-        done_gb += f.stat().st_size / 1e9
         if len(files) > 1:                   # progress, shard by shard
             log.info("read weights %d/%d (%s): %.2f of %.2f GB in %.1f s", i, len(files),
-                     f.name, done_gb, total_gb, time.perf_counter() - t0)
+                     f.name, sum(sizes_gb[:i]), sum(sizes_gb), time.perf_counter() - t0)
     missing = [n for n in params if not any(s.startswith(n + ":") for s in seen)]
     if missing:
         raise ModelLoadError(f"weights missing from {str(path)!r}: {', '.join(missing[:5])}"
