@@ -183,7 +183,7 @@ class KVController(PlanExecution):
         if s is None:
             return None
         now = self.clock()
-        s.paused_at, s.tool, s.human = now, tool, human
+        s.paused_at, s.tool, s.human, s.prefetched_at = now, tool, human, None
         s.forecast = forecast or self.policy.forecast(tool or "(none)", human, expected_s)
         self._next_use.pop(session_id, None)
         plan = self.policy.on_pause(self.view(s), s.forecast, now, self.usage())
@@ -254,6 +254,10 @@ class KVController(PlanExecution):
                  for sid in self.policy.eviction_order([self.view(s) for s in group], now)]
         for sid in order:
             s = self.sessions[sid]
+            if s.paused_at is not None and s.prefetched_at is not None:
+                log.info("session %s: its prefetched KV yields to a turn short of %d blocks, "
+                         "%.3gs after the prefetch, %.3gs into the pause", sid, short,
+                         now - s.prefetched_at, now - s.paused_at)
             self._unpin(s)
             self._refresh(s)
             self.pins_reclaimed += 1

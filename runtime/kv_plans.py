@@ -3,12 +3,15 @@ placement plan (pin for a TTL, write through, offload, spill, drop, prefetch bac
 block bookkeeping they need (owners of each chained hash, pins)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockHash
 from runtime.next_use_order import NextUseOrder
 from sessions.estimator import PauseForecast
 from sessions.policy import Placement, PlacementPlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,6 +27,7 @@ class SessionKV:
     pinned: list[BlockHash] = field(default_factory=list)   # hashes this session pins on GPU
     pinned_until: float = 0.0
     plan: PlacementPlan | None = None
+    prefetched_at: float | None = None     # when this pause's last prefetch started
 
 
 class PlanExecution:
@@ -74,6 +78,9 @@ class PlanExecution:
         missing = [h for h in s.hashes if self.engine.pool.lookup_hash(h) is None]
         if missing:
             tiers.prefetch(missing)
+        s.prefetched_at = now = self.clock()
+        log.info("session %s prefetch after %.3gs paused: %d of %d blocks to load",
+                 s.session_id, now - (s.paused_at or now), len(missing), len(s.hashes))
         self._pin(s, s.hashes)   # hold them until the turn (pins drop at its end)
 
     def _drop(self, s: SessionKV) -> None:
