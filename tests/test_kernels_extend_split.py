@@ -9,7 +9,8 @@ use_interpreter_without_cuda()  # before the first Triton launch in this process
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from kernels.attention_extend_split import (auto_splits, choose_extend_splits,  # noqa: E402
+from kernels.attention_extend_split import (SHORT_CHUNK_TOKENS, auto_splits,  # noqa: E402
+                                            choose_extend_splits,
                                             paged_extend_split_attention,
                                             paged_extend_split_attention_ref)
 from kernels.attention_prefill import paged_prefill_attention  # noqa: E402
@@ -52,23 +53,29 @@ def test_split_kernel_with_a_negative_scale():
 
 
 def test_choose_extend_splits():
-    # 8 items (one 32-token tile, one sequence, 8 kv heads) on 132 SMs: 17 wanted, capped by
-    # the longest context at 4 tiles of 64 a split
-    assert choose_extend_splits(8, 8192, 64, 132) == 17
+    # 8 items (one 32-token tile, one sequence, 8 kv heads) on 132 SMs: 16 programs each fill
+    # one wave (128 of 132 SMs), capped by the longest context at 4 tiles of 64 a split
+    assert choose_extend_splits(8, 8192, 64, 132) == 16
     assert choose_extend_splits(8, 1024, 64, 132) == 4
     assert choose_extend_splits(8, 200, 64, 132) == 1         # under two splits of 4 tiles
+    assert choose_extend_splits(32, 8192, 64, 132) == 4       # not 5: 160 programs, two waves
     assert choose_extend_splits(66, 8192, 64, 132) == 2
-    assert choose_extend_splits(67, 8192, 64, 132) == 1       # the items fill half the GPU
+    assert choose_extend_splits(67, 8192, 64, 132) == 1       # two would not fit one wave
     assert choose_extend_splits(1, 1 << 20, 64, 132) == 32    # at most MAX_SPLITS
     assert choose_extend_splits(0, 8192, 64, 132) == 1
+    # chunks of at most SHORT_CHUNK_TOKENS split in two whatever the item count (uneven items:
+    # an extend beside decodes), when the context is long enough for two splits
+    assert choose_extend_splits(128, 8192, 64, 132, max_query_len=32) == 2
+    assert choose_extend_splits(1024, 8192, 64, 132, max_query_len=SHORT_CHUNK_TOKENS) == 2
+    assert choose_extend_splits(1024, 8192, 64, 132, max_query_len=SHORT_CHUNK_TOKENS + 1) == 1
+    assert choose_extend_splits(1024, 300, 64, 132, max_query_len=32) == 1
+    assert choose_extend_splits(8, 8192, 64, 132, max_query_len=32) == 16   # more when room
 
 
 def test_auto_splits_and_its_switch(monkeypatch):
     b = make_batch([(3, 130), (1, 77)], 8, 2, 64, 16, torch.float32, seed=3)
     wide = torch.zeros((2, 64), dtype=torch.int32)          # 1024 tokens wide
-    monkeypatch.delenv("AGENTKV_EXTEND_SPLIT", raising=False)
-    assert auto_splits(b.q, b.kv_layer, b.seq_lens, wide, 3) == 1     # off by default
-    monkeypatch.setenv("AGENTKV_EXTEND_SPLIT", "auto")
+    monkeypatch.delenv("AGENTKV_EXTEND_SPLIT", raising=False)      # auto by default
     # the CPU tiles (32 rows: 8 tokens of the 4-head group), 2 sequences x 2 kv heads = 4
     # items; the table is 11 blocks = 176 tokens wide: 176 // (4 * 32) = 1 split
     assert auto_splits(b.q, b.kv_layer, b.seq_lens, b.block_tables, 3) == 1
@@ -89,7 +96,7 @@ def test_split_kernel_rejects_zero_splits():
 
 @pytest.mark.skipif(not CUDA, reason="real sizes and the dispatch need a GPU")
 @pytest.mark.parametrize("seqs", [[(32, 4096)], [(128, 8192)], [(1, 3000), (64, 6000)],
-                                  [(300, 1030), (1, 1)]])
+                                  [(100, 1030), (1, 1)]])
 def test_prefill_entry_point_splits_short_chunks_on_long_contexts(seqs, monkeypatch):
     """Llama-3-8B heads in bf16: with AGENTKV_EXTEND_SPLIT=auto the entry point takes the split
     path for these (few items) and matches the reference."""
