@@ -264,7 +264,9 @@ class TieredKVStore:
 
     # -- moves up ----------------------------------------------------------------------------
     def prefetch(self, hashes: Iterable[bytes], hold: bool = False,
-                 whole: bool = False) -> TransferHandle | None:
+                 whole: bool = False,
+                 on_landed: Callable[[list[bytes]], None] | None = None
+                 ) -> TransferHandle | None:
         """Bring blocks to the GPU from the fastest tier that has them.
 
         When complete, each block is registered in the block pool under its hash (so prefix
@@ -273,6 +275,9 @@ class TieredKVStore:
         `hold=True` the caller owns one reference per block and frees it. Blocks that do not fit
         in the pool or miss on disk are listed in `handle.result.missing`. With `whole=True`
         (and `hold=True`) nothing starts and None comes back unless every block fits now.
+        `on_landed(hashes)` runs as each part lands, after its blocks are registered and before
+        the tier's references go (`hold=False`), so the caller can take its own (a pin) with
+        no moment in which the pool could evict them.
         """
         hashes = list(dict.fromkeys(hashes))
         present = {h: b for h in hashes if (b := self.pool.lookup_hash(h)) is not None}
@@ -302,7 +307,7 @@ class TieredKVStore:
                 hd = self.transfer.host_to_gpu([self._cpu[h] for h in hs], bids)
             else:
                 hd = self.transfer.disk_to_gpu(hs, bids)
-            hd.add_done_callback(self._register(src, hs, bids, hold, gpu_blocks))
+            hd.add_done_callback(self._register(src, hs, bids, hold, gpu_blocks, on_landed))
             parts.append(hd)
         group = TransferGroup("prefetch", parts)
         group.gpu_blocks = gpu_blocks
@@ -311,18 +316,24 @@ class TieredKVStore:
         return group
 
     def _register(self, src: str, hs: list[bytes], bids: list[int], hold: bool,
-                  gpu_blocks: dict[bytes, int]) -> Callable[[TransferHandle], None]:
+                  gpu_blocks: dict[bytes, int],
+                  on_landed: Callable[[list[bytes]], None] | None = None
+                  ) -> Callable[[TransferHandle], None]:
         def done(hd: TransferHandle) -> None:
             missing = set(hd.result.missing) if hd.error is None else set(hs)
             drop: list[int] = []
+            landed: list[bytes] = []
             for h, b in zip(hs, bids):
                 if h in missing:
                     drop.append(b)
                     continue
                 self.pool.cache_full_block(b, h)
                 gpu_blocks[h] = b
+                landed.append(h)
                 if not hold:
                     drop.append(b)
+            if on_landed is not None and landed:
+                on_landed(landed)
             self.pool.free(drop)
             self.moved.add(src, "gpu", (len(hs) - len(missing)) * self.spec.block_bytes)
         return done

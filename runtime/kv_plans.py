@@ -77,11 +77,21 @@ class PlanExecution:
             return
         missing = [h for h in s.hashes if self.engine.pool.lookup_hash(h) is None]
         if missing:
-            tiers.prefetch(missing)
+            sid = s.session_id
+            tiers.prefetch(missing, on_landed=lambda hs: self._prefetch_landed(sid, hs))
         s.prefetched_at = now = self.clock()
         log.info("session %s prefetch after %.3gs paused: %d of %d blocks to load",
                  s.session_id, now - (s.paused_at or now), len(missing), len(s.hashes))
         self._pin(s, s.hashes)   # hold them until the turn (pins drop at its end)
+
+    def _prefetch_landed(self, session_id: str, hashes: list[BlockHash]) -> None:
+        """A prefetch's blocks are on the GPU: pin them for the turn, as the blocks already
+        there were pinned when it started. Unpinned, they were the first the pool evicted (the
+        session is paused, its next use the furthest), often before the turn came, and the
+        turn loaded them again on its own path."""
+        s = self.sessions.get(session_id)
+        if s is not None and s.paused_at is not None and s.prefetched_at is not None:
+            self._pin(s, hashes)
 
     def _drop(self, s: SessionKV) -> None:
         self._unpin(s)

@@ -147,6 +147,29 @@ def test_prefetch_starts_before_the_predicted_resume(folder, tmp_path):
     eng.tiers.close()
 
 
+def test_prefetched_blocks_stay_pinned_until_the_turn_ends(folder, tmp_path):
+    """Blocks a prefetch brings back are held for the turn from the moment they land: left
+    cached, the pool evicted them first (the paused session's next use is the furthest)."""
+    eng, ctl, clock = setup(folder, tmp_path)
+    log = turn(eng, ctl, "s", 3)
+    plan = ctl.pause("s", "web_search", None, False, PauseForecast(30.0, 60.0, "hint"))
+    settle(eng)
+    hashes = chain_hashes(log, 16, eng.fingerprint)
+    ctl._unpin(ctl.sessions["s"])
+    assert eng.tiers.evict(hashes, "gpu") == len(hashes)
+    clock.t = plan.prefetch_at
+    ctl.tick()
+    settle(eng)
+    assert all(on_gpu(eng, log))
+    assert sorted(ctl.sessions["s"].pinned) == sorted(hashes)
+    assert eng.tiers.evict(hashes, "gpu") == 0            # held: the pool cannot take them
+    ctl.resume("s")
+    ctl.turn_end("s", log)                                # pins drop at the turn's end
+    assert ctl.sessions["s"].pinned == []
+    assert eng.tiers.evict(hashes, "gpu") == len(hashes)
+    eng.tiers.close()
+
+
 def test_close_frees_private_blocks_on_every_tier_but_not_shared_ones(folder, tmp_path):
     eng, ctl, clock = setup(folder, tmp_path)
     shared = torch.randint(3, 512, (32,), generator=torch.Generator().manual_seed(9)).tolist()
