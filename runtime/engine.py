@@ -259,7 +259,9 @@ class Engine(StepOutputs):
         prev = self._inflight
         prefill_tokens = sum(s.num_new_tokens for s in sched.scheduled if s.num_new_tokens > 1)
         launched_at = time.monotonic()
-        timer = StepTimer.begin(self.device) if prefill_tokens == sched.num_tokens else None
+        # prefill-only steps give the prefill rate, decode-only ones the decode step time
+        timer = (StepTimer.begin(self.device) if prefill_tokens in (0, sched.num_tokens)
+                 else None)
         step = self.runner.execute(sched, prev.pending_rows if prev else None,
                                    prev.device_tokens if prev else None)
         self.stats.device_fed_tokens += step.num_device_fed

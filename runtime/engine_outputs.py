@@ -25,8 +25,11 @@ class StepOutputs:
             return []
         try:
             result = step.host.result() if step.host is not None else None
-            if step.prefill_timer is not None:
-                self.rates.observe_prefill(step.prefill_tokens, step.prefill_timer.seconds())
+            if step.timer is not None:
+                if step.prefill_tokens:
+                    self.rates.observe_prefill(step.prefill_tokens, step.timer.seconds())
+                else:
+                    self.rates.observe_decode_step(step.timer.seconds())
         except Exception as e:
             log.exception("step failed on the device")
             return self._fail([s.request for s in step.sched.scheduled], e)

@@ -53,6 +53,6 @@ class InflightStep:
     host: HostCopy | None                     # the same tokens (and logprobs) on their way back
     graph: bool                               # replayed from a CUDA graph
     launched_at: float = 0.0                  # time.monotonic() at launch
-    prefill_timer: StepTimer | None = None    # set when every scheduled token was prefill
+    timer: StepTimer | None = None    # set when all its tokens were prefill, or none were
     prefill_tokens: int = 0
     pending_rows: dict[str, int] = field(default_factory=dict)   # request id -> sampled row

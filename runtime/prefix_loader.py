@@ -40,11 +40,17 @@ class Rates:
     prefill_tok_s: float
     h2d_GBps: float
     disk_read_GBps: float
+    decode_step_s: float = 0.0     # a decode-only step's device time (0: none seen yet)
     alpha: float = 0.2
 
     def observe_prefill(self, tokens: int, seconds: float) -> None:
         if tokens >= 64 and seconds > 0:
             self.prefill_tok_s += self.alpha * (tokens / seconds - self.prefill_tok_s)
+
+    def observe_decode_step(self, seconds: float) -> None:
+        if seconds > 0:
+            self.decode_step_s += (self.alpha * (seconds - self.decode_step_s)
+                                   if self.decode_step_s else seconds)
 
     def observe_load(self, tier: str, nbytes: int, seconds: float) -> None:
         if nbytes < (1 << 20) or seconds <= 0:
@@ -77,6 +83,8 @@ class _Wait:
     since: float
     held: list[int]          # the request's GPU prefix, held so that the wait cannot evict it
     blocks: int = 0          # GPU blocks the load it waits for needs
+    bound_s: float = 0.0     # how long it may wait: max_wait_factor x recomputing the load
+    futile: bool = False     # the room cannot come within the bound: load the front next look
 
 
 class PrefixLoader:
@@ -129,7 +137,8 @@ class PrefixLoader:
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
         if (handle is None and wait is not None
-                and time.perf_counter() - wait.since >= self.max_wait_factor * recompute_s):
+                and (wait.futile
+                     or time.perf_counter() - wait.since >= self.max_wait_factor * recompute_s)):
             handle, below = self._load_front(rid, hashes[:g], below, recompute_s)
             if handle is None:
                 return self._settled(rid)      # nothing fits: recompute it all, chunk by chunk
@@ -145,6 +154,7 @@ class PrefixLoader:
                          "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
                          self.pool.num_blocks, g)
             self._waiting[rid].blocks = len(below)
+            self._waiting[rid].bound_s = self.max_wait_factor * recompute_s
             return LoadState.NO_ROOM
         since = self._unwait(rid)          # the load holds the GPU prefix now
         if since is not None:
@@ -167,6 +177,21 @@ class PrefixLoader:
         CPU tier held: its TTFT, 0.45 s, was the p99."""
         if req.request_id not in self._loads:
             self._checked.discard(req.request_id)
+
+    def wait_left_s(self, req: Request) -> float:
+        """How much longer `req` may wait for room to load its prefix whole (0 when it waits
+        for none)."""
+        w = self._waiting.get(req.request_id)
+        if w is None:
+            return 0.0
+        return max(0.0, w.bound_s - (time.perf_counter() - w.since))
+
+    def end_wait(self, req: Request) -> None:
+        """The room `req` waits for cannot come within its bound: its next look loads the front
+        of the prefix that fits and recomputes the rest, as a wait that ran out does."""
+        w = self._waiting.get(req.request_id)
+        if w is not None:
+            w.futile = True
 
     def room_wanted(self, req: Request) -> int:
         """GPU blocks the load that `req` waits for (`NO_ROOM`) needs; 0 when it waits for none."""

@@ -193,6 +193,12 @@ class Scheduler(RoomTaking):
                     self._wait(req, "loading")
                     continue
                 ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
+            elif not ok and self._room_too_late(req, state, budget):
+                state = self._load_state(req, deferred, out)     # loads the front that fits
+                if state is LoadState.LOADING:
+                    self._wait(req, "loading")
+                    continue
+                ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
             if not ok:
                 self._wait(req, "room")
                 if self.loader is not None:

@@ -3,11 +3,14 @@
 A waiting request short of blocks first makes paused sessions' pins yield (the pool's reclaim
 hook, through `ensure_free`), then takes the blocks of running requests ranked after it, the
 least computed first. Their blocks go to it at once, so what they computed is lost: the work a
-victim may lose is bounded (`_loss_cap`).
+victim may lose is bounded (`_loss_cap`). A turn that can take no room and waits to load its
+prefix whole stops waiting at once when the running requests cannot free the room before its
+wait would run out anyway (`_room_eta_s`, `_room_too_late`).
 """
 from __future__ import annotations
 
 import logging
+import math
 
 from runtime.prefix_loader import LoadState
 from runtime.request import Request
@@ -38,6 +41,44 @@ class RoomTaking:
         if state is LoadState.NO_ROOM and self.loader is not None:
             cap = max(cap, self.loader.room_wanted(req) * self.config.block_size)
         return cap
+
+    def _room_eta_s(self, short: int) -> float:
+        """The soonest `short` more blocks can free up as running requests finish: each one's
+        time to finish at best (its prompt left at the measured prefill rate, then its output
+        left, up to max_tokens, at one decode step a token), its own blocks (held by no one
+        else) freed then. A lower bound: steps carrying others' work are longer. inf when even
+        all of them would not free that much."""
+        rates = self.loader.rates
+        per_tok = 1.0 / rates.prefill_tok_s if rates.prefill_tok_s > 0 else 0.0
+        ends = sorted(
+            (max(0, r.num_prompt_tokens - r.num_computed_tokens) * per_tok
+             + max(0, r.params.max_tokens - len(r.output_token_ids)) * rates.decode_step_s, i)
+            for i, r in enumerate(self.running))
+        freed = 0
+        for eta, i in ends:
+            freed += sum(1 for b in self.running[i].block_ids if self.pool.ref_count(b) == 1)
+            if freed >= short:
+                return eta
+        return math.inf
+
+    def _room_too_late(self, req: Request, state: LoadState, budget: int) -> bool:
+        """`req` waits for room to load its prefix whole and could take none: when the running
+        requests cannot free it before the wait would run out, waiting only delays the
+        recompute the wait ends in. The loader is told to load the front that fits now (an
+        H100 replay had a resumed turn wait 234 ms behind three 13K-token first turns, then
+        load 72 of 367 blocks and recompute 6,288 tokens: its TTFT, 594 ms, was the p99)."""
+        if state is not LoadState.NO_ROOM or self.loader is None:
+            return False
+        left = self.loader.wait_left_s(req)
+        if not math.isfinite(left):
+            return False
+        short = self._room_wanted(req, state, budget) - self.pool.num_free_blocks
+        if short <= 0 or self._room_eta_s(short) <= left:
+            return False
+        self.loader.end_wait(req)
+        log.info("request %s: no room for its prefix load within its wait (%.3f s left): "
+                 "loading what fits now", req.request_id, left)
+        return True
 
     def _take_room(self, req: Request, need: int, out: SchedulerOutput,
                    cap: int | None = None) -> bool:

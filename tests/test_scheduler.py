@@ -1,9 +1,11 @@
 """The scheduler on CPU, without a model: exact block ids, chunk sizes and request states."""
+import math
+
 import pytest
 
 from kvstore.block_pool import BlockPool
 from runtime.config import SamplingParams
-from runtime.prefix_loader import LoadState
+from runtime.prefix_loader import LoadState, Rates
 from runtime.request import FinishReason, Request, RequestStatus
 from runtime.scheduler import Scheduler, SchedulerConfig
 
@@ -331,12 +333,16 @@ def test_a_step_cap_above_the_budget_changes_nothing():
 class RoomLoader:
     """A prefix loader whose one waiting turn needs `want` GPU blocks free to start its load."""
 
-    def __init__(self, pool, want):
+    def __init__(self, pool, want, left_s=math.inf, rates=None):
         self.pool, self.want, self.started = pool, want, []
+        self.left_s, self.ended = left_s, []
+        self.rates = rates or Rates(prefill_tok_s=1000.0, h2d_GBps=1.0, disk_read_GBps=1.0)
 
     def ready(self, req, long_step=False):
         if req.request_id in self.started:
             return LoadState.LOADING
+        if req.request_id in self.ended:
+            return LoadState.READY        # the front that fits loaded, the rest recomputed
         if self.pool.num_free_blocks >= self.want:
             self.started.append(req.request_id)
             return LoadState.LOADING
@@ -344,6 +350,12 @@ class RoomLoader:
 
     def room_wanted(self, req):
         return self.want
+
+    def wait_left_s(self, req):
+        return self.left_s
+
+    def end_wait(self, req):
+        self.ended.append(req.request_id)
 
     def after_admit(self, req):
         pass
@@ -382,4 +394,32 @@ def test_a_turn_waiting_to_load_takes_room_worth_less_than_the_load(want, takes)
         assert out.preempted == [] and s.loader.started == []
         assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 4)]
         assert b.block_ids == [0, 1, 2, 9] and j.status is RequestStatus.WAITING
+    pool.free(held)
+
+
+@pytest.mark.parametrize("left_s, stops", [(0.02, True), (0.1, False)])
+def test_a_turn_waiting_to_load_stops_waiting_when_no_room_can_come_in_time(left_s, stops):
+    """b (12 of 20 prompt tokens computed, past the victim cap, 4 tokens of output to go)
+    holds the room j's load waits for. At 1000 prefill tokens/s and 10 ms a decode step, b
+    frees its blocks in 48 ms at best: with 20 ms of its wait left, j stops waiting and goes
+    on now with what fits; with 100 ms left, it waits."""
+    s, pool = make(num_blocks=10, budget=4, bs=4)
+    b = Request("b", list(range(200, 220)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
+    s.add(b)
+    for _ in range(3):
+        run_step(s, s.schedule())
+    held = pool.allocate(6)               # blocks 3-8: one block free
+    rates = Rates(prefill_tok_s=1000.0, h2d_GBps=1.0, disk_read_GBps=1.0, decode_step_s=0.01)
+    s.loader = RoomLoader(pool, 2, left_s=left_s, rates=rates)
+    j = Request("j", list(range(300, 340)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()
+    assert out.preempted == [] and s.loader.started == []
+    if stops:
+        assert s.loader.ended == ["j"]
+        assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 4)]
+        assert j.status is RequestStatus.RUNNING and j.block_ids == [9]
+    else:
+        assert s.loader.ended == [] and j.status is RequestStatus.WAITING
+        assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 4)]
     pool.free(held)
