@@ -44,10 +44,13 @@ class RoomTaking:
 
     def _room_eta_s(self, short: int) -> float:
         """The soonest `short` more blocks can free up as running requests finish: each one's
-        time to finish at best (its prompt left at the measured prefill rate, then its output
-        left, up to max_tokens, at one decode step a token), its own blocks (held by no one
-        else) freed then. A lower bound: steps carrying others' work are longer. inf when even
-        all of them would not free that much."""
+        time to finish (its prompt left at the measured prefill rate, then its output left, up
+        to max_tokens, at one decode-only step a token), its own blocks (held by no one else)
+        freed then. Steps carrying others' work are longer; a turn that stops early (an end of
+        turn, a stop string) finishes sooner, and then a wait cut short could have been met:
+        the cost is recomputing what the load would have brought back, never a later first
+        token than the wait running out would give (it recomputes the same rest after it).
+        inf when even all of them would not free that much."""
         rates = self.loader.rates
         per_tok = 1.0 / rates.prefill_tok_s if rates.prefill_tok_s > 0 else 0.0
         ends = sorted(
