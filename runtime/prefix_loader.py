@@ -85,6 +85,7 @@ class _Wait:
     blocks: int = 0          # GPU blocks the load it waits for needs
     bound_s: float = 0.0     # how long it may wait: max_wait_factor x recomputing the load
     futile: bool = False     # the room cannot come within the bound: load the front next look
+    checked_at: float = float("-inf")   # when the scheduler last asked whether room can come
 
 
 class PrefixLoader:
@@ -185,6 +186,16 @@ class PrefixLoader:
         if w is None:
             return 0.0
         return max(0.0, w.bound_s - (time.perf_counter() - w.since))
+
+    def room_check_due(self, req: Request, every_s: float = 0.05) -> bool:
+        """Whether the scheduler should estimate again when room for `req`'s load can come
+        (at most every `every_s`: the estimate walks running requests' blocks)."""
+        w = self._waiting.get(req.request_id)
+        now = time.perf_counter()
+        if w is None or now - w.checked_at < every_s:
+            return False
+        w.checked_at = now
+        return True
 
     def end_wait(self, req: Request) -> None:
         """The room `req` waits for cannot come within its bound: its next look loads the front

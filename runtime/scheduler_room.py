@@ -70,7 +70,8 @@ class RoomTaking:
         recompute the wait ends in. The loader is told to load the front that fits now (an
         H100 replay had a resumed turn wait 234 ms behind three 13K-token first turns, then
         load 72 of 367 blocks and recompute 6,288 tokens: its TTFT, 594 ms, was the p99)."""
-        if state is not LoadState.NO_ROOM or self.loader is None:
+        if (state is not LoadState.NO_ROOM or self.loader is None
+                or not self.loader.room_check_due(req)):
             return False
         left = self.loader.wait_left_s(req)
         if not math.isfinite(left):

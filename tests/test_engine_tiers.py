@@ -225,6 +225,7 @@ def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     that step, not one step later; a load expected to take longer is left in flight."""
     eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 14)
     loader = eng.scheduler.loader
+    loader.max_wait_factor = 1.0                       # a bounded wait (the default)
     loader.inline_wait_s = 10.0                   # any CPU load counts as short here
     loader.inline_wait_long_s = 0.0               # (this step carries no other prefill)
     rid = eng.add_request(prompt, PARAMS)
@@ -295,4 +296,29 @@ def test_a_turn_waiting_for_room_loads_what_it_lost_meanwhile_from_the_cpu(folde
     assert req.kv_source == {"gpu": 96, "cpu": 48, "recomputed": 6}
     assert req.output_token_ids == alone.token_ids
     eng.pool.check_invariants()
+    eng.tiers.close()
+
+
+def test_the_estimate_of_room_for_a_waiting_load_is_rate_limited(folder):
+    """The scheduler's look at whether room can come for a load walks the running requests'
+    blocks: the loader lets it look at most every 50 ms per waiting request, and only while
+    that request waits for room."""
+    from runtime.prefix_loader import LoadState
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 14)
+    loader = eng.scheduler.loader
+    loader.max_wait_factor = 1.0                       # a bounded wait (the default)
+    big = torch.randint(3, 512, (250,), generator=g).tolist()
+    eng.add_request(big, SamplingParams(max_tokens=40, ignore_eos=True))
+    eng.step()
+    rid = eng.add_request(prompt, PARAMS)
+    req = eng.requests[rid]
+    assert not loader.room_check_due(req)              # not waiting for room yet
+    assert loader.ready(req) is LoadState.NO_ROOM
+    assert loader.room_check_due(req)
+    assert not loader.room_check_due(req)              # again within 50 ms
+    assert loader.room_check_due(req, every_s=0.0)
+    assert 0.0 < loader.wait_left_s(req) < math.inf
+    while eng.has_unfinished():
+        eng.step()
+    assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
