@@ -100,6 +100,12 @@ class BlockPool:
             raise ValueError(f"num_blocks must be positive, got {self.num_blocks}")
         self._free: deque[int] = deque(range(self.num_blocks))
         self._ref = [0] * self.num_blocks
+        # Steps the engine has launched and seen finish on the device (it sets both); each
+        # block keeps the count launched when it was last released, so a copy into it need not
+        # wait for the step in flight unless that step may still read or write it (`idle`).
+        self.launched_steps = 0
+        self.finished_steps = 0
+        self._released_at = [0] * self.num_blocks
         self._hash: list[BlockHash | None] = [None] * self.num_blocks
         self._by_hash: dict[BlockHash, int] = {}
         self._evict_hooks: list[Callable[[int, BlockHash], None]] = []
@@ -191,6 +197,7 @@ class BlockPool:
                 raise RuntimeError(f"block {bid} freed more often than referenced")
             self._ref[bid] -= 1
             if self._ref[bid] == 0:
+                self._released_at[bid] = self.launched_steps
                 if self._hash[bid] is not None:
                     self.order.add(bid)
                 else:
@@ -201,6 +208,13 @@ class BlockPool:
         eviction order takes the least recently freed first, so a log's tail goes before its
         head (prefix matching stops at the first missing block)."""
         self.free(reversed(block_ids))
+
+    def idle(self, block_ids: Iterable[int]) -> bool:
+        """For blocks just allocated (to copy into): True when no launched step can still read
+        or write them, i.e. every step launched before each was last released has finished on
+        the device. A block never used is idle."""
+        done = self.finished_steps
+        return all(self._released_at[b] <= done for b in block_ids)
 
     def evict_cached(self, block_id: int) -> bool:
         """Forget a cached (refcount-zero) block now; False if it is in use or not cached."""

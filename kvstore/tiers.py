@@ -18,6 +18,7 @@ its batch completes, failed or not; a failed block is still where it was copied 
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
@@ -304,7 +305,9 @@ class TieredKVStore:
             if src == "cpu":
                 for h in hs:
                     self.cpu_policy.touch(h, now)
-                hd = self.transfer.host_to_gpu([self._cpu[h] for h in hs], bids)
+                # blocks no launched step can touch need not wait for the step in flight
+                hd = self.transfer.host_to_gpu([self._cpu[h] for h in hs], bids,
+                                               after_compute=not self._idle(bids))
             else:
                 hd = self.transfer.disk_to_gpu(hs, bids)
             hd.add_done_callback(self._register(src, hs, bids, hold, gpu_blocks, on_landed))
@@ -314,6 +317,14 @@ class TieredKVStore:
         chosen = set(src_cpu) | set(src_disk)
         group.not_started = [h for h in want if h not in chosen]
         return group
+
+    def _idle(self, block_ids: list[int]) -> bool:
+        """A load into these just-allocated blocks may start before the work queued on the
+        compute stream: no launched step can still touch them (AGENTKV_LOAD_AFTER_STEPS=1
+        makes every load wait for the steps queued, as before)."""
+        if os.environ.get("AGENTKV_LOAD_AFTER_STEPS", "0") == "1":
+            return False
+        return self.pool.idle(block_ids)
 
     def _register(self, src: str, hs: list[bytes], bids: list[int], hold: bool,
                   gpu_blocks: dict[bytes, int],

@@ -89,17 +89,21 @@ class TransferEngine:
         on the current stream)."""
         return self._gpu_host("d2h", list(block_ids), list(slots))
 
-    def host_to_gpu(self, slots: Sequence[int], block_ids: Sequence[int]) -> TransferHandle:
+    def host_to_gpu(self, slots: Sequence[int], block_ids: Sequence[int],
+                    after_compute: bool = True) -> TransferHandle:
         """Copy host slots slots[i] into GPU blocks block_ids[i]; call `wait_stream()` on the
-        handle before a kernel reads them."""
-        return self._gpu_host("h2d", list(block_ids), list(slots))
+        handle before a kernel reads them. `after_compute=False`: the blocks are idle (no
+        launched kernel can still touch them), so the copy need not wait for the work queued so
+        far on the current stream (a step in flight: tens of ms of prefill)."""
+        return self._gpu_host("h2d", list(block_ids), list(slots), after_compute)
 
-    def _gpu_host(self, kind: str, ids: list[int], slots: list[int]) -> TransferHandle:
+    def _gpu_host(self, kind: str, ids: list[int], slots: list[int],
+                  after_compute: bool = True) -> TransferHandle:
         if len(ids) != len(slots):
             raise ValueError(f"{len(ids)} GPU blocks but {len(slots)} host slots")
         self.host.incref(slots)   # checks the slots are allocated before any reference is taken
         self._incref(ids)
-        after = self._record_current()
+        after = self._record_current() if after_compute else None
         event = torch.cuda.Event() if self.is_cuda else None
         if kind == "h2d":
             fut = self._issuer.submit(self._issue, kind, ids, slots, after, event)
@@ -149,7 +153,8 @@ class TransferEngine:
             return
         stream = self._stream_for(kind)
         with torch.cuda.device(self.kv.device), torch.cuda.stream(stream):
-            stream.wait_event(after)
+            if after is not None:
+                stream.wait_event(after)
             self._copy(kind, self.host, ids, slots)
             event.record(stream)
         if kind == "d2h":

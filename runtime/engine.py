@@ -262,6 +262,8 @@ class Engine(StepOutputs):
         # prefill-only steps give the prefill rate, decode-only ones the decode step time
         timer = (StepTimer.begin(self.device) if prefill_tokens in (0, sched.num_tokens)
                  else None)
+        self.pool.launched_steps += 1       # blocks released from now on may be in this step
+        seq = self.pool.launched_steps
         step = self.runner.execute(sched, prev.pending_rows if prev else None,
                                    prev.device_tokens if prev else None)
         self.stats.device_fed_tokens += step.num_device_fed
@@ -273,7 +275,7 @@ class Engine(StepOutputs):
         self.stats.graph_steps += step.graph
         return InflightStep(sched, picks, drawn.token_ids if drawn else None,
                             copy_to_host(drawn) if drawn else None, step.graph, launched_at,
-                            timer, prefill_tokens)
+                            timer, prefill_tokens, seq=seq)
 
     def _commit(self, step: InflightStep) -> None:
         """Count the launched step's tokens as computed (the scheduler plans the next step on

@@ -25,6 +25,10 @@ class StepOutputs:
             return []
         try:
             result = step.host.result() if step.host is not None else None
+            if step.host is not None:
+                # its tokens' copy was queued after the step: the step, and every one launched
+                # before it, has finished on the device
+                self.pool.finished_steps = max(self.pool.finished_steps, step.seq)
             if step.timer is not None:
                 if step.prefill_tokens:
                     self.rates.observe_prefill(step.prefill_tokens, step.timer.seconds())

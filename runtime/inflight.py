@@ -56,3 +56,4 @@ class InflightStep:
     timer: StepTimer | None = None    # set when all its tokens were prefill, or none were
     prefill_tokens: int = 0
     pending_rows: dict[str, int] = field(default_factory=dict)   # request id -> sampled row
+    seq: int = 0                              # the pool's launched_steps once it was launched

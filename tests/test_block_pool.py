@@ -111,3 +111,21 @@ def test_ensure_free_asks_reclaim_for_exactly_what_is_missing():
     assert pool.num_free_blocks == 2
     assert pool.allocate(2) == [5, 0]
     pool.check_invariants()
+
+
+def test_a_block_is_idle_once_every_step_launched_before_its_release_has_finished():
+    pool = BlockPool(num_blocks=6, block_size=4)
+    a = pool.allocate(2)                          # [0, 1]
+    pool.launched_steps = 3                       # steps 1-3 launched, none seen finished
+    pool.free([a[0]])                             # released while step 3 may still read it
+    assert pool.idle([5])                         # never used
+    assert not pool.idle([a[0]])
+    pool.finished_steps = 2
+    assert not pool.idle([a[0], 5])
+    pool.finished_steps = 3
+    assert pool.idle([a[0], 5])
+    pool.launched_steps = 4
+    pool.free([a[1]])                             # released with step 4 in flight
+    assert pool.idle([a[0]]) and not pool.idle([a[1]])
+    assert pool.allocate(6)[-2:] == [0, 1]        # reuse keeps the stamp
+    assert not pool.idle([1])

@@ -322,3 +322,39 @@ def test_the_estimate_of_room_for_a_waiting_load_is_rate_limited(folder):
         eng.step()
     assert req.output_token_ids == alone.token_ids
     eng.tiers.close()
+
+
+def test_a_load_into_idle_blocks_does_not_wait_for_the_steps_queued(folder, monkeypatch):
+    """The engine counts the steps it launched and the ones it saw finish; a CPU load into
+    blocks that no unfinished step can touch is issued without waiting for the compute
+    stream's queued work (a step in flight), one into blocks released since is not, and
+    AGENTKV_LOAD_AFTER_STEPS=1 makes every load wait."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 15)
+    pool, tiers = eng.pool, eng.tiers
+    assert pool.finished_steps == pool.launched_steps > 0     # every step was read back
+    calls = []
+    orig = tiers.transfer.host_to_gpu
+
+    def spy(slots, ids, after_compute=True):
+        calls.append(after_compute)
+        return orig(slots, ids, after_compute)
+    tiers.transfer.host_to_gpu = spy
+    never_used = [b for b in pool._free if pool._released_at[b] == 0]
+    held = pool.allocate(len(never_used))          # loads now go into blocks used before
+    hashes = chain_hashes(prompt, 16, eng.fingerprint)
+
+    def load_and_drop(n):
+        tiers.prefetch(hashes[:n]).wait()
+        tiers.poll()
+        assert tiers.evict(hashes[:n], "gpu") == n
+    load_and_drop(2)
+    pool.finished_steps -= 1                       # as if the last step were still in flight
+    load_and_drop(2)
+    pool.finished_steps += 1
+    monkeypatch.setenv("AGENTKV_LOAD_AFTER_STEPS", "1")
+    load_and_drop(2)
+    assert calls == [False, True, True]
+    pool.free(held)
+    monkeypatch.delenv("AGENTKV_LOAD_AFTER_STEPS")
+    assert eng.generate([prompt], PARAMS)[0].token_ids == alone.token_ids
+    eng.tiers.close()
