@@ -358,3 +358,21 @@ def test_a_load_into_idle_blocks_does_not_wait_for_the_steps_queued(folder, monk
     monkeypatch.delenv("AGENTKV_LOAD_AFTER_STEPS")
     assert eng.generate([prompt], PARAMS)[0].token_ids == alone.token_ids
     eng.tiers.close()
+
+
+def test_the_engine_measures_decode_steps_for_the_room_estimate(folder):
+    """Decode-only steps are timed (the scheduler's estimate of when running turns free their
+    room uses them); a prefill-only step is not taken for one."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 16)
+    rates = eng.rates
+    assert rates.decode_step_s > 0                   # 11 decode-only steps of one request
+    seen = []
+    eng.rates.observe_decode_step = seen.append
+    eng.add_request(torch.randint(3, 512, (100,), generator=g).tolist(),
+                    SamplingParams(max_tokens=3, ignore_eos=True))
+    eng.step()                                       # the prefill: no decode step timed
+    assert seen == []
+    while eng.has_unfinished():
+        eng.step()
+    assert len(seen) == 2 and all(s > 0 for s in seen)  # tokens 2 and 3
+    eng.tiers.close()
