@@ -8,9 +8,9 @@ Ceilings: one large pinned copy each way; the disk's own write (os.write + fsync
 cache dropped with posix_fadvise DONTNEED). Then GPU->CPU and CPU->GPU through TransferEngine
 (scattered GPU blocks, as a block pool hands them out), a load while a write-through of as many
 other blocks runs (the link's two directions at once, as a resumed turn's prefix load meets other
-turns' end-of-turn copies; also as raw pinned copies on two streams), CPU->disk and disk->CPU through DiskStore
-(the store reopened before reading, so its file is unmapped and its cache can be dropped), the
-same write under DiskStore variants (WRITE_VARIANTS),
+turns' end-of-turn copies; also as raw pinned copies on two streams), CPU->disk and disk->CPU
+through DiskStore (the store reopened before reading, so its file is unmapped and its cache can
+be dropped), the same write under DiskStore variants (WRITE_VARIANTS),
 and a decode-like step (a chain of bf16 matmuls reading ~16 GB of weights) timed alone and while
 a 32K-token (2048-block) offload runs beside it. Writes bench/results/transfer-<hw>-<date>.json.
 """

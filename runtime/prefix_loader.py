@@ -129,6 +129,7 @@ class PrefixLoader:
         load_s = nbytes["cpu"] / (self.rates.h2d_GBps * 1e9) + \
             nbytes["disk"] / (self.rates.disk_read_GBps * 1e9)
         recompute_s = len(below) * self.bs / self.rates.prefill_tok_s
+        bound_s = self.max_wait_factor * recompute_s      # the longest wait for whole-load room
         if load_s >= recompute_s:
             log.debug("request %s: recomputing %d tokens (%.3fs) beats loading (%.3fs)", rid,
                       len(below) * self.bs, recompute_s, load_s)
@@ -138,8 +139,7 @@ class PrefixLoader:
         hashes_to_hold = hashes[:g] + [loc.hash for loc in below]
         handle = self.tiers.prefetch(hashes_to_hold, hold=True, whole=True)
         if (handle is None and wait is not None
-                and (wait.futile
-                     or time.perf_counter() - wait.since >= self.max_wait_factor * recompute_s)):
+                and (wait.futile or time.perf_counter() - wait.since >= bound_s)):
             handle, below = self._load_front(rid, hashes[:g], below, recompute_s)
             if handle is None:
                 return self._settled(rid)      # nothing fits: recompute it all, chunk by chunk
@@ -155,7 +155,7 @@ class PrefixLoader:
                          "%d of its prefix held)", rid, len(below), self.pool.num_free_blocks,
                          self.pool.num_blocks, g)
             self._waiting[rid].blocks = len(below)
-            self._waiting[rid].bound_s = self.max_wait_factor * recompute_s
+            self._waiting[rid].bound_s = bound_s
             return LoadState.NO_ROOM
         since = self._unwait(rid)          # the load holds the GPU prefix now
         if since is not None:

@@ -186,15 +186,11 @@ class Scheduler(RoomTaking):
                 self._wait(req, "loading")
                 continue                  # its prefix is still being loaded: let others go first
             ok = state is LoadState.READY and self._admit(req, budget, out)
-            if not ok and self._take_room(req, self._room_wanted(req, state, budget), out,
-                                          self._loss_cap(req, state)):
-                state = self._load_state(req, deferred, out)     # room was made: try again
-                if state is LoadState.LOADING:
-                    self._wait(req, "loading")
-                    continue
-                ok = state is LoadState.READY and self._admit(req, cap - out.num_tokens, out)
-            elif not ok and self._room_too_late(req, state, budget):
-                state = self._load_state(req, deferred, out)     # loads the front that fits
+            if not ok and (self._take_room(req, self._room_wanted(req, state, budget), out,
+                                           self._loss_cap(req, state))
+                           or self._room_too_late(req, state, budget)):
+                # room was made, or the wait for it ended (the front that fits loads): again
+                state = self._load_state(req, deferred, out)
                 if state is LoadState.LOADING:
                     self._wait(req, "loading")
                     continue

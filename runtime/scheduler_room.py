@@ -42,6 +42,10 @@ class RoomTaking:
             cap = max(cap, self.loader.room_wanted(req) * self.config.block_size)
         return cap
 
+    def _own_blocks(self, req: Request) -> int:
+        """Blocks only `req` holds: what its preemption or its end frees."""
+        return sum(1 for b in req.block_ids if self.pool.ref_count(b) == 1)
+
     def _room_eta_s(self, short: int) -> float:
         """The soonest `short` more blocks can free up as running requests finish: each one's
         time to finish (its prompt left at the measured prefill rate, then its output left, up
@@ -59,7 +63,7 @@ class RoomTaking:
             for i, r in enumerate(self.running))
         freed = 0
         for eta, i in ends:
-            freed += sum(1 for b in self.running[i].block_ids if self.pool.ref_count(b) == 1)
+            freed += self._own_blocks(self.running[i])
             if freed >= short:
                 return eta
         return math.inf
@@ -105,7 +109,7 @@ class RoomTaking:
         victims = sorted((r for r in self.running
                           if self._key(r) > key and r.num_computed_tokens <= cap),
                          key=lambda r: (r.num_computed_tokens, [-x for x in self._key(r)]))
-        own = [sum(1 for b in v.block_ids if self.pool.ref_count(b) == 1) for v in victims]
+        own = [self._own_blocks(v) for v in victims]
         short = need - self.pool.num_free_blocks
         if sum(own) < short:
             return False
