@@ -54,7 +54,10 @@ PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=4), PrefillWSCo
                       PrefillWSConfig(**PREFILL_WS_TWO),
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, loader_warps=8, chunk=64,
                                              loader_regs=56)),
-                      PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True))]
+                      PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True)),
+                      PrefillWSConfig(pingpong=True), PrefillWSConfig(tma=True, pingpong=True),
+                      PrefillWSConfig(**dict(PREFILL_WS_TWO, pingpong=True)),
+                      PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True, pingpong=True))]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
                    PrefillConfig(128, 64, 8, 4)]

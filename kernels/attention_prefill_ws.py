@@ -224,12 +224,36 @@ def _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, MASKED: gl.constexpr):
 
 
 @gluon.jit
+def _take_turn(turn, c: gl.constexpr, g, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+    # Wait for this consumer's g-th turn (g counts its issues): consumer 0's first needs no
+    # one (a fresh barrier passes a wait on parity 1), every other turn follows one arrival of
+    # the consumer before it in the cycle 0 -> 1 -> .. -> CONSUMERS - 1 -> 0.
+    if PINGPONG:
+        if c == 0:
+            mbarrier.wait(turn.index(0), (g & 1) ^ 1)
+        else:
+            mbarrier.wait(turn.index(c), g & 1)
+
+
+@gluon.jit
+def _pass_turn(turn, c: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+    if PINGPONG:
+        mbarrier.arrive(turn.index((c + 1) % CONSUMERS))
+
+
+@gluon.jit
 def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles,
                   t0, n_items, qk_scale, stride_ot, stride_oh,
                   q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                  GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr):
-    # This consumer's 64 rows of one work item over tiles t0 .. t0 + n_tiles - 1.
+                  turn, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
+                  BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr,
+                  PINGPONG: gl.constexpr):
+    # This consumer's 64 rows of one work item over tiles t0 .. t0 + n_tiles - 1. PINGPONG:
+    # each issue of matrix products (n_tiles + 1 per item: the first QK^T, then QK^T(j) with
+    # P @ V(j-1), then the last P @ V) takes this consumer's turn and passes it on, so the
+    # consumers' products reach the tensor cores in turn while the others run their softmax.
+    # Issues so far: t0 + n_items (every earlier item had one more issue than tiles).
+    g = t0 + n_items
     C_TOKENS: gl.constexpr = 64 // GROUP_PAD
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -250,8 +274,10 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
     mbarrier.wait(q_ready.index(c), n_items & 1)
     buf = t0 % NUM_BUF
     mbarrier.wait(k_ready.index(buf), (t0 // NUM_BUF) & 1)
+    _take_turn(turn, c, g, CONSUMERS, PINGPONG)
     s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
                           use_acc=False, is_async=True)
+    _pass_turn(turn, c, CONSUMERS, PINGPONG)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(buf))
     if n_tiles == 1:
@@ -266,10 +292,15 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
         buf = t % NUM_BUF
         prev = (t - 1) % NUM_BUF
         mbarrier.wait(k_ready.index(buf), (t // NUM_BUF) & 1)
+        if PINGPONG:     # both operands in place before the turn: a turn is never held waiting
+            mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
+            _take_turn(turn, c, g + j, CONSUMERS, PINGPONG)
         s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
                               use_acc=False, is_async=True)
-        mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
+        if not PINGPONG:
+            mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
         o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
+        _pass_turn(turn, c, CONSUMERS, PINGPONG)
         s = warpgroup_mma_wait(1, deps=[s_tok])                  # this tile's QK^T
         mbarrier.arrive(k_empty.index(buf))
         if j == n_tiles - 1:
@@ -285,7 +316,9 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
         p_op = gl.convert_layout(p.to(dtype), p_layout)
     last = (t0 + n_tiles - 1) % NUM_BUF
     mbarrier.wait(v_ready.index(last), ((t0 + n_tiles - 1) // NUM_BUF) & 1)
+    _take_turn(turn, c, g + n_tiles, CONSUMERS, PINGPONG)
     o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    _pass_turn(turn, c, CONSUMERS, PINGPONG)
     acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
     mbarrier.arrive(v_empty.index(last))
 
@@ -305,9 +338,9 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
 def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
               qk_scale, stride_ot, stride_oh,
               q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-              NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
+              turn, NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
               HEAD_DIM: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_BUF: gl.constexpr):
+              NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
     # Rows 64c .. 64c + 63 of each of this program's items, in the loader's order.
     t = 0
     n_items = 0
@@ -317,8 +350,8 @@ def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tile
         if n_tiles > 0:
             _consume_item(c, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles, t,
                           n_items, qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem,
-                          q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                          GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF)
+                          q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn,
+                          GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF, CONSUMERS, PINGPONG)
             t += n_tiles
             n_items += 1
 
@@ -334,7 +367,7 @@ def _prefill_ws_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr, CHUNK: gl.constexpr,
     CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
-    USE_TMA: gl.constexpr,
+    USE_TMA: gl.constexpr, PINGPONG: gl.constexpr,
 ):
     TOKENS: gl.constexpr = CONSUMERS * 64 // GROUP_PAD        # query tokens per work item
     dtype: gl.constexpr = kv_ptr.dtype.element_ty
@@ -350,9 +383,11 @@ def _prefill_ws_kernel(
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     v_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
+    turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
     for i in gl.static_range(CONSUMERS):
         mbarrier.init(q_ready.index(i), count=LOADER_WARPS * 32)   # every loader thread
         mbarrier.init(q_empty.index(i), count=1)                   # its consumer
+        mbarrier.init(turn.index(i), count=1)                      # the consumer before it
     PAGES: gl.constexpr = BLOCK_N // BLOCK_SIZE if BLOCK_SIZE < BLOCK_N else 1
     TMA_ARRIVALS: gl.constexpr = PAGES if USE_TMA else 0       # one per page (TMA or not)
     for i in gl.static_range(NUM_BUF):
@@ -366,12 +401,14 @@ def _prefill_ws_kernel(
         gl.warp_specialize([
             (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
-                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
-                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+                         q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
+                         GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
+                         PINGPONG)),
             (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
-                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
-                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+                         q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
+                         GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
+                         PINGPONG)),
             (_loader, (q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total,
                        num_m_tiles, num_seqs, stride_qt, stride_qh, stride_kv_block,
                        stride_kv_kv, stride_bt, rows_per_block, rows_per_kv, q_smem, k_smem,
@@ -383,16 +420,19 @@ def _prefill_ws_kernel(
         gl.warp_specialize([
             (_consumer, (0, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
-                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
-                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+                         q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
+                         GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
+                         PINGPONG)),
             (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
-                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
-                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+                         q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
+                         GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
+                         PINGPONG)),
             (_consumer, (2, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
-                         q_empty, k_ready, v_ready, k_empty, v_empty, NUM_KV_HEADS, GROUP,
-                         GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF)),
+                         q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
+                         GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
+                         PINGPONG)),
             (_loader, (q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total,
                        num_m_tiles, num_seqs, stride_qt, stride_qh, stride_kv_block,
                        stride_kv_kv, stride_bt, rows_per_block, rows_per_kv, q_smem, k_smem,
@@ -435,6 +475,7 @@ def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, NUM_BUF=cfg.num_buf,
         LOADER_WARPS=cfg.loader_warps, CHUNK=cfg.chunk, CONSUMERS=cfg.consumers,
         CONSUMER_REGS=cfg.consumer_regs, LOADER_REGS=cfg.loader_regs, USE_TMA=use_tma,
+        PINGPONG=cfg.pingpong,
         num_warps=4,
     )
 

@@ -40,6 +40,8 @@ class PrefillWSConfig:
     consumer_regs: int = 152   # registers per thread of each worker consumer (setmaxnreg); the
     loader_regs: int = 48      # default consumer gets the rest of the 64K (160 here; no
                                # spills). Two consumers on 128-token steps: 208 / 96
+    pingpong: bool = False     # consumers issue their matrix products in turn (an mbarrier
+                               # handshake), so one's softmax runs under another's products
 
     def check(self) -> None:
         if (self.consumers not in (2, 3) or self.block_n not in (64, 128) or self.num_buf < 2

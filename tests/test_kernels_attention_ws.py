@@ -140,7 +140,10 @@ WS_CONFIGS = [PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
               PrefillWSConfig(**dict(TWO, block_n=64, num_buf=4)),
               PrefillWSConfig(**dict(TWO, loader_warps=1, chunk=16)),
               PrefillWSConfig(**dict(TWO, loader_warps=2, chunk=16)),
-              PrefillWSConfig(**dict(TWO, loader_warps=8, chunk=64, loader_regs=56))]
+              PrefillWSConfig(**dict(TWO, loader_warps=8, chunk=64, loader_regs=56)),
+              # consumers issuing their products in turn: three, two, two with TMA
+              PrefillWSConfig(pingpong=True), PrefillWSConfig(**dict(TWO, pingpong=True)),
+              PrefillWSConfig(**dict(TWO, tma=True, pingpong=True))]
 
 
 @needs_ws
@@ -176,6 +179,16 @@ def test_ws_kernel_large_pages(block_size, cfg):
 ])
 def test_ws_kernel_long_context(seqs):
     check_prefill_kernel(seqs, LLAMA3_8B, None, seed=23)
+
+
+@needs_ws
+@pytest.mark.parametrize("cfg", [PrefillWSConfig(pingpong=True),
+                                 PrefillWSConfig(**dict(TWO, pingpong=True))])
+def test_ws_kernel_pingpong_over_many_items(cfg):
+    """The consumers' turns carry over items of different lengths and persistent rounds: a
+    turn count off by one would hang or mix up tiles here."""
+    check_prefill_kernel([(2048, 2048)] * 2 + [(1, 5000), (700, 3000)] + MIXED, LLAMA3_8B, cfg,
+                         seed=28)
 
 
 @needs_ws
