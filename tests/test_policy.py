@@ -3,8 +3,8 @@ import pytest
 
 from sessions.costs import CostModel
 from sessions.estimator import PauseEstimator, PauseForecast
-from sessions.policy import (POLICY_NAMES, AgentPolicy, Placement, SessionKVView, TierUsage,
-                             make_policy)
+from sessions.policy import (POLICY_NAMES, AgentConfig, AgentPolicy, Placement, SessionKVView,
+                             TierUsage, make_policy)
 
 COST = CostModel.h200_llama3_8b()
 SHORT = PauseForecast(0.04, 0.3, "learned")              # read: back in a blink
@@ -176,6 +176,28 @@ def test_admission_puts_resumes_first_without_starving_new_sessions():
     assert waited < late_resume                                     # aging: no starvation
     fcfs = make_policy("lru", COST)
     assert fcfs.admission_priority("a", True, 5.0, 6.0) == 5.0
+
+
+def test_admission_ranks_resumed_turns_by_their_sessions_opening():
+    pol = agent()
+    boost = pol.config.resume_boost_s
+    a_first = pol.admission_priority("a", False, 0.0, 0.0)
+    b_first = pol.admission_priority("b", False, 50.0, 50.0)
+    assert (a_first, b_first) == (0.0, 50.0)                        # first turns: FCFS
+    c_first = pol.admission_priority("c", False, 70.0, 70.0)
+    a_resume = pol.admission_priority("a", True, 100.0, 100.0)
+    b_resume = pol.admission_priority("b", True, 100.5, 100.5)
+    assert a_resume == 0.0 and b_resume == 50.0                     # as of the session's opening
+    assert a_resume < b_resume < c_first                            # older sessions first
+    recent = pol.admission_priority("d", False, 99.9, 99.9)
+    assert pol.admission_priority("d", True, 100.0, 100.0) == 100.0 - boost   # never later
+    assert recent > 100.0 - boost                                   # than the boost gives
+    pol.on_close("a")                                               # forgotten with the session
+    assert pol.admission_priority("a", True, 200.0, 200.0) == 200.0 - boost
+    only_boost = AgentPolicy(COST, PauseEstimator(), AgentConfig(session_fcfs=False))
+    only_boost.admission_priority("a", False, 0.0, 0.0)
+    late = only_boost.admission_priority("a", True, 100.0, 100.0)
+    assert late == 100.0 - only_boost.config.resume_boost_s > c_first
 
 
 def test_baselines():

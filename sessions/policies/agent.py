@@ -44,9 +44,12 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
 - every placement above writes a CPU copy (or passes through CPU), so the controller starts it
   as the turn ends, while the turn still holds its blocks (`copies_cpu_at_turn_end`): the pause
   reaches the controller a step or more later, when turns short of room may have reused them;
-- admission: a resumed session's turn is treated as if it had arrived `resume_boost_s` earlier,
-  so it goes ahead of new sessions' first turns, but a first turn that has waited longer than
-  that goes first (no starvation);
+- admission: a resumed session's turn ranks as if it had arrived when its session's first turn
+  did (sessions in order of opening, as Continuum's program-level FCFS: a session under way
+  finishes before a newer one starts its long first prefill, whose wait is bounded by the
+  resumed turns of older sessions only), and at least `resume_boost_s` before its own arrival
+  (a session whose opening this process did not see, as after a restart); `session_fcfs=False`
+  keeps only the boost, under which a first turn that has waited longer than it goes first;
 - step length: a turn that arrives while an engine step runs waits for the step to end (a full
   prefill chunk is tens of ms on a GPU), so while the paused sessions' forecasts give a chance
   of at least `resume_step_probability` that one of them is back within `resume_horizon_s`,
@@ -79,6 +82,7 @@ class AgentConfig:
     max_prefetches: int = 2
     uncovered_cpu_weight: float = 8.0
     resume_boost_s: float = 2.0
+    session_fcfs: bool = True                  # a resumed turn ranks as of its session's opening
     resume_step_tokens: int | None = 1024      # None: never shorten steps
     resume_horizon_s: float = 0.1              # about one full prefill step
     resume_step_probability: float = 0.5
@@ -107,6 +111,7 @@ class AgentPolicy(CachePolicy):
         self._scheduled: dict[str, float] = {}    # session -> its live prefetch time
         self._attempts: dict[str, int] = {}
         self._seq = 0
+        self._opened: dict[str, float] = {}       # session -> when its first turn was enqueued
 
     # -- placement -----------------------------------------------------------------------------
     def keep_s(self, tokens: int) -> float:
@@ -243,10 +248,15 @@ class AgentPolicy(CachePolicy):
 
     def on_close(self, session_id: str) -> None:
         self.on_resume(session_id, 0.0)
+        self._opened.pop(session_id, None)
 
     def admission_priority(self, session_id: str, is_resume: bool, enqueued_at: float,
                            now: float) -> float:
-        return enqueued_at - (self.config.resume_boost_s if is_resume else 0.0)
+        opened = self._opened.setdefault(session_id, enqueued_at)
+        if not is_resume:
+            return enqueued_at
+        boosted = enqueued_at - self.config.resume_boost_s
+        return min(boosted, opened) if self.config.session_fcfs else boosted
 
     def step_token_cap(self, pauses: list[tuple[float, PauseForecast]]) -> int | None:
         c = self.config
