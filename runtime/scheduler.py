@@ -188,7 +188,7 @@ class Scheduler(RoomTaking):
             ok = state is LoadState.READY and self._admit(req, budget, out)
             if not ok and (self._take_room(req, self._room_wanted(req, state, budget), out,
                                            self._loss_cap(req, state))
-                           or self._room_too_late(req, state, budget)):
+                           or self._room_too_late(req, state, budget, out)):
                 # room was made, or the wait for it ended (the front that fits loads): again
                 state = self._load_state(req, deferred, out)
                 if state is LoadState.LOADING:

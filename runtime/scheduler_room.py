@@ -5,7 +5,9 @@ hook, through `ensure_free`), then takes the blocks of running requests ranked a
 least computed first. Their blocks go to it at once, so what they computed is lost: the work a
 victim may lose is bounded (`_loss_cap`). A turn that can take no room and waits to load its
 prefix whole stops waiting at once when the running requests cannot free the room before its
-wait would run out anyway (`_room_eta_s`, `_room_too_late`).
+wait would run out anyway (`_room_eta_s`, `_room_too_late`): it takes the room from the
+requests ranked after it regardless of their work (the recompute it would go on to makes the
+same room by preemption, chunk by chunk), or else loads the front that fits.
 """
 from __future__ import annotations
 
@@ -68,12 +70,17 @@ class RoomTaking:
                 return eta
         return math.inf
 
-    def _room_too_late(self, req: Request, state: LoadState, budget: int) -> bool:
-        """`req` waits for room to load its prefix whole and could take none: when the running
-        requests cannot free it before the wait would run out, waiting only delays the
-        recompute the wait ends in. The loader is told to load the front that fits now (an
-        H100 replay had a resumed turn wait 234 ms behind three 13K-token first turns, then
-        load 72 of 367 blocks and recompute 6,288 tokens: its TTFT, 594 ms, was the p99)."""
+    def _room_too_late(self, req: Request, state: LoadState, budget: int,
+                       out: SchedulerOutput) -> bool:
+        """`req` waits for room to load its prefix whole and could take none within the loss
+        cap: when the running requests cannot free it before the wait would run out, waiting
+        only delays the recompute the wait ends in (an H100 replay had a resumed turn wait
+        234 ms behind three 13K-token first turns, then load 72 of 367 blocks and recompute
+        6,288 tokens: its TTFT, 594 ms, was the p99). That recompute needs the same blocks,
+        chunk by chunk, and nothing frees them in time, so its growth preempts whoever runs
+        last: the room is taken now from the requests ranked after it, without the cap and
+        the least computed first, and the whole prefix loads. When those cannot cover it, the
+        loader is told to load the front that fits now. True when either happened."""
         if (state is not LoadState.NO_ROOM or self.loader is None
                 or not self.loader.room_check_due(req)):
             return False
@@ -83,13 +90,17 @@ class RoomTaking:
         short = self._room_wanted(req, state, budget) - self.pool.num_free_blocks
         if short <= 0 or self._room_eta_s(short) <= left:
             return False
+        if self._take_room(req, self._room_wanted(req, state, budget), out, cap=math.inf):
+            log.info("request %s: no room for its prefix load within its wait (%.3f s left): "
+                     "took it from turns ranked after it", req.request_id, left)
+            return True
         self.loader.end_wait(req)
         log.info("request %s: no room for its prefix load within its wait (%.3f s left): "
                  "loading what fits now", req.request_id, left)
         return True
 
     def _take_room(self, req: Request, need: int, out: SchedulerOutput,
-                   cap: int | None = None) -> bool:
+                   cap: float | None = None) -> bool:
         """`req` cannot get the `need` blocks it waits for: paused sessions' pins yield first
         (`ensure_free`), then running requests ranked after it are preempted, those with the
         least computed work first, until what they alone hold covers the rest. Their blocks go

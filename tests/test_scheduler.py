@@ -404,8 +404,9 @@ def test_a_turn_waiting_to_load_takes_room_worth_less_than_the_load(want, takes)
 def test_a_turn_waiting_to_load_stops_waiting_when_no_room_can_come_in_time(left_s, stops):
     """b (12 of 20 prompt tokens computed, past the victim cap, 4 tokens of output to go)
     holds the room j's load waits for. At 1000 prefill tokens/s and 10 ms a decode step, b
-    frees its blocks in 48 ms at best: with 20 ms of its wait left, j stops waiting and goes
-    on now with what fits; with 100 ms left, it waits."""
+    frees its blocks in 48 ms at best: with 20 ms of its wait left, j stops waiting, and since
+    the recompute it would go on to would preempt b for the same room, b (ranked after j) is
+    preempted now, past the cap, and j's whole load starts; with 100 ms left, it waits."""
     s, pool = make(num_blocks=10, budget=4, bs=4)
     b = Request("b", list(range(200, 220)), SamplingParams(max_tokens=4), 0.0, priority=5.0)
     s.add(b)
@@ -417,12 +418,34 @@ def test_a_turn_waiting_to_load_stops_waiting_when_no_room_can_come_in_time(left
     j = Request("j", list(range(300, 340)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
     s.add(j)
     out = s.schedule()
-    assert out.preempted == [] and s.loader.started == []
+    assert s.loader.ended == []
     if stops:
-        assert s.loader.ended == ["j"]
-        assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("j", 4)]
-        assert j.status is RequestStatus.RUNNING and j.block_ids == [9]
+        assert out.preempted == ["b"] and s.preempted_room == 1 and s.preempted_tokens == 12
+        assert s.loader.started == ["j"] and not out.scheduled
+        assert b.status is RequestStatus.WAITING and pool.num_free_blocks == 4
     else:
-        assert s.loader.ended == [] and j.status is RequestStatus.WAITING
+        assert out.preempted == [] and s.loader.started == [] and j.status is RequestStatus.WAITING
         assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 4)]
+    pool.free(held)
+
+
+def test_a_turn_that_cannot_take_the_room_in_time_loads_the_front_that_fits():
+    """As above with 20 ms of j's wait left, but b outranks j: its room is not j's to take, so
+    j stops waiting and goes on with the front of its prefix that fits (here: none, so its
+    admission waits for room) while b runs its last prompt chunk into the free block."""
+    s, pool = make(num_blocks=10, budget=8, bs=4)
+    b = Request("b", list(range(200, 212)), SamplingParams(max_tokens=4), 0.0, priority=1.0)
+    s.add(b)
+    held = pool.allocate(6)               # blocks 0-5
+    run_step(s, s.schedule())             # b: 8 of 12 computed, in blocks 6-7
+    held += pool.allocate(1)              # block 8: one block free
+    rates = Rates(prefill_tok_s=1000.0, h2d_GBps=1.0, disk_read_GBps=1.0, decode_step_s=0.01)
+    s.loader = RoomLoader(pool, 2, left_s=0.02, rates=rates)
+    j = Request("j", list(range(300, 340)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()
+    assert out.preempted == [] and s.preempted_room == 0 and s.loader.started == []
+    assert s.loader.ended == ["j"] and j.status is RequestStatus.WAITING and j.block_ids == []
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 4)]
+    assert b.block_ids == [6, 7, 9] and pool.num_free_blocks == 0
     pool.free(held)
