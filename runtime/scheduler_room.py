@@ -87,10 +87,11 @@ class RoomTaking:
         left = self.loader.wait_left_s(req)
         if not math.isfinite(left):
             return False
-        short = self._room_wanted(req, state, budget) - self.pool.num_free_blocks
+        wanted = self._room_wanted(req, state, budget)
+        short = wanted - self.pool.num_free_blocks
         if short <= 0 or self._room_eta_s(short) <= left:
             return False
-        if self._take_room(req, self._room_wanted(req, state, budget), out, cap=math.inf):
+        if self._take_room(req, wanted, out, cap=math.inf):
             log.info("request %s: no room for its prefix load within its wait (%.3f s left): "
                      "took it from turns ranked after it", req.request_id, left)
             return True
