@@ -11,11 +11,13 @@ similar share of the causal triangle. Each program has three partitions:
   `BLOCK_N`-token step from the paged cache (rows past the causal end zero-filled, never read),
   up to `NUM_BUF` steps ahead of the math and across items. Every loader thread arrives on the
   tile's mbarrier once its own copies have landed;
-- two consumer warpgroups of 64 rows each (the default partition and one worker) run the online
-  softmax on the tensor cores (wgmma). Each issues a tile's QK^T before it waits for the
-  previous tile's P @ V, so its softmax overlaps its own matrix products; the two warpgroups
-  share the K/V buffers but never wait on each other, so one's softmax also overlaps the
+- two or three consumer warpgroups of 64 rows each (the default partition and workers; their
+  code is in attention_prefill_ws_consumer.py) run the online softmax on the tensor cores
+  (wgmma). Each issues a tile's QK^T before it waits for the previous tile's P @ V, so its
+  softmax overlaps its own matrix products; the warpgroups share the K/V buffers but never wait
+  on each other (unless `pingpong` hands them turns), so one's softmax also overlaps the
   other's products. Each releases a buffer (one mbarrier arrival) as soon as it has read it.
+  With `overlap_items` a consumer's items flow into each other (two Q buffers a consumer).
 
 Importing this module imports Triton; `attention_prefill` imports it on the first launch only.
 """
@@ -26,38 +28,14 @@ import functools
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (async_copy, mbarrier, tma,
-                                                              warpgroup_mma, warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import async_copy, mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from kernels.attention_prefill_ws_consumer import _consumer, _work_item
 from kernels.prefill_config import prefill_kernel_choice, tma_layout_ok
 
 LOG2E = 1.4426950408889634
 ROWS = 64           # query rows per consumer warpgroup (one wgmma M tile)
-
-
-@gluon.jit
-def _work_item(r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr,
-               NUM_KV_HEADS: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr):
-    # This program's work item in round r: program b of G takes item r * G + b, every other
-    # round backwards. Items count the latest (heaviest) query tiles of every (sequence, kv
-    # head) first. n_tiles = 0: nothing to do (past the last item, or past the chunk's end).
-    b = gl.program_id(0)
-    G = gl.num_programs(0)
-    w = r * G + gl.where(r % 2 == 0, b, G - 1 - b)
-    valid = w < total
-    w = gl.minimum(w, total - 1)
-    pid_m = num_m_tiles - 1 - w // (num_seqs * NUM_KV_HEADS)
-    seq = (w // NUM_KV_HEADS) % num_seqs
-    kvh = w % NUM_KV_HEADS
-    q_start = gl.load(qsl_ptr + seq)
-    q_len = gl.load(qsl_ptr + seq + 1) - q_start
-    seq_len = gl.load(seq_lens_ptr + seq)
-    tile0 = pid_m * TOKENS                       # the item's first token within its chunk
-    diag_start = seq_len - q_len + tile0         # keys below are visible to every row
-    kv_end = gl.minimum(seq_len, diag_start + TOKENS)
-    n_tiles = gl.where(valid & (tile0 < q_len), gl.cdiv(kv_end, BLOCK_N), 0)
-    return seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles
 
 
 # ---- loader partition ---------------------------------------------------------------------------
@@ -133,9 +111,10 @@ def _loader(q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_
             NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
             HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, TOKENS: gl.constexpr,
             BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr,
-            CHUNK: gl.constexpr, CONSUMERS: gl.constexpr, USE_TMA: gl.constexpr):
-    # Consumer c's query rows of item i go to q_smem[c] once it has issued item i-1's last
-    # QK^T; tile t (counted over all of this program's items) goes to buffer t % NUM_BUF once
+            CHUNK: gl.constexpr, CONSUMERS: gl.constexpr, USE_TMA: gl.constexpr,
+            Q_BUFS: gl.constexpr):
+    # Consumer c's query rows of item i go to q_smem[c * Q_BUFS + i % Q_BUFS] once it has
+    # issued the last QK^T of the item that used that buffer before (item i - Q_BUFS); tile t (counted over all of this program's items) goes to buffer t % NUM_BUF once
     # both consumers released its previous use. Fresh barriers pass a wait on parity 1.
     VEC: gl.constexpr = 8                                    # 16-byte copies
     TPW_D: gl.constexpr = HEAD_DIM // VEC
@@ -161,10 +140,11 @@ def _loader(q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_
             r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr, NUM_KV_HEADS, TOKENS, BLOCK_N)
         if n_tiles > 0:
             for c in gl.static_range(CONSUMERS):
-                mbarrier.wait(q_empty.index(c), (n_items & 1) ^ 1)
-                _gather_q(q_smem.index(c), q_ptr, q_start, q_len, tile0 + c * C_TOKENS, kvh,
+                qb = c * Q_BUFS + n_items % Q_BUFS
+                mbarrier.wait(q_empty.index(qb), ((n_items // Q_BUFS) & 1) ^ 1)
+                _gather_q(q_smem.index(qb), q_ptr, q_start, q_len, tile0 + c * C_TOKENS, kvh,
                           stride_qt, stride_qh, rows, d, GROUP, GROUP_PAD, CHUNK)
-                async_copy.mbarrier_arrive(q_ready.index(c), increment_count=False)
+                async_copy.mbarrier_arrive(q_ready.index(qb), increment_count=False)
             n_items += 1
             bt_row = bt_ptr + seq.to(gl.int64) * stride_bt
             head_ptr = kv_ptr + kvh * HEAD_DIM
@@ -207,155 +187,6 @@ def _loader(q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_
                 t += 1
 
 
-# ---- consumer partitions ------------------------------------------------------------------------
-
-@gluon.jit
-def _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, MASKED: gl.constexpr):
-    # s: raw scores [64, BLOCK_N]; qk_scale = softmax scale * log2(e) > 0, so the scaling
-    # folds into one FMA per score inside exp2. Key 0 sits in an item's first tile, so m_i is
-    # finite from then on and a row whose keys in a later tile are all masked gets p = 0.
-    if MASKED:
-        s = gl.where(gl.expand_dims(k_pos, 0) <= gl.expand_dims(q_pos, 1), s, float("-inf"))
-    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
-    p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
-    alpha = gl.exp2(m_i - m_new)
-    l_i = l_i * alpha + gl.sum(p, 1)
-    return p, alpha, m_new, l_i
-
-
-@gluon.jit
-def _take_turn(turn, c: gl.constexpr, g, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
-    # Wait for this consumer's g-th turn (g counts its issues): consumer 0's first needs no
-    # one (a fresh barrier passes a wait on parity 1), every other turn follows one arrival of
-    # the consumer before it in the cycle 0 -> 1 -> .. -> CONSUMERS - 1 -> 0.
-    if PINGPONG:
-        if c == 0:
-            mbarrier.wait(turn.index(0), (g & 1) ^ 1)
-        else:
-            mbarrier.wait(turn.index(c), g & 1)
-
-
-@gluon.jit
-def _pass_turn(turn, c: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        mbarrier.arrive(turn.index((c + 1) % CONSUMERS))
-
-
-@gluon.jit
-def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles,
-                  t0, n_items, qk_scale, stride_ot, stride_oh,
-                  q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-                  turn, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
-                  BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr,
-                  PINGPONG: gl.constexpr):
-    # This consumer's 64 rows of one work item over tiles t0 .. t0 + n_tiles - 1. PINGPONG:
-    # each issue of matrix products (n_tiles + 1 per item: the first QK^T, then QK^T(j) with
-    # P @ V(j-1), then the last P @ V) takes this consumer's turn and passes it on, so the
-    # consumers' products reach the tensor cores in turn while the others run their softmax.
-    # Issues so far: t0 + n_items (every earlier item had one more issue than tiles).
-    g = t0 + n_items
-    C_TOKENS: gl.constexpr = 64 // GROUP_PAD
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
-    dtype: gl.constexpr = k_smem.dtype
-    row_s = gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
-    cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-    q_pos = diag_start + c * C_TOKENS + row_s // GROUP_PAD          # [64] absolute positions
-    j_mask = diag_start // BLOCK_N                                  # first tile with a mask
-    s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
-    m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.full([64], 0.0, gl.float32, layout=gl.SliceLayout(1, s_layout))
-    acc = gl.full([64, HEAD_DIM], 0.0, gl.float32, layout=o_layout)
-
-    # the item's first tile: scores and softmax; its P @ V goes out after the next QK^T
-    mbarrier.wait(q_ready.index(c), n_items & 1)
-    buf = t0 % NUM_BUF
-    mbarrier.wait(k_ready.index(buf), (t0 // NUM_BUF) & 1)
-    _take_turn(turn, c, g, CONSUMERS, PINGPONG)
-    s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
-                          use_acc=False, is_async=True)
-    _pass_turn(turn, c, CONSUMERS, PINGPONG)
-    s = warpgroup_mma_wait(0, deps=[s_tok])
-    mbarrier.arrive(k_empty.index(buf))
-    if n_tiles == 1:
-        mbarrier.arrive(q_empty.index(c))
-    if j_mask == 0:
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, cols, qk_scale, True)
-    else:
-        p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, cols, qk_scale, False)
-    p_op = gl.convert_layout(p.to(dtype), p_layout)
-    for j in range(1, n_tiles):
-        t = t0 + j
-        buf = t % NUM_BUF
-        prev = (t - 1) % NUM_BUF
-        mbarrier.wait(k_ready.index(buf), (t // NUM_BUF) & 1)
-        if PINGPONG:     # both operands in place before the turn: a turn is never held waiting
-            mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
-            _take_turn(turn, c, g + j, CONSUMERS, PINGPONG)
-        s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
-                              use_acc=False, is_async=True)
-        if not PINGPONG:
-            mbarrier.wait(v_ready.index(prev), ((t - 1) // NUM_BUF) & 1)
-        o_tok = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-        _pass_turn(turn, c, CONSUMERS, PINGPONG)
-        s = warpgroup_mma_wait(1, deps=[s_tok])                  # this tile's QK^T
-        mbarrier.arrive(k_empty.index(buf))
-        if j == n_tiles - 1:
-            mbarrier.arrive(q_empty.index(c))                    # the loader may fetch next Q
-        k_pos = j * BLOCK_N + cols
-        if j >= j_mask:
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, True)
-        else:
-            p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, q_pos, k_pos, qk_scale, False)
-        acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])    # the previous tile's P @ V
-        mbarrier.arrive(v_empty.index(prev))
-        acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
-        p_op = gl.convert_layout(p.to(dtype), p_layout)
-    last = (t0 + n_tiles - 1) % NUM_BUF
-    mbarrier.wait(v_ready.index(last), ((t0 + n_tiles - 1) // NUM_BUF) & 1)
-    _take_turn(turn, c, g + n_tiles, CONSUMERS, PINGPONG)
-    o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-    _pass_turn(turn, c, CONSUMERS, PINGPONG)
-    acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
-    mbarrier.arrive(v_empty.index(last))
-
-    l_o = gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))
-    o = acc / gl.expand_dims(gl.where(l_o > 0.0, l_o, 1.0), 1)
-    row_o = gl.arange(0, 64, layout=gl.SliceLayout(1, o_layout))
-    d_o = gl.arange(0, HEAD_DIM, layout=gl.SliceLayout(0, o_layout))
-    tok = tile0 + c * C_TOKENS + row_o // GROUP_PAD
-    ok = (tok < q_len) & (row_o % GROUP_PAD < GROUP)
-    off = (q_start + tok).to(gl.int64) * stride_ot + (kvh * GROUP + row_o % GROUP_PAD) * stride_oh
-    gl.store(out_ptr + gl.expand_dims(off, 1) + gl.expand_dims(d_o, 0),
-             o.to(out_ptr.dtype.element_ty),
-             mask=gl.expand_dims(ok, 1))
-
-
-@gluon.jit
-def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
-              qk_scale, stride_ot, stride_oh,
-              q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
-              turn, NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
-              HEAD_DIM: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr,
-              NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
-    # Rows 64c .. 64c + 63 of each of this program's items, in the loader's order.
-    t = 0
-    n_items = 0
-    for r in range(gl.cdiv(total, gl.num_programs(0))):
-        seq, kvh, q_start, q_len, tile0, diag_start, kv_end, n_tiles = _work_item(
-            r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr, NUM_KV_HEADS, TOKENS, BLOCK_N)
-        if n_tiles > 0:
-            _consume_item(c, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles, t,
-                          n_items, qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem,
-                          q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn,
-                          GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF, CONSUMERS, PINGPONG)
-            t += n_tiles
-            n_items += 1
-
-
 # counts and the block-table width change every step: one compiled variant serves them all
 @gluon.jit(do_not_specialize=("total", "num_m_tiles", "num_seqs", "stride_bt"))
 def _prefill_ws_kernel(
@@ -367,7 +198,7 @@ def _prefill_ws_kernel(
     HEAD_DIM: gl.constexpr, BLOCK_SIZE: gl.constexpr, BLOCK_N: gl.constexpr,
     NUM_BUF: gl.constexpr, LOADER_WARPS: gl.constexpr, CHUNK: gl.constexpr,
     CONSUMERS: gl.constexpr, CONSUMER_REGS: gl.constexpr, LOADER_REGS: gl.constexpr,
-    USE_TMA: gl.constexpr, PINGPONG: gl.constexpr,
+    USE_TMA: gl.constexpr, PINGPONG: gl.constexpr, OVERLAP: gl.constexpr,
 ):
     TOKENS: gl.constexpr = CONSUMERS * 64 // GROUP_PAD        # query tokens per work item
     dtype: gl.constexpr = kv_ptr.dtype.element_ty
@@ -376,17 +207,19 @@ def _prefill_ws_kernel(
     bar_layout: gl.constexpr = mbarrier.MBarrierLayout()
     k_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
     v_smem = gl.allocate_shared_memory(dtype, [NUM_BUF, BLOCK_N, HEAD_DIM], kv_layout)
-    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, 64, HEAD_DIM], q_layout)
-    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
-    q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
+    Q_BUFS: gl.constexpr = 2 if OVERLAP else 1                 # query buffers a consumer
+    q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS * Q_BUFS, 64, HEAD_DIM], q_layout)
+    q_ready = gl.allocate_shared_memory(gl.int64, [CONSUMERS * Q_BUFS, 1], bar_layout)
+    q_empty = gl.allocate_shared_memory(gl.int64, [CONSUMERS * Q_BUFS, 1], bar_layout)
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     v_empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], bar_layout)
     turn = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], bar_layout)
-    for i in gl.static_range(CONSUMERS):
+    for i in gl.static_range(CONSUMERS * Q_BUFS):
         mbarrier.init(q_ready.index(i), count=LOADER_WARPS * 32)   # every loader thread
         mbarrier.init(q_empty.index(i), count=1)                   # its consumer
+    for i in gl.static_range(CONSUMERS):
         mbarrier.init(turn.index(i), count=1)                      # the consumer before it
     PAGES: gl.constexpr = BLOCK_N // BLOCK_SIZE if BLOCK_SIZE < BLOCK_N else 1
     TMA_ARRIVALS: gl.constexpr = PAGES if USE_TMA else 0       # one per page (TMA or not)
@@ -403,18 +236,18 @@ def _prefill_ws_kernel(
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
                          q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
                          GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
-                         PINGPONG)),
+                         PINGPONG, OVERLAP)),
             (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
                          q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
                          GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
-                         PINGPONG)),
+                         PINGPONG, OVERLAP)),
             (_loader, (q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total,
                        num_m_tiles, num_seqs, stride_qt, stride_qh, stride_kv_block,
                        stride_kv_kv, stride_bt, rows_per_block, rows_per_kv, q_smem, k_smem,
                        v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                        NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
-                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS, USE_TMA)),
+                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS, USE_TMA, Q_BUFS)),
         ], [4, LOADER_WARPS], [CONSUMER_REGS, LOADER_REGS])
     else:
         gl.warp_specialize([
@@ -422,23 +255,23 @@ def _prefill_ws_kernel(
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
                          q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
                          GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
-                         PINGPONG)),
+                         PINGPONG, OVERLAP)),
             (_consumer, (1, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
                          q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
                          GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
-                         PINGPONG)),
+                         PINGPONG, OVERLAP)),
             (_consumer, (2, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
                          qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem, q_ready,
                          q_empty, k_ready, v_ready, k_empty, v_empty, turn, NUM_KV_HEADS,
                          GROUP, GROUP_PAD, HEAD_DIM, TOKENS, BLOCK_N, NUM_BUF, CONSUMERS,
-                         PINGPONG)),
+                         PINGPONG, OVERLAP)),
             (_loader, (q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total,
                        num_m_tiles, num_seqs, stride_qt, stride_qh, stride_kv_block,
                        stride_kv_kv, stride_bt, rows_per_block, rows_per_kv, q_smem, k_smem,
                        v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                        NUM_KV_HEADS, GROUP, GROUP_PAD, HEAD_DIM, BLOCK_SIZE, TOKENS, BLOCK_N,
-                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS, USE_TMA)),
+                       NUM_BUF, LOADER_WARPS, CHUNK, CONSUMERS, USE_TMA, Q_BUFS)),
         ], [4, 4, LOADER_WARPS], [CONSUMER_REGS, CONSUMER_REGS, LOADER_REGS])
 
 
@@ -475,7 +308,7 @@ def launch(q: torch.Tensor, kv_layer: torch.Tensor, out: torch.Tensor,
         BLOCK_SIZE=block_size, BLOCK_N=cfg.block_n, NUM_BUF=cfg.num_buf,
         LOADER_WARPS=cfg.loader_warps, CHUNK=cfg.chunk, CONSUMERS=cfg.consumers,
         CONSUMER_REGS=cfg.consumer_regs, LOADER_REGS=cfg.loader_regs, USE_TMA=use_tma,
-        PINGPONG=cfg.pingpong,
+        PINGPONG=cfg.pingpong, OVERLAP=cfg.overlap_items,
         num_warps=4,
     )
 

@@ -42,6 +42,9 @@ class PrefillWSConfig:
                                # spills). Two consumers on 128-token steps: 208 / 96
     pingpong: bool = False     # consumers issue their matrix products in turn (an mbarrier
                                # handshake), so one's softmax runs under another's products
+    overlap_items: bool = False  # an item's first QK^T goes out beside the previous item's
+                               # last P @ V, whose rows are stored while it runs (two Q buffers
+                               # a consumer: 16 KiB more shared memory per consumer at D 128)
 
     def check(self) -> None:
         if (self.consumers not in (2, 3) or self.block_n not in (64, 128) or self.num_buf < 2

@@ -143,7 +143,12 @@ WS_CONFIGS = [PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
               PrefillWSConfig(**dict(TWO, loader_warps=8, chunk=64, loader_regs=56)),
               # consumers issuing their products in turn: three, two, two with TMA
               PrefillWSConfig(pingpong=True), PrefillWSConfig(**dict(TWO, pingpong=True)),
-              PrefillWSConfig(**dict(TWO, tma=True, pingpong=True))]
+              PrefillWSConfig(**dict(TWO, tma=True, pingpong=True)),
+              # items flowing into each other: three, with TMA, with turns; two (two buffers
+              # of 128-token steps: two Q buffers a consumer leave no room for a third)
+              PrefillWSConfig(overlap_items=True), PrefillWSConfig(tma=True, overlap_items=True),
+              PrefillWSConfig(pingpong=True, overlap_items=True),
+              PrefillWSConfig(**dict(TWO, num_buf=2, overlap_items=True))]
 
 
 @needs_ws
@@ -183,10 +188,14 @@ def test_ws_kernel_long_context(seqs):
 
 @needs_ws
 @pytest.mark.parametrize("cfg", [PrefillWSConfig(pingpong=True),
-                                 PrefillWSConfig(**dict(TWO, pingpong=True))])
-def test_ws_kernel_pingpong_over_many_items(cfg):
-    """The consumers' turns carry over items of different lengths and persistent rounds: a
-    turn count off by one would hang or mix up tiles here."""
+                                 PrefillWSConfig(**dict(TWO, pingpong=True)),
+                                 PrefillWSConfig(overlap_items=True),
+                                 PrefillWSConfig(pingpong=True, overlap_items=True),
+                                 PrefillWSConfig(**dict(TWO, num_buf=2, overlap_items=True))])
+def test_ws_kernel_over_many_items(cfg):
+    """The consumers' turns, and with overlap_items the item carried into the next (its
+    rows, its Q buffer), cross items of different lengths and persistent rounds: a count off
+    by one would hang, mix up tiles or store rows to the wrong item here."""
     check_prefill_kernel([(2048, 2048)] * 2 + [(1, 5000), (700, 3000)] + MIXED, LLAMA3_8B, cfg,
                          seed=28)
 
