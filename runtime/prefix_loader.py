@@ -115,7 +115,10 @@ class PrefixLoader:
                 return LoadState.LOADING
             self._finish(req, load)
             return LoadState.READY
-        if rid in self._checked or req.num_computed_tokens or req.num_preemptions:
+        # A preempted request looks again like any other: what it computed before and the
+        # tiers below still hold comes back by a load (an H100 replay redid 65K tokens of
+        # preempted turns, most of them resumed turns whose context the CPU tier held).
+        if rid in self._checked or req.num_computed_tokens:
             return LoadState.READY
         wait = self._waiting.get(rid)
         hashes = req.prefix_hashes(self.bs, self.fp)
@@ -203,6 +206,20 @@ class PrefixLoader:
         w = self._waiting.get(req.request_id)
         if w is not None:
             w.futile = True
+
+    def kept_tokens(self, req: Request) -> int:
+        """Of the tokens `req` computed, how many a preemption would not lose: its leading
+        full blocks that another request also holds (they stay on the GPU) or that the CPU or
+        disk tier has a copy of (its next admission loads them back). What follows the first
+        block with neither is recomputed."""
+        kept = 0
+        for h, b in zip(req.block_hashes, req.block_ids):
+            if self.pool.ref_count(b) <= 1:
+                loc = self.tiers.locate(h)
+                if loc.cpu_slot is None and not loc.on_disk:
+                    break
+            kept += 1
+        return min(kept * self.bs, req.num_computed_tokens)
 
     def room_wanted(self, req: Request) -> int:
         """GPU blocks the load that `req` waits for (`NO_ROOM`) needs; 0 when it waits for none."""
@@ -293,23 +310,30 @@ class PrefixLoader:
 
     def release_others(self, keep: Request) -> int:
         """Nothing runs and `keep` cannot be admitted: drop the finished loads and the waits'
-        held prefixes of the other waiting requests (they check again when their turn comes), so that held prefixes
-        never wait on each other. Returns the blocks released."""
-        freed = 0
-        for rid, w in list(self._waiting.items()):
-            if rid != keep.request_id:
-                self._unwait(rid)
-                freed += len(w.held)
-        for rid, load in list(self._loads.items()):
-            if rid == keep.request_id or not load.finished:
-                continue
-            del self._loads[rid]
-            self._checked.discard(rid)
-            self.pool.free_chain(load.held)
-            freed += len(load.held)
+        held prefixes of the other waiting requests (they check again when their turn comes),
+        so that held prefixes never wait on each other. Returns the blocks released."""
+        freed = self.release_holds(set(self._waiting) | set(self._loads) - {keep.request_id})
         if freed:
             log.info("released %d blocks loaded for other waiting requests so that request %s "
                      "can be admitted", freed, keep.request_id)
+        return freed
+
+    def release_holds(self, rids) -> int:
+        """Drop what the waits and the finished loads of requests `rids` hold on the GPU (they
+        check again when their turn comes); a load still in flight keeps its blocks. Returns
+        the blocks released."""
+        freed = 0
+        for rid in rids:
+            w = self._waiting.get(rid)
+            if w is not None:
+                self._unwait(rid)
+                freed += len(w.held)
+            load = self._loads.get(rid)
+            if load is not None and load.finished:
+                del self._loads[rid]
+                self._checked.discard(rid)
+                self.pool.free_chain(load.held)
+                freed += len(load.held)
         return freed
 
     def forget(self, req: Request) -> None:

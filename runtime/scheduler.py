@@ -116,6 +116,8 @@ class Scheduler(RoomTaking):
                 i += 1
                 continue
             while not self._grow(req, n):
+                if self._release_holds_after(req):
+                    continue
                 victim = self.running[-1]
                 self._preempt(victim)
                 self.preempted_growth += 1
@@ -134,6 +136,17 @@ class Scheduler(RoomTaking):
         if self._budget < self.config.max_num_batched_tokens and out.num_tokens == self._budget:
             self.short_steps += 1          # the cap, not the work at hand, bounded the step
         return out
+
+    def _release_holds_after(self, req: Request) -> bool:
+        """`req` cannot grow: the GPU prefixes that requests ranked after it hold while they
+        wait to load (or hold loaded) are dropped before anyone is preempted for it. Held, they
+        made a turn ranked first preempt itself with nothing else running (a preempted turn
+        waited to load its context back while the turn that took its room grew)."""
+        if self.loader is None:
+            return False
+        key = self._key(req)
+        return self.loader.release_holds([w.request_id for w in self.waiting
+                                          if self._key(w) > key]) > 0
 
     def _step_budget(self) -> int:
         full = self.config.max_num_batched_tokens

@@ -1,9 +1,10 @@
 """How a waiting turn gets GPU room that others hold: the scheduler's room taking.
 
 A waiting request short of blocks first makes paused sessions' pins yield (the pool's reclaim
-hook, through `ensure_free`), then takes the blocks of running requests ranked after it, the
-least computed first. Their blocks go to it at once, so what they computed is lost: the work a
-victim may lose is bounded (`_loss_cap`). A turn that can take no room and waits to load its
+hook, through `ensure_free`), then takes the blocks of running requests ranked after it, those
+that lose least first. Their blocks go to it at once, so what they computed is lost, except
+what a lower tier keeps a copy of (their next admission loads that back, `_lost_tokens`): the
+work a victim may lose is bounded (`_loss_cap`). A turn that can take no room and waits to load its
 prefix whole stops waiting at once when the running requests cannot free the room before its
 wait would run out anyway (`_room_eta_s`, `_room_too_late`): it takes the room from the
 requests ranked after it regardless of their work (the recompute it would go on to makes the
@@ -44,6 +45,14 @@ class RoomTaking:
             cap = max(cap, self.loader.room_wanted(req) * self.config.block_size)
         return cap
 
+    def _lost_tokens(self, req: Request) -> int:
+        """What preempting `req` throws away: its computed tokens less those it keeps (blocks
+        others hold, or that the CPU or disk tier has a copy of: `PrefixLoader.kept_tokens`).
+        Under `agent` a resumed turn's context was copied to the CPU as its last turn ended, so
+        it loses its new tokens only; a first turn loses all it computed."""
+        kept = self.loader.kept_tokens(req) if self.loader is not None else 0
+        return req.num_computed_tokens - kept
+
     def _own_blocks(self, req: Request) -> int:
         """Blocks only `req` holds: what its preemption or its end frees."""
         return sum(1 for b in req.block_ids if self.pool.ref_count(b) == 1)
@@ -79,7 +88,7 @@ class RoomTaking:
         6,288 tokens: its TTFT, 594 ms, was the p99). That recompute needs the same blocks,
         chunk by chunk, and nothing frees them in time, so its growth preempts whoever runs
         last: the room is taken now from the requests ranked after it, without the cap and
-        the least computed first, and the whole prefix loads. When those cannot cover it, the
+        those that lose least first, and the whole prefix loads. When those cannot cover it, the
         loader is told to load the front that fits now. True when either happened."""
         if (state is not LoadState.NO_ROOM or self.loader is None
                 or not self.loader.room_check_due(req)):
@@ -103,11 +112,12 @@ class RoomTaking:
     def _take_room(self, req: Request, need: int, out: SchedulerOutput,
                    cap: float | None = None) -> bool:
         """`req` cannot get the `need` blocks it waits for: paused sessions' pins yield first
-        (`ensure_free`), then running requests ranked after it are preempted, those with the
-        least computed work first, until what they alone hold covers the rest. Their blocks go
-        to `req` at once, so what they computed is recomputed later: a request that has
-        computed more than `cap` tokens (default `room_loss_cap`: a prefill past its first chunk,
-        a decoding turn) is no victim, and `req` waits for room instead. Nothing is preempted when even
+        (`ensure_free`), then running requests ranked after it are preempted, those that lose
+        the least work first (`_lost_tokens`), until what they alone hold covers the rest. Their
+        blocks go to `req` at once, so what they computed and no lower tier keeps is recomputed
+        later: a request that would lose more than `cap` tokens (default `room_loss_cap`: a
+        prefill past its first chunk, a decoding turn) is no victim, and `req` waits for room
+        instead. Nothing is preempted when even
         all the victims would not cover it. True when there is room now.
 
         Under arrival order this seldom acts: a request that cannot be admitted stops the
@@ -118,9 +128,10 @@ class RoomTaking:
             return True
         key = self._key(req)
         cap = self.config.room_loss_cap if cap is None else cap
+        lost = {r.request_id: self._lost_tokens(r) for r in self.running if self._key(r) > key}
         victims = sorted((r for r in self.running
-                          if self._key(r) > key and r.num_computed_tokens <= cap),
-                         key=lambda r: (r.num_computed_tokens, [-x for x in self._key(r)]))
+                          if r.request_id in lost and lost[r.request_id] <= cap),
+                         key=lambda r: (lost[r.request_id], [-x for x in self._key(r)]))
         own = [self._own_blocks(v) for v in victims]
         short = need - self.pool.num_free_blocks
         if sum(own) < short:

@@ -220,6 +220,41 @@ def test_a_resumed_turn_takes_the_room_of_a_request_it_outranks(folder):
     eng.tiers.close()
 
 
+def test_a_preempted_turn_whose_context_the_cpu_keeps_is_the_victim_and_loads_it_back(folder):
+    """A prompt whose prefix sits on the CPU runs, ranked last; a request ranked first needs
+    its room. The prompt has computed past the loss cap, but the CPU keeps 144 of its tokens,
+    so it loses only its last few: it is preempted (no recompute of its context), and once
+    readmitted it loads what the other request's room took from the CPU, not recomputing it.
+    While it waits to load, the GPU prefix it holds yields to the growth of the request ranked
+    first (which would otherwise preempt itself). Both produce the tokens they produce alone."""
+    eng, g, prompt, alone = small_engine_with_a_prompt_on_cpu(folder, 21)
+    big = torch.randint(3, 512, (250,), generator=g).tolist()
+    big_alone = eng.generate([big], SamplingParams(max_tokens=8, ignore_eos=True))[0]
+    eng.pool.reset_prefix_cache()
+    loader = eng.scheduler.loader
+    rid = eng.add_request(prompt, PARAMS, priority=5.0)
+    req = eng.requests[rid]
+    while req.num_computed_tokens < len(prompt) + 2:
+        eng.step()                        # loaded (144 from the CPU), decoding
+    assert req.kv_source == {"gpu": 0, "cpu": 144, "recomputed": 6}
+    assert req.num_computed_tokens - loader.kept_tokens(req) < eng.scheduler.config.room_loss_cap
+    loaded = loader.loaded_tokens["cpu"]
+    rid_big = eng.add_request(big, SamplingParams(max_tokens=8, ignore_eos=True), priority=1.0)
+    big_req = eng.requests[rid_big]
+    eng.step()
+    assert req.num_preemptions == 1 and big_req.status.name == "RUNNING"
+    while eng.has_unfinished():
+        eng.step()
+        eng.pool.check_invariants()
+    # the room the other request took held the last two of its nine cached prefix blocks
+    # (evicted tail first): they came back from the CPU, and only its last 8 tokens were redone
+    assert loader.loaded_tokens["cpu"] == loaded + 32
+    assert eng.scheduler.preempted_tokens == len(prompt) + 2 and big_req.num_preemptions == 0
+    assert req.output_token_ids == alone.token_ids
+    assert big_req.output_token_ids == big_alone.token_ids
+    eng.tiers.close()
+
+
 def test_a_short_cpu_load_is_waited_for_in_the_step_that_starts_it(folder):
     """A CPU load expected to take a few ms is waited for where it starts, so the turn runs in
     that step, not one step later; a load expected to take longer is left in flight."""

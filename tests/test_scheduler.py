@@ -333,9 +333,10 @@ def test_a_step_cap_above_the_budget_changes_nothing():
 class RoomLoader:
     """A prefix loader whose one waiting turn needs `want` GPU blocks free to start its load."""
 
-    def __init__(self, pool, want, left_s=math.inf, rates=None):
+    def __init__(self, pool, want, left_s=math.inf, rates=None, kept=None):
         self.pool, self.want, self.started = pool, want, []
         self.left_s, self.ended = left_s, []
+        self.kept = kept or {}            # request id -> computed tokens a lower tier keeps
         self.rates = rates or Rates(prefill_tok_s=1000.0, h2d_GBps=1.0, disk_read_GBps=1.0)
 
     def ready(self, req, long_step=False):
@@ -350,6 +351,9 @@ class RoomLoader:
 
     def room_wanted(self, req):
         return self.want
+
+    def kept_tokens(self, req):
+        return self.kept.get(req.request_id, 0)
 
     def wait_left_s(self, req):
         return self.left_s
@@ -371,6 +375,63 @@ class RoomLoader:
 
     def not_admitted(self, req):
         pass
+
+
+class KeptLoader(RoomLoader):
+    """Nothing to load for anyone; `kept` says what a lower tier keeps of each request."""
+
+    def ready(self, req, long_step=False):
+        return LoadState.READY
+
+
+def test_room_is_taken_from_the_victim_that_loses_the_least():
+    """As above, but the CPU tier keeps 12 of a's 15 computed tokens (a resumed turn's context,
+    copied as its last turn ended): preempting a loses 3 tokens, b 7, so a goes, though it has
+    computed more, and comes back by a load."""
+    s, pool = make(num_blocks=10, budget=16, bs=4, max_seqs=4)
+    a = Request("a", list(range(100, 114)), SamplingParams(max_tokens=4), 0.0, priority=6.0)
+    b = Request("b", list(range(200, 207)), SamplingParams(max_tokens=4), 0.5, priority=5.0)
+    s.add(a)
+    run_step(s, s.schedule())             # a: 14 of 14 in blocks 0-3
+    s.add(b)
+    run_step(s, s.schedule())             # a: 15 computed; b: 7 in blocks 4, 5
+    held = pool.allocate(4)               # blocks 6-9: nothing free
+    s.loader = KeptLoader(pool, 0, kept={"a": 12})
+    j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+    s.add(j)
+    out = s.schedule()
+    assert out.preempted == ["a"] and s.preempted_tokens == 15
+    assert b.status is RequestStatus.RUNNING and b.block_ids == [4, 5]
+    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("b", 1),
+                                                                                  ("j", 8)]
+    assert j.block_ids == [3, 2] and a.status is RequestStatus.WAITING
+    assert a.block_ids == [] and a.num_computed_tokens == 0
+    pool.free(held)
+    pool.check_invariants()
+
+
+def test_a_victim_that_would_lose_more_than_the_cap_is_kept():
+    """A decoding turn that computed 38 tokens, none kept below, is past the one-chunk cap (8):
+    the head waits. With 36 of them kept on the CPU it would lose 2: it is preempted."""
+    for kept, taken in ((0, False), (36, True)):
+        s, pool = make(num_blocks=12, budget=8, bs=4, max_seqs=4)
+        a = Request("a", list(range(100, 138)), SamplingParams(max_tokens=8), 0.0, priority=6.0)
+        s.add(a)
+        for _ in range(5):
+            run_step(s, s.schedule())     # a: 38 of 38 in blocks 0-9, one token sampled
+        held = pool.allocate(pool.num_free_blocks)
+        s.loader = KeptLoader(pool, 0, kept={"a": kept})
+        j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
+        s.add(j)
+        out = s.schedule()
+        if taken:
+            assert out.preempted == ["a"] and [x.request.request_id for x in out.scheduled] == ["j"]
+            assert a.status is RequestStatus.WAITING and a.num_preemptions == 1
+        else:
+            assert out.preempted == [] and [x.request.request_id for x in out.scheduled] == ["a"]
+            assert j.status is RequestStatus.WAITING
+        pool.free(held)
+        pool.check_invariants()
 
 
 @pytest.mark.parametrize("want, takes", [(3, True), (2, False)])
