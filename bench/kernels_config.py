@@ -59,11 +59,7 @@ PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=4), PrefillWSCo
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, pingpong=True)),
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True, pingpong=True)),
                       PrefillWSConfig(overlap_items=True),
-                      PrefillWSConfig(tma=True, overlap_items=True),
-                      PrefillWSConfig(pingpong=True, overlap_items=True),
-                      PrefillWSConfig(**dict(PREFILL_WS_TWO, num_buf=2, overlap_items=True)),
-                      PrefillWSConfig(**dict(PREFILL_WS_TWO, num_buf=2, tma=True,
-                                             overlap_items=True))]
+                      PrefillWSConfig(tma=True, overlap_items=True)]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
                    PrefillConfig(128, 64, 8, 4)]

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 NEXT_USE_MEMO_S = 0.05
 # how long one answer of the policy's step_token_cap serves the scheduler
 STEP_CAP_MEMO_S = 0.01
+# a running turn's newly computed full blocks go to the CPU this many or more at a time (a
+# prefill chunk of 2,048 tokens is 128); the turn's end copies what is left
+WRITE_THROUGH_MIN_BLOCKS = 8
 
 
 class KVController(PlanExecution):
@@ -48,6 +51,7 @@ class KVController(PlanExecution):
         self.pins_reclaimed = 0                          # sessions whose pins yielded
         engine.pool.reclaim = self._reclaim
         self._requests: dict[str, str] = {}              # request id -> its session
+        self._written: dict[str, int] = {}               # request id -> blocks sent to the CPU
         self._next_use: dict[str, float] = {}            # session -> predicted next use (memo)
         self._next_use_at = -math.inf
         engine.scheduler.on_release = self._request_released
@@ -148,6 +152,7 @@ class KVController(PlanExecution):
         (after the session's commit), and until then the eviction order took the turn's new
         blocks for nobody's and evicted them first: the next turn, a few ms later, recomputed
         them (and a preempted turn found nothing of its own left to reuse)."""
+        self._written.pop(req.request_id, None)
         sid = (self._requests.pop(req.request_id, None) if finished
                else self._requests.get(req.request_id))
         if sid is None or not req.block_hashes:
@@ -234,6 +239,27 @@ class KVController(PlanExecution):
             s = self.sessions.get(sid)
             if s is not None and s.paused_at is not None:
                 self._prefetch(s)
+        if self.policy.copies_cpu_while_computing:
+            self._write_through()
+
+    def _write_through(self) -> None:
+        """The full blocks each running turn computed since the last copy go to the CPU, at
+        least `WRITE_THROUGH_MIN_BLOCKS` at once (after the step that computed them, on the
+        copy stream). Preempted, the turn then loses only what no copy holds: its next
+        admission loads the rest (`PrefixLoader`), and room takers count it cheap
+        (`PrefixLoader.kept_tokens`). Under `agent` first turns rank last, so they are the ones
+        preempted, and until its end a first turn has no copy anywhere: H100 replays preempted
+        turns holding 66K-96K tokens a run, each recomputed in full."""
+        tiers = self.engine.tiers
+        if tiers is None or tiers.host is None:
+            return
+        for req in self.engine.scheduler.running:
+            if req.request_id not in self._requests:
+                continue
+            done = self._written.get(req.request_id, 0)
+            if len(req.block_hashes) - done >= WRITE_THROUGH_MIN_BLOCKS:
+                tiers.offload(req.block_hashes[done:], "cpu")
+                self._written[req.request_id] = len(req.block_hashes)
 
     def _reclaim(self, short: int) -> None:
         """A running or waiting turn needs `short` more GPU blocks than are free: sessions'

@@ -345,6 +345,43 @@ def test_agent_starts_the_cpu_copy_as_the_turn_ends(folder, tmp_path, policy, co
     eng.tiers.close()
 
 
+@pytest.mark.parametrize("policy,copied", [("agent", True), ("lru", False)])
+def test_agent_copies_a_running_turn_to_the_cpu_and_a_preempted_one_loads_it_back(
+        folder, tmp_path, policy, copied):
+    """Under `agent` the blocks a running turn has computed go to the CPU between steps (10
+    full blocks after its prompt's step). Preempted, and its GPU blocks taken by another
+    request, it loads those back at its next admission and recomputes only its last token and
+    its output so far; its tokens are those of a run without preemption. lru copies nothing
+    while the turn runs, and the turn recomputes its whole prompt."""
+    eng, ctl, clock = setup(folder, tmp_path, policy=policy)
+    g = torch.Generator().manual_seed(12)
+    mine = torch.randint(3, 512, (161,), generator=g).tolist()
+    params = SamplingParams(max_tokens=5, ignore_eos=True)
+    alone = eng.generate([mine], params)[0].token_ids
+    eng.pool.reset_prefix_cache()
+    rid = eng.add_request(mine, params)
+    ctl.track(rid, "a")
+    eng.step()                                   # the prompt: 10 full blocks computed
+    eng.step()                                   # one token decoded
+    ctl.tick()
+    settle(eng)
+    hashes = chain_hashes(mine[:160], 16, eng.fingerprint)
+    assert [h in eng.tiers._cpu for h in hashes] == [copied] * 10
+    req = eng.requests[rid]
+    assert eng.scheduler.loader.kept_tokens(req) == (160 if copied else 0)
+    eng.scheduler._preempt(req)                  # as the running loop does when room runs out
+    assert eng.tiers.evict(hashes, "gpu") == 10  # and another request took its blocks
+    before = eng.stats.prompt_tokens_computed
+    while eng.has_unfinished():
+        eng.step()
+        ctl.tick()
+    assert req.num_preemptions == 1 and req.output_token_ids == alone
+    # its 161 prompt tokens and 2 sampled ones come back: 160 loaded under agent
+    assert eng.stats.prompt_tokens_computed - before == (1 if copied else 161)
+    assert rid not in ctl._written
+    eng.tiers.close()
+
+
 @pytest.mark.parametrize("policy", ["agent", "lru"])
 def test_agent_shortens_steps_while_a_paused_session_is_likely_back(folder, tmp_path, policy):
     eng, ctl, clock = setup(folder, tmp_path, blocks=64, policy=policy)

@@ -102,6 +102,7 @@ class AgentConfig:
 class AgentPolicy(CachePolicy):
     name = "agent"
     copies_cpu_at_turn_end = True      # every placement above writes (or passes through) CPU
+    copies_cpu_while_computing = True  # and earlier: a preempted turn loads, not recomputes
 
     def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None,
                  config: AgentConfig | None = None) -> None:

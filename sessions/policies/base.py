@@ -160,6 +160,9 @@ class CachePolicy(ABC):
     keeps_shared_prefix: ClassVar[bool] = True   # False: a stateless server recomputes it too
     # True: every pause's plan writes a CPU copy, so the controller starts it as the turn ends
     copies_cpu_at_turn_end: ClassVar[bool] = False
+    # True: a running turn's full blocks are copied to the CPU as they are computed, so that a
+    # preempted turn loads its work back instead of recomputing it
+    copies_cpu_while_computing: ClassVar[bool] = False
 
     def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None) -> None:
         self.cost = cost
