@@ -138,23 +138,26 @@ class TieredKVStore:
         return out
 
     # -- moves down --------------------------------------------------------------------------
-    def offload(self, hashes: Iterable[bytes], to: Tier = "cpu") -> TransferHandle:
+    def offload(self, hashes: Iterable[bytes], to: Tier = "cpu",
+                evict: bool = True) -> TransferHandle:
         """Copy blocks down to `to` ("cpu" or "disk"); blocks already there or not found are
-        skipped, and the CPU tier takes the longest prefix it can make room for."""
+        skipped, and the CPU tier takes the longest prefix it can make room for (`evict=False`:
+        in its free slots only, displacing nothing it holds)."""
         hashes = list(dict.fromkeys(hashes))
         if to == "cpu":
-            return self._offload_cpu(hashes)
+            return self._offload_cpu(hashes, evict)
         if to == "disk":
             return self._offload_disk(hashes)
         raise ValueError(f"offload target must be 'cpu' or 'disk', got {to!r}")
 
-    def _offload_cpu(self, hashes: list[bytes]) -> TransferHandle:
+    def _offload_cpu(self, hashes: list[bytes], evict: bool = True) -> TransferHandle:
         if self.host is None:
             raise RuntimeError("the CPU tier is off (cpu_cache_gb = 0)")
         covering = self._covering(hashes, self._to_cpu)
         todo = [(h, b) for h in hashes if h not in self._cpu and h not in self._to_cpu
                 and (b := self.pool.lookup_hash(h)) is not None]
-        slots = self._alloc_cpu(len(todo))
+        slots = (self._alloc_cpu(len(todo)) if evict
+                 else self.host.allocate(min(len(todo), self.host.num_free)))
         todo = todo[:len(slots)]
         handle = self.transfer.gpu_to_host([b for _, b in todo], slots)
         self._track_in_flight(self._to_cpu, [h for h, _ in todo], handle)

@@ -245,7 +245,8 @@ class KVController(PlanExecution):
     def _write_through(self) -> None:
         """The full blocks each running turn computed since the last copy go to the CPU, at
         least `WRITE_THROUGH_MIN_BLOCKS` at once (after the step that computed them, on the
-        copy stream). Preempted, the turn then loses only what no copy holds: its next
+        copy stream), into free CPU slots only: a running turn's copy never displaces a paused
+        session's, which its resume needs (the turn's end copies it in full). Preempted, the turn then loses only what no copy holds: its next
         admission loads the rest (`PrefixLoader`), and room takers count it cheap
         (`PrefixLoader.kept_tokens`). Under `agent` first turns rank last, so they are the ones
         preempted, and until its end a first turn has no copy anywhere: H100 replays preempted
@@ -258,7 +259,7 @@ class KVController(PlanExecution):
                 continue
             done = self._written.get(req.request_id, 0)
             if len(req.block_hashes) - done >= WRITE_THROUGH_MIN_BLOCKS:
-                tiers.offload(req.block_hashes[done:], "cpu")
+                tiers.offload(req.block_hashes[done:], "cpu", evict=False)
                 self._written[req.request_id] = len(req.block_hashes)
 
     def _reclaim(self, short: int) -> None:

@@ -114,6 +114,22 @@ def test_cpu_tier_evicts_in_policy_order_and_never_pinned_blocks(tmp_path):
     t.close()
 
 
+def test_an_offload_without_eviction_fills_free_cpu_slots_only(tmp_path):
+    """evict=False (a running turn written through): of six blocks, the two that fit in the
+    free slots are copied, the longest prefix; the four held already stay."""
+    kv, pool, t = make(tmp_path, gpu_blocks=16, cpu_blocks=6, disk_blocks=0)
+    hs, _ = fill(pool, kv, 10)
+    t.offload(hs[:4], to="cpu").wait()
+    t.offload(hs[4:], to="cpu", evict=False).wait()
+    t.poll()
+    on_cpu = [loc.cpu_slot is not None for loc in map(t.locate, hs)]
+    assert on_cpu == [True] * 6 + [False] * 4
+    t.offload(hs[6:], to="cpu", evict=False).wait()       # full: nothing copied, none lost
+    t.poll()
+    assert [loc.cpu_slot is not None for loc in map(t.locate, hs)] == on_cpu
+    t.close()
+
+
 class NewestFirst(LRUPolicy):
     """A plugged-in policy: evicts the most recently touched block first."""
 
