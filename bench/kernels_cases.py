@@ -182,7 +182,7 @@ class Bench:
             return ms, err
 
         cfg = default_prefill_config(s.head_dim, self.dtype, q.device, length,
-                                     s.num_q_heads // s.num_kv_heads, scale)
+                                     s.num_q_heads // s.num_kv_heads, scale, s.block_size)
         ours, err = run()
         sdpa = None
         if self.cuda:

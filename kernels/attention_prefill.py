@@ -305,7 +305,7 @@ def paged_prefill_attention(q: torch.Tensor, kv_layer: torch.Tensor,
                                                       block_tables, scale, max_query_len,
                                                       splits, out)
     cfg = config or default_prefill_config(head_dim, q.dtype, q.device, max_query_len, group,
-                                           scale)
+                                           scale, block_size)
     ws_inputs_ok = kv_layer.dtype == q.dtype and ws_strides_ok(q, out, kv_layer)
     if config is None and not ws_inputs_ok:
         cfg = triton_prefill_config(head_dim, q.dtype, q.device, max_query_len)

@@ -32,7 +32,8 @@ class PrefillWSConfig:
     # Defaults: the best of the H200 sweeps (bench/kernels_notes.md, v7): three consumer
     # warpgroups (192 query rows per K/V step) on 64-token steps, three in flight, cp.async.
     consumers: int = 3         # consumer warpgroups: 64 query rows each per work item
-    tma: bool = False          # whole pages by TMA where the cache allows (measured slower)
+    tma: bool = False          # whole pages by TMA where the cache allows (the default from
+                               # 64-token pages up; slower at 16: default_prefill_config)
     block_n: int = 64          # cached tokens per step
     num_buf: int = 3           # K/V steps in flight (shared memory: 32 KiB a 64-token step)
     loader_warps: int = 4
@@ -107,11 +108,16 @@ def ws_supported(head_dim: int, dtype: torch.dtype, device: torch.device, group:
 
 def default_prefill_config(head_dim: int, dtype: torch.dtype, device: torch.device,
                            max_query_len: int | None = None, group: int = 1,
-                           scale: float = 1.0) -> PrefillConfig | PrefillWSConfig:
+                           scale: float = 1.0, block_size: int = 16
+                           ) -> PrefillConfig | PrefillWSConfig:
     """The warp-specialised kernel where it runs (Hopper, 16-bit, positive softmax scale), else
-    the Triton kernel's tiles for this device and shape."""
+    the Triton kernel's tiles for this device and shape. With pages of 64 tokens or more the
+    warp-specialised kernel loads K/V by TMA, a page (or a step of one) per box: faster there
+    in both H100 runs (bench/kernels_notes.md: 1 x 8K 0.956x / 0.959x SDPA against cp.async's
+    0.866x / 0.881x, 4 x 2K 0.854x / 0.843x against 0.835x / 0.789x); slower at 16-token
+    pages, where a step is four boxes."""
     if scale > 0 and ws_supported(head_dim, dtype, device, group):
-        return PrefillWSConfig()
+        return PrefillWSConfig(tma=block_size >= 64)
     return triton_prefill_config(head_dim, dtype, device, max_query_len)
 
 

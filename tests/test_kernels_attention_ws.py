@@ -45,6 +45,18 @@ def test_default_config_off_hopper_is_the_triton_kernel():
                           PrefillConfig)
 
 
+def test_the_ws_kernel_loads_by_tma_from_64_token_pages(monkeypatch):
+    """Where the warp-specialised kernel runs (taken as given here), pages of 64 tokens or more
+    select its TMA loader and smaller pages its cp.async gather."""
+    import kernels.prefill_config as pc
+    monkeypatch.setattr(pc, "ws_supported", lambda *a: True)
+    cpu = torch.device("cpu")
+    got = {bs: pc.default_prefill_config(128, torch.bfloat16, cpu, 2048, 4, 1.0, bs)
+           for bs in (16, 32, 64, 128)}
+    assert all(isinstance(c, PrefillWSConfig) for c in got.values())
+    assert {bs: c.tma for bs, c in got.items()} == {16: False, 32: False, 64: True, 128: True}
+
+
 @needs_ws
 def test_default_config_on_hopper_is_the_ws_kernel(monkeypatch):
     for d, dtype in [(128, torch.bfloat16), (64, torch.float16)]:
