@@ -114,6 +114,10 @@ class TieredKVStore:
         return Location(h, self.pool.lookup_hash(h), self._cpu.get(h),
                         self.disk is not None and self.disk.contains(h))
 
+    def below_gpu(self, h: bytes) -> bool:
+        """Whether the CPU or disk tier holds a copy of block `h` (a landed one)."""
+        return h in self._cpu or (self.disk is not None and self.disk.contains(h))
+
     def lookup(self, hashes: Iterable[bytes]) -> list[Location]:
         """Locations of the longest prefix of `hashes` present on some tier."""
         out: list[Location] = []

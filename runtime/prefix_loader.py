@@ -213,11 +213,10 @@ class PrefixLoader:
         disk tier has a copy of (its next admission loads them back). What follows the first
         block with neither is recomputed."""
         kept = 0
+        ref_count, below = self.pool.ref_count, self.tiers.below_gpu
         for h, b in zip(req.block_hashes, req.block_ids):
-            if self.pool.ref_count(b) <= 1:
-                loc = self.tiers.locate(h)
-                if loc.cpu_slot is None and not loc.on_disk:
-                    break
+            if ref_count(b) <= 1 and not below(h):
+                break
             kept += 1
         return min(kept * self.bs, req.num_computed_tokens)
 
