@@ -311,7 +311,7 @@ class PrefixLoader:
         """Nothing runs and `keep` cannot be admitted: drop the finished loads and the waits'
         held prefixes of the other waiting requests (they check again when their turn comes),
         so that held prefixes never wait on each other. Returns the blocks released."""
-        freed = self.release_holds(set(self._waiting) | set(self._loads) - {keep.request_id})
+        freed = self.release_holds((self._waiting.keys() | self._loads.keys()) - {keep.request_id})
         if freed:
             log.info("released %d blocks loaded for other waiting requests so that request %s "
                      "can be admitted", freed, keep.request_id)
