@@ -114,8 +114,9 @@ def _loader(q_ptr, kv_ptr, kv_desc, bt_ptr, qsl_ptr, seq_lens_ptr, total, num_m_
             CHUNK: gl.constexpr, CONSUMERS: gl.constexpr, USE_TMA: gl.constexpr,
             Q_BUFS: gl.constexpr):
     # Consumer c's query rows of item i go to q_smem[c * Q_BUFS + i % Q_BUFS] once it has
-    # issued the last QK^T of the item that used that buffer before (item i - Q_BUFS); tile t (counted over all of this program's items) goes to buffer t % NUM_BUF once
-    # both consumers released its previous use. Fresh barriers pass a wait on parity 1.
+    # issued the last QK^T of the item that used that buffer before (item i - Q_BUFS); tile t
+    # (counted over all of this program's items) goes to buffer t % NUM_BUF once every
+    # consumer released its previous use. Fresh barriers pass a wait on parity 1.
     VEC: gl.constexpr = 8                                    # 16-byte copies
     TPW_D: gl.constexpr = HEAD_DIM // VEC
     THREADS_R: gl.constexpr = 32 // TPW_D

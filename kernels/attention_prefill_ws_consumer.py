@@ -165,6 +165,24 @@ def _store_rows(c: gl.constexpr, out_ptr, acc, l_i, q_start, q_len, tile0, kvh, 
 
 
 @gluon.jit
+def _last_pv_and_store(c: gl.constexpr, out_ptr, acc, p_op, l_i, q_start, q_len, tile0, kvh,
+                       stride_ot, stride_oh, t_end, g, v_smem, v_ready, v_empty, turn,
+                       GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
+                       NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+    # An item's last P @ V (its last tile is t_end - 1; this consumer's turn g), alone, then
+    # its rows stored.
+    last = (t_end - 1) % NUM_BUF
+    mbarrier.wait(v_ready.index(last), ((t_end - 1) // NUM_BUF) & 1)
+    _take_turn(turn, c, g, CONSUMERS, PINGPONG)
+    o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+    _pass_turn(turn, c, CONSUMERS, PINGPONG)
+    acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
+    mbarrier.arrive(v_empty.index(last))
+    _store_rows(c, out_ptr, acc, l_i, q_start, q_len, tile0, kvh, stride_ot, stride_oh,
+                GROUP, GROUP_PAD, HEAD_DIM)
+
+
+@gluon.jit
 def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles,
                   t0, n_items, qk_scale, stride_ot, stride_oh,
                   q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
@@ -199,16 +217,9 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
                                         m_i, l_i, q_smem.index(c), k_smem, v_smem,
                                         q_empty.index(c), k_ready, v_ready, k_empty, v_empty,
                                         turn, BLOCK_N, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG)
-    t = t0 + n_tiles - 1
-    last = t % NUM_BUF
-    mbarrier.wait(v_ready.index(last), (t // NUM_BUF) & 1)
-    _take_turn(turn, c, g + n_tiles, CONSUMERS, PINGPONG)
-    o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-    _pass_turn(turn, c, CONSUMERS, PINGPONG)
-    acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
-    mbarrier.arrive(v_empty.index(last))
-    _store_rows(c, out_ptr, acc, l_i, q_start, q_len, tile0, kvh, stride_ot, stride_oh,
-                GROUP, GROUP_PAD, HEAD_DIM)
+    _last_pv_and_store(c, out_ptr, acc, p_op, l_i, q_start, q_len, tile0, kvh, stride_ot,
+                       stride_oh, t0 + n_tiles, g + n_tiles, v_smem, v_ready, v_empty, turn,
+                       GROUP, GROUP_PAD, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG)
 
 
 @gluon.jit
@@ -317,12 +328,6 @@ def _consumer_overlap(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, nu
             t += n_tiles
             n_items += 1
     if n_items > 0:                      # the last item's last P @ V, alone
-        last = (t - 1) % NUM_BUF
-        mbarrier.wait(v_ready.index(last), ((t - 1) // NUM_BUF) & 1)
-        _take_turn(turn, c, t, CONSUMERS, PINGPONG)
-        o_tok = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-        _pass_turn(turn, c, CONSUMERS, PINGPONG)
-        acc, p_op = warpgroup_mma_wait(0, deps=[o_tok, p_op])
-        mbarrier.arrive(v_empty.index(last))
-        _store_rows(c, out_ptr, acc, l_i, prev_q_start, prev_q_len, prev_tile0, prev_kvh,
-                    stride_ot, stride_oh, GROUP, GROUP_PAD, HEAD_DIM)
+        _last_pv_and_store(c, out_ptr, acc, p_op, l_i, prev_q_start, prev_q_len, prev_tile0,
+                           prev_kvh, stride_ot, stride_oh, t, t, v_smem, v_ready, v_empty,
+                           turn, GROUP, GROUP_PAD, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG)

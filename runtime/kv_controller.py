@@ -246,8 +246,9 @@ class KVController(PlanExecution):
         """The full blocks each running turn computed since the last copy go to the CPU, at
         least `WRITE_THROUGH_MIN_BLOCKS` at once (after the step that computed them, on the
         copy stream), into free CPU slots only: a running turn's copy never displaces a paused
-        session's, which its resume needs (the turn's end copies it in full). Preempted, the turn then loses only what no copy holds: its next
-        admission loads the rest (`PrefixLoader`), and room takers count it cheap
+        session's, which its resume needs (the turn's end copies it in full). Preempted, the
+        turn then loses only what no copy holds: its next admission loads the rest
+        (`PrefixLoader`), and room takers count it cheap
         (`PrefixLoader.kept_tokens`). Under `agent` first turns rank last, so they are the ones
         preempted, and until its end a first turn has no copy anywhere: H100 replays preempted
         turns holding 66K-96K tokens a run, each recomputed in full."""

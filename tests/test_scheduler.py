@@ -269,20 +269,28 @@ def test_a_prefill_past_its_first_chunk_keeps_its_room():
     pool.check_invariants()
 
 
-def test_room_is_taken_from_the_victim_with_the_least_computed_work():
-    """Two running requests rank after the head: the one that has computed less is preempted,
-    though it ranks before the other (the other's four blocks of work survive), and the tokens
-    it discarded are counted."""
+def two_running_and_no_room():
+    """a (priority 6) runs its 14-token prompt, then b (priority 5) its 7 beside a's first
+    decode: a has 15 computed in blocks 0-3, b 7 in blocks 4, 5; blocks 6-9 are free. Returns
+    the scheduler, the pool, a, b and the second step's output."""
     s, pool = make(num_blocks=10, budget=16, bs=4, max_seqs=4)
     a = Request("a", list(range(100, 114)), SamplingParams(max_tokens=4), 0.0, priority=6.0)
     b = Request("b", list(range(200, 207)), SamplingParams(max_tokens=4), 0.5, priority=5.0)
     s.add(a)
     run_step(s, s.schedule())             # a: 14 of 14 in blocks 0-3
     s.add(b)
-    out = s.schedule()
-    assert [(x.request.request_id, x.num_new_tokens) for x in out.scheduled] == [("a", 1),
-                                                                                  ("b", 7)]
-    run_step(s, out)                      # a: 15 computed; b: 7 in blocks 4, 5
+    second = s.schedule()
+    run_step(s, second)                   # a: 15 computed; b: 7 in blocks 4, 5
+    return s, pool, a, b, second
+
+
+def test_room_is_taken_from_the_victim_with_the_least_computed_work():
+    """Two running requests rank after the head: the one that has computed less is preempted,
+    though it ranks before the other (the other's four blocks of work survive), and the tokens
+    it discarded are counted."""
+    s, pool, a, b, second = two_running_and_no_room()
+    assert [(x.request.request_id, x.num_new_tokens) for x in second.scheduled] == [("a", 1),
+                                                                                     ("b", 7)]
     held = pool.allocate(4)               # blocks 6-9: nothing free
     j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
     s.add(j)
@@ -388,13 +396,7 @@ def test_room_is_taken_from_the_victim_that_loses_the_least():
     """As above, but the CPU tier keeps 12 of a's 15 computed tokens (a resumed turn's context,
     copied as its last turn ended): preempting a loses 3 tokens, b 7, so a goes, though it has
     computed more, and comes back by a load."""
-    s, pool = make(num_blocks=10, budget=16, bs=4, max_seqs=4)
-    a = Request("a", list(range(100, 114)), SamplingParams(max_tokens=4), 0.0, priority=6.0)
-    b = Request("b", list(range(200, 207)), SamplingParams(max_tokens=4), 0.5, priority=5.0)
-    s.add(a)
-    run_step(s, s.schedule())             # a: 14 of 14 in blocks 0-3
-    s.add(b)
-    run_step(s, s.schedule())             # a: 15 computed; b: 7 in blocks 4, 5
+    s, pool, a, b, _ = two_running_and_no_room()
     held = pool.allocate(4)               # blocks 6-9: nothing free
     s.loader = KeptLoader(pool, 0, kept={"a": 12})
     j = Request("j", list(range(300, 308)), SamplingParams(max_tokens=4), 1.0, priority=3.0)
