@@ -251,7 +251,11 @@ class KVController(PlanExecution):
         (`PrefixLoader`), and room takers count it cheap
         (`PrefixLoader.kept_tokens`). Under `agent` first turns rank last, so they are the ones
         preempted, and until its end a first turn has no copy anywhere: H100 replays preempted
-        turns holding 66K-96K tokens a run, each recomputed in full."""
+        turns holding 66K-96K tokens a run, each recomputed in full.
+
+        The new blocks go all at once or wait for free slots: copied in part, the blocks left
+        out would never follow (they count as sent), and every later copy would sit behind
+        that gap, where no load can reach it (a load takes a prefix)."""
         tiers = self.engine.tiers
         if tiers is None or tiers.host is None:
             return
@@ -259,8 +263,9 @@ class KVController(PlanExecution):
             if req.request_id not in self._requests:
                 continue
             done = self._written.get(req.request_id, 0)
-            if len(req.block_hashes) - done >= WRITE_THROUGH_MIN_BLOCKS:
-                tiers.offload(req.block_hashes[done:], "cpu", evict=False)
+            new = req.block_hashes[done:]
+            if len(new) >= WRITE_THROUGH_MIN_BLOCKS and tiers.host.num_free >= len(new):
+                tiers.offload(new, "cpu", evict=False)
                 self._written[req.request_id] = len(req.block_hashes)
 
     def _reclaim(self, short: int) -> None:

@@ -382,6 +382,39 @@ def test_agent_copies_a_running_turn_to_the_cpu_and_a_preempted_one_loads_it_bac
     eng.tiers.close()
 
 
+def test_a_running_turns_copy_waits_for_free_cpu_slots_rather_than_leave_a_gap(folder,
+                                                                                 tmp_path):
+    """With fewer free CPU slots than the running turn's 10 new blocks (the rest held by
+    other copies), none is copied and none counts as sent; once slots are free, the next tick
+    copies all 10, from the first block on, so a load after a preemption reaches all of them."""
+    eng, ctl, clock = setup(folder, tmp_path, policy="agent")
+    g = torch.Generator().manual_seed(31)
+    mine = torch.randint(3, 512, (161,), generator=g).tolist()
+    rid = eng.add_request(mine, SamplingParams(max_tokens=5, ignore_eos=True))
+    ctl.track(rid, "a")
+    host = eng.tiers.host
+    held = host.allocate(host.num_free - 5)          # 5 free slots for 10 new blocks
+    eng.step()                                       # the prompt: 10 full blocks computed
+    ctl.tick()
+    settle(eng)
+    hashes = chain_hashes(mine[:160], 16, eng.fingerprint)
+    assert [h in eng.tiers._cpu for h in hashes] == [False] * 10
+    assert ctl._written.get(rid, 0) == 0 and host.num_free == 5
+    req = eng.requests[rid]
+    assert eng.scheduler.loader.kept_tokens(req) == 0
+    host.free(held)
+    eng.step()                                       # one token decoded
+    ctl.tick()
+    settle(eng)
+    assert [h in eng.tiers._cpu for h in hashes] == [True] * 10
+    assert ctl._written[rid] == 10
+    assert eng.scheduler.loader.kept_tokens(req) == 160
+    while eng.has_unfinished():
+        eng.step()
+        ctl.tick()
+    eng.tiers.close()
+
+
 @pytest.mark.parametrize("policy", ["agent", "lru"])
 def test_agent_shortens_steps_while_a_paused_session_is_likely_back(folder, tmp_path, policy):
     eng, ctl, clock = setup(folder, tmp_path, blocks=64, policy=policy)
