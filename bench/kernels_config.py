@@ -50,6 +50,8 @@ DECODE_VARIANTS = {
 # Prefill: the warp-specialised Hopper kernel's variants (where it runs), then the Triton
 # kernel's defaults and best neighbours from the earlier sweeps.
 PREFILL_WS_TWO = dict(consumers=2, block_n=128, consumer_regs=208, loader_regs=96)
+PREFILL_WS_QREGS = dict(consumers=2, block_n=64, num_buf=4, consumer_regs=232, loader_regs=48,
+                        q_regs=True)
 PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
                       PrefillWSConfig(**PREFILL_WS_TWO),
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, loader_warps=8, chunk=64,
@@ -59,7 +61,13 @@ PREFILL_WS_CONFIGS = [PrefillWSConfig(), PrefillWSConfig(num_buf=4), PrefillWSCo
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, pingpong=True)),
                       PrefillWSConfig(**dict(PREFILL_WS_TWO, tma=True, pingpong=True)),
                       PrefillWSConfig(overlap_items=True),
-                      PrefillWSConfig(tma=True, overlap_items=True)]
+                      PrefillWSConfig(tma=True, overlap_items=True),
+                      # query rows in registers (two consumers, 64-token steps), beside the
+                      # same tiles with the rows in shared memory
+                      PrefillWSConfig(**PREFILL_WS_QREGS),
+                      PrefillWSConfig(**dict(PREFILL_WS_QREGS, q_regs=False)),
+                      PrefillWSConfig(**dict(PREFILL_WS_QREGS, num_buf=5)),
+                      PrefillWSConfig(**dict(PREFILL_WS_QREGS, tma=True))]
 PREFILL_CONFIGS = [PrefillConfig(128, 64, 8, 3), PrefillConfig(128, 128, 8, 3),
                    PrefillConfig(128, 128, 8, 3, 64), PrefillConfig(128, 64, 8, 3, 32),
                    PrefillConfig(128, 64, 8, 4)]

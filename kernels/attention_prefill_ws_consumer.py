@@ -101,11 +101,12 @@ def _first_softmax(s, q_pos, diag_start, qk_scale, BLOCK_N: gl.constexpr,
 def _middle_tiles(c: gl.constexpr, q_pos, diag_start, n_tiles, t0, g, qk_scale, p_op, m_i, l_i,
                   q_buf, k_smem, v_smem, q_empty_bar, k_ready, v_ready, k_empty, v_empty, turn,
                   BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_BUF: gl.constexpr,
-                  CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr):
+                  CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr, Q_REGS: gl.constexpr):
     # Tiles 1 .. n_tiles - 1 of an item whose first tile's P is p_op: QK^T(j) and P @ V(j-1)
     # go out together, then QK^T(j)'s softmax runs under P @ V(j-1). Returns the output so far
     # (rescaled to the running max, its last P @ V not yet added) and the last tile's P.
-    # Issue j of the item is this consumer's turn g + j.
+    # Issue j of the item is this consumer's turn g + j. q_buf: the item's rows in shared
+    # memory, released after the last QK^T, or (Q_REGS) in registers, released already.
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
     o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -132,7 +133,7 @@ def _middle_tiles(c: gl.constexpr, q_pos, diag_start, n_tiles, t0, g, qk_scale, 
         _pass_turn(turn, c, CONSUMERS, PINGPONG)
         s = warpgroup_mma_wait(1, deps=[s_tok])                  # this tile's QK^T
         mbarrier.arrive(k_empty.index(buf))
-        if j == n_tiles - 1:
+        if not Q_REGS and j == n_tiles - 1:
             mbarrier.arrive(q_empty_bar)                         # the loader may fetch next Q
         k_pos = j * BLOCK_N + cols
         if j >= j_mask:
@@ -188,10 +189,13 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
                   q_smem, k_smem, v_smem, q_ready, q_empty, k_ready, v_ready, k_empty, v_empty,
                   turn, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr, HEAD_DIM: gl.constexpr,
                   BLOCK_N: gl.constexpr, NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr,
-                  PINGPONG: gl.constexpr):
+                  PINGPONG: gl.constexpr, Q_REGS: gl.constexpr):
     # One work item from its first QK^T to its stored rows (tiles t0 .. t0 + n_tiles - 1; one
     # Q buffer a consumer). n_tiles + 1 issues: the first QK^T, the middle tiles, the last
     # P @ V; issues so far: t0 + n_items (every earlier item had one more than its tiles).
+    # Q_REGS: the rows are read into registers (the QK^T's A operand) and their buffer is
+    # released at once, so the loader fetches the next item's rows while this one runs and
+    # no QK^T reads Q from shared memory.
     g = t0 + n_items
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                        instr_shape=[16, BLOCK_N, 16])
@@ -201,22 +205,30 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
     q_pos = diag_start + c * (64 // GROUP_PAD) + row_s // GROUP_PAD  # [64] absolute positions
     s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
     mbarrier.wait(q_ready.index(c), n_items & 1)
+    if Q_REGS:
+        q_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout,
+                                                        k_width=2)
+        q_a = q_smem.index(c).load(q_op_layout)                    # [64, D]
+        mbarrier.arrive(q_empty.index(c))
+    else:
+        q_a = q_smem.index(c)
     buf = t0 % NUM_BUF
     mbarrier.wait(k_ready.index(buf), (t0 // NUM_BUF) & 1)
     _take_turn(turn, c, g, CONSUMERS, PINGPONG)
-    s_tok = warpgroup_mma(q_smem.index(c), k_smem.index(buf).permute((1, 0)), s_zero,
+    s_tok = warpgroup_mma(q_a, k_smem.index(buf).permute((1, 0)), s_zero,
                           use_acc=False, is_async=True)
     _pass_turn(turn, c, CONSUMERS, PINGPONG)
     s = warpgroup_mma_wait(0, deps=[s_tok])
     mbarrier.arrive(k_empty.index(buf))
-    if n_tiles == 1:
+    if not Q_REGS and n_tiles == 1:
         mbarrier.arrive(q_empty.index(c))
     p_op, m_i, l_i = _first_softmax(s, q_pos, diag_start, qk_scale, BLOCK_N, HEAD_DIM,
                                     k_smem.dtype)
     acc, p_op, m_i, l_i = _middle_tiles(c, q_pos, diag_start, n_tiles, t0, g, qk_scale, p_op,
-                                        m_i, l_i, q_smem.index(c), k_smem, v_smem,
+                                        m_i, l_i, q_a, k_smem, v_smem,
                                         q_empty.index(c), k_ready, v_ready, k_empty, v_empty,
-                                        turn, BLOCK_N, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG)
+                                        turn, BLOCK_N, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG,
+                                        Q_REGS)
     _last_pv_and_store(c, out_ptr, acc, p_op, l_i, q_start, q_len, tile0, kvh, stride_ot,
                        stride_oh, t0 + n_tiles, g + n_tiles, v_smem, v_ready, v_empty, turn,
                        GROUP, GROUP_PAD, HEAD_DIM, NUM_BUF, CONSUMERS, PINGPONG)
@@ -229,7 +241,7 @@ def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tile
               turn, NUM_KV_HEADS: gl.constexpr, GROUP: gl.constexpr, GROUP_PAD: gl.constexpr,
               HEAD_DIM: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr,
               NUM_BUF: gl.constexpr, CONSUMERS: gl.constexpr, PINGPONG: gl.constexpr,
-              OVERLAP: gl.constexpr):
+              OVERLAP: gl.constexpr, Q_REGS: gl.constexpr):
     # Rows 64c .. 64c + 63 of each of this program's items, in the loader's order.
     if OVERLAP:
         _consumer_overlap(c, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tiles, num_seqs,
@@ -248,7 +260,8 @@ def _consumer(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, num_m_tile
                 _consume_item(c, out_ptr, q_start, q_len, tile0, diag_start, kvh, n_tiles, t,
                               n_items, qk_scale, stride_ot, stride_oh, q_smem, k_smem, v_smem,
                               q_ready, q_empty, k_ready, v_ready, k_empty, v_empty, turn,
-                              GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF, CONSUMERS, PINGPONG)
+                              GROUP, GROUP_PAD, HEAD_DIM, BLOCK_N, NUM_BUF, CONSUMERS, PINGPONG,
+                              Q_REGS)
                 t += n_tiles
                 n_items += 1
 
@@ -320,7 +333,7 @@ def _consumer_overlap(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, nu
                                                 p_op, m_i, l_i, q_smem.index(qb), k_smem,
                                                 v_smem, q_empty.index(qb), k_ready, v_ready,
                                                 k_empty, v_empty, turn, BLOCK_N, HEAD_DIM,
-                                                NUM_BUF, CONSUMERS, PINGPONG)
+                                                NUM_BUF, CONSUMERS, PINGPONG, False)
             prev_q_start = q_start
             prev_q_len = q_len
             prev_tile0 = tile0

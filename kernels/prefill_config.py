@@ -46,6 +46,10 @@ class PrefillWSConfig:
     overlap_items: bool = False  # an item's first QK^T goes out beside the previous item's
                                # last P @ V, whose rows are stored while it runs (two Q buffers
                                # a consumer: 16 KiB more shared memory per consumer at D 128)
+    q_regs: bool = False       # each consumer reads its query rows into registers (the QK^T's
+                               # A operand) and frees their buffer at the item's start: the
+                               # next item's rows load under this one, and QK^T reads only K
+                               # from shared memory (32 more registers a thread at D 128)
 
     def check(self) -> None:
         if (self.consumers not in (2, 3) or self.block_n not in (64, 128) or self.num_buf < 2
@@ -54,6 +58,8 @@ class PrefillWSConfig:
                              "and loader_warps 1, 2, 4 or 8")
         if self.chunk not in (16, 32, 64) or self.block_n % self.chunk:
             raise ValueError(f"{self}: chunk must be 16, 32 or 64 and divide block_n")
+        if self.q_regs and self.overlap_items:
+            raise ValueError(f"{self}: q_regs and overlap_items do not combine")
 
 
 WS_HEAD_DIMS = (64, 128)

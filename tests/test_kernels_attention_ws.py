@@ -114,6 +114,7 @@ def test_ws_kernel_falls_back_by_cache_strides(pad, cfg):
     (PrefillWSConfig(loader_warps=3), "loader_warps"),
     (PrefillWSConfig(loader_warps=16), "loader_warps"),
     (PrefillWSConfig(consumers=4), "consumers"),
+    (PrefillWSConfig(q_regs=True, overlap_items=True), "q_regs and overlap_items"),
 ])
 def test_ws_config_checks(cfg, match):
     b = make_batch([(4, 4)], 4, 2, 64, 16, torch.bfloat16)
@@ -146,6 +147,8 @@ def test_ws_kernel_boundaries_and_mixed_batch(shape):
 
 # the default (three consumers, 64-token steps, cp.async) runs in every test above; the others:
 TWO = dict(consumers=2, block_n=128, consumer_regs=208, loader_regs=96)
+Q_IN_REGS = dict(consumers=2, block_n=64, num_buf=4, consumer_regs=232, loader_regs=48,
+                 q_regs=True)
 WS_CONFIGS = [PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
               PrefillWSConfig(**TWO), PrefillWSConfig(**dict(TWO, num_buf=2)),
               PrefillWSConfig(**dict(TWO, tma=True)),
@@ -160,7 +163,11 @@ WS_CONFIGS = [PrefillWSConfig(num_buf=4), PrefillWSConfig(tma=True),
               # of 128-token steps: two Q buffers a consumer leave no room for a third)
               PrefillWSConfig(overlap_items=True), PrefillWSConfig(tma=True, overlap_items=True),
               PrefillWSConfig(pingpong=True, overlap_items=True),
-              PrefillWSConfig(**dict(TWO, num_buf=2, overlap_items=True))]
+              PrefillWSConfig(**dict(TWO, num_buf=2, overlap_items=True)),
+              # query rows in registers: two consumers on 64-token steps (no spills), with
+              # TMA, with turns; three (they spill: still right)
+              PrefillWSConfig(**Q_IN_REGS), PrefillWSConfig(**dict(Q_IN_REGS, tma=True)),
+              PrefillWSConfig(**dict(Q_IN_REGS, pingpong=True)), PrefillWSConfig(q_regs=True)]
 
 
 @needs_ws
