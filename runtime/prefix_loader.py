@@ -120,6 +120,9 @@ class PrefixLoader:
         # preempted turns, most of them resumed turns whose context the CPU tier held).
         if rid in self._checked or req.num_computed_tokens:
             return LoadState.READY
+        # A fresh look: what an earlier load brought (dropped since, `release_holds`) is no
+        # longer where this admission's prefix comes from.
+        req.loaded_from = {}
         wait = self._waiting.get(rid)
         hashes = req.prefix_hashes(self.bs, self.fp)
         g = 0

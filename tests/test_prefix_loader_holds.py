@@ -53,3 +53,26 @@ def test_release_holds_drops_only_the_requests_named(tmp_path):
     assert [pool.ref_count(b) for b in second_gpu] == [0, 0]
     pool.free(held)
     tiers.close()
+
+
+def test_a_released_load_no_longer_counts_as_where_the_prefix_came_from(tmp_path):
+    """A request's finished load is dropped for another (`release_holds`) and its blocks are
+    evicted before it is admitted: its next look finds nothing to load, and the tokens its
+    dropped load brought are not reported as loaded (they are recomputed)."""
+    kv, pool, tiers = make(tmp_path, gpu_blocks=16, cpu_blocks=16, disk_blocks=0)
+    loader = PrefixLoader(tiers, pool, SPEC.block_size, FP, Rates(1000.0, 1.0, 1.0))
+    hs, ids = fill(pool, kv, 4, start=0, seed=5)
+    tiers.offload(hs, "cpu").wait()
+    tiers.poll()
+    pool.free(ids)
+    assert tiers.evict(hs, "gpu") == 4
+    r = Request("r0", list(range(4 * SPEC.block_size)) + [7], SamplingParams(max_tokens=1), 0.0)
+    state = loader.ready(r)
+    while state is LoadState.LOADING:
+        state = loader.ready(r)
+    assert state is LoadState.READY and r.loaded_from == {"cpu": 4 * SPEC.block_size}
+    assert loader.release_holds([r.request_id]) == 4       # dropped for another request
+    assert tiers.evict(hs, "gpu") == 4 and tiers.evict(hs, "cpu") == 4
+    assert loader.ready(r) is LoadState.READY               # nothing left to load
+    assert r.loaded_from == {}
+    tiers.close()
