@@ -22,6 +22,18 @@ from triton.experimental.gluon.language.nvidia.hopper import (mbarrier, warpgrou
                                                               warpgroup_mma_wait)
 
 
+@gluon.constexpr_function
+def _mma_layout(n):
+    # The wgmma accumulator of a consumer: 64 rows on 4 warps, n columns ([64, n] fp32).
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, n, 16])
+
+
+@gluon.constexpr_function
+def _operand_a(parent):
+    # A 16-bit A operand of a wgmma held in registers, for the accumulator layout `parent`.
+    return gl.DotOperandLayout(operand_index=0, parent=parent, k_width=2)
+
+
 @gluon.jit
 def _work_item(r, total, num_m_tiles, num_seqs, qsl_ptr, seq_lens_ptr,
                NUM_KV_HEADS: gl.constexpr, TOKENS: gl.constexpr, BLOCK_N: gl.constexpr):
@@ -84,9 +96,8 @@ def _first_softmax(s, q_pos, diag_start, qk_scale, BLOCK_N: gl.constexpr,
     # The item's first tile (keys 0 .. BLOCK_N - 1): softmax from empty running sums; the
     # returned P is in the operand layout of the next P @ V.
     s_layout: gl.constexpr = s.type.layout
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
+    p_layout: gl.constexpr = _operand_a(o_layout)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     m_i = gl.full([64], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
     l_i = gl.full([64], 0.0, gl.float32, layout=gl.SliceLayout(1, s_layout))
@@ -107,12 +118,10 @@ def _middle_tiles(c: gl.constexpr, q_pos, diag_start, n_tiles, t0, g, qk_scale, 
     # (rescaled to the running max, its last P @ V not yet added) and the last tile's P.
     # Issue j of the item is this consumer's turn g + j. q_buf: the item's rows in shared
     # memory, released after the last QK^T, or (Q_REGS) in registers, released already.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     dtype: gl.constexpr = k_smem.dtype
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    p_layout: gl.constexpr = _operand_a(o_layout)
     cols = gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
     s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
     acc = gl.full([64, HEAD_DIM], 0.0, gl.float32, layout=o_layout)
@@ -197,17 +206,14 @@ def _consume_item(c: gl.constexpr, out_ptr, q_start, q_len, tile0, diag_start, k
     # released at once, so the loader fetches the next item's rows while this one runs and
     # no QK^T reads Q from shared memory.
     g = t0 + n_items
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     row_s = gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
     q_pos = diag_start + c * (64 // GROUP_PAD) + row_s // GROUP_PAD  # [64] absolute positions
     s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
     mbarrier.wait(q_ready.index(c), n_items & 1)
     if Q_REGS:
-        q_op_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=s_layout,
-                                                        k_width=2)
+        q_op_layout: gl.constexpr = _operand_a(s_layout)
         q_a = q_smem.index(c).load(q_op_layout)                    # [64, D]
         mbarrier.arrive(q_empty.index(c))
     else:
@@ -278,12 +284,10 @@ def _consumer_overlap(c: gl.constexpr, out_ptr, qsl_ptr, seq_lens_ptr, total, nu
     # into the next item's first issue: P @ V(last) and then QK^T(first) go out together, the
     # first is waited for and the rows stored while the second runs. Issues: one per tile
     # (the first tile's carries the previous item's last P @ V) and one at the very end.
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(HEAD_DIM)
     dtype: gl.constexpr = k_smem.dtype
-    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    p_layout: gl.constexpr = _operand_a(o_layout)
     row_s = gl.arange(0, 64, layout=gl.SliceLayout(1, s_layout))
     s_zero = gl.full([64, BLOCK_N], 0.0, gl.float32, layout=s_layout)
     acc = gl.full([64, HEAD_DIM], 0.0, gl.float32, layout=o_layout)
