@@ -74,7 +74,8 @@ def render_md(doc: dict) -> str:
         f"the sessions open at once ({_f(w['concurrent_working_set_tokens'])} tokens; all "
         f"sessions together {_f(w['working_set_tokens'])}), so they do not all fit. CPU tier "
         f"{b['cpu_cache_gib']} GiB pinned, disk tier {b['disk_cache_gib']} GiB (LMDB in a "
-        "temporary folder). The peer got the same GPU KV budget in tokens.", "",
+        "temporary folder). The peer got the same GPU KV budget in tokens.",
+        *_options_line(b.get("policy_options") or {}), "",
         "## Per server", "",
         "| server | resume TTFT p50 / p99 (s) | JCT mean (s) | GPU hit | reused | recomputed "
         "tok | cpu in / out GiB | disk in / out GiB | GPU util % | decode tok/s | queue wait "
@@ -192,3 +193,12 @@ def _place(d: dict) -> str:
     if d.get("ref_margin") is None:
         return f"{own}, a token not in the fp32 top-20 (band {_f(d['band'], 3)})"
     return f"{own}, fp32 margin {_f(d['ref_margin'], 3)} vs band {_f(d['band'], 3)}"
+
+
+def _options_line(options: dict) -> list[str]:
+    """The policies run with settings other than their defaults (`--policy-option`)."""
+    if not options:
+        return []
+    parts = ["`{}`: {}".format(pol, ", ".join(f"{k}={v}" for k, v in sorted(kv.items())))
+             for pol, kv in sorted(options.items())]
+    return ["- Policy settings (all others at their defaults): " + "; ".join(parts) + "."]

@@ -49,6 +49,7 @@ from agent_phases import (RunSetup, check_sample, engine_checks, model_info,  # 
                           run_policy, sample_check)
 from agent_report import headline, plot, summarize  # noqa: E402
 from agent_server import ServerSpec  # noqa: E402
+from sessions.policies.options import parse_policy_options  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
 from agent_workload import SOURCES, WorkloadConfig, build_workload  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
@@ -113,6 +114,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     c.add_argument("--sample-turns", type=int, default=3)
     c.add_argument("--sample-pause-s", type=float, default=1.0)
     c.add_argument("--peer-page-size", type=int, default=256)
+    p.add_argument("--policy-option", action="append", default=[], metavar="POLICY:KEY=VALUE",
+                   help="a setting of one policy's server, repeatable (agentkv serve "
+                        "--policy-option KEY=VALUE), e.g. agent:resume_step_tokens=768")
     p.add_argument("--server-logs", default=None, help="copy every server's log to this folder")
     p.add_argument("--server-log-level", default="WARNING")
     p.add_argument("--server-first-token-log-s", type=float, default=None, metavar="S",
@@ -188,6 +192,7 @@ def main(argv=None) -> int:
         rounds_mean=a.rounds_mean, human_turn_prob=a.human_turn_prob)
     wl = build_workload(wcfg, info.vocab_size)
     wsum = wl.summary(a.concurrency)
+    policy_opts, opts_doc = split_policy_options(a.policy_option, a.policies)
     bs = a.block_size
     floor = (wsum["final_context_max"] + a.max_output_tokens) // bs + 16   # one session fits
     blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
@@ -198,7 +203,8 @@ def main(argv=None) -> int:
                       pause_prior_scale=1.0 / a.time_compression,
                       log_level=a.server_log_level,
                       stats_log_interval_s=a.server_stats_interval_s,
-                      first_token_log_s=a.server_first_token_log_s)
+                      first_token_log_s=a.server_first_token_log_s,
+                      policy_options=policy_opts)
     budget = {"gpu_kv_blocks": blocks, "block_size": bs, "gpu_kv_tokens": blocks * bs,
               "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
               "max_num_batched_tokens": a.max_num_batched_tokens,
@@ -207,7 +213,8 @@ def main(argv=None) -> int:
               "fraction_of_concurrent_working_set":
                   round(blocks * bs / max(1, wsum["concurrent_working_set_tokens"]), 3),
               "cpu_cache_gib": a.cpu_cache_gb, "disk_cache_gib": a.disk_cache_gb,
-              "pause_prior_scale": 1.0 / a.time_compression}
+              "pause_prior_scale": 1.0 / a.time_compression,
+              "policy_options": opts_doc}
     log(f"workload: {json.dumps(wsum)}")
     log(f"KV budget: {json.dumps(budget)}")
     out = Path(a.out)
@@ -286,6 +293,26 @@ def replay_share(left_s: float, policies: list[str], start_s: float) -> float:
     run with equal shares and 50 s starts cut its replay off after 9 of 65 turns)."""
     weights = [REPLAY_WEIGHT.get(p, 1.0) for p in policies]
     return (left_s - start_s * len(policies)) * weights[0] / sum(weights)
+
+
+def split_policy_options(items: list[str], policies) -> tuple[tuple[tuple[str, str], ...],
+                                                                dict[str, dict]]:
+    """`POLICY:KEY=VALUE` items -> the servers' (policy, KEY=VALUE) pairs and, for the report,
+    policy -> its typed settings; checked here (as the server would) before anything starts."""
+    by_policy: dict[str, list[str]] = {}
+    for item in items:
+        pol, sep, kv = item.partition(":")
+        if not sep or pol not in policies:
+            raise SystemExit(f"--policy-option {item!r}: expected POLICY:KEY=VALUE with POLICY "
+                             f"one of this run's policies ({', '.join(policies)})")
+        by_policy.setdefault(pol, []).append(kv)
+    doc = {}
+    for pol, kvs in by_policy.items():
+        try:
+            doc[pol] = parse_policy_options(pol, kvs)
+        except ValueError as e:
+            raise SystemExit(f"agent_replay: {e}") from None
+    return tuple((pol, kv) for pol, kvs in by_policy.items() for kv in kvs), doc
 
 
 def _policy(setup: RunSetup, pol: str, a, results: dict, doc: dict, log) -> None:

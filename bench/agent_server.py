@@ -39,6 +39,8 @@ class ServerSpec:
     log_level: str = "WARNING"
     stats_log_interval_s: float = 10.0     # the engine's progress line (at INFO)
     first_token_log_s: float | None = None  # log slow first tokens' steps (at INFO)
+    # (policy, "KEY=VALUE") settings: a server of that policy gets `--policy-option KEY=VALUE`
+    policy_options: tuple[tuple[str, str], ...] = ()
 
     def args(self, data_dir: Path) -> list[str]:
         return ["--log-level", self.log_level, "serve", "--model", self.model,
@@ -56,7 +58,9 @@ class ServerSpec:
             + ([] if self.first_token_log_s is None
                else ["--first-token-log-s", repr(self.first_token_log_s)]) \
             + ([] if self.extend_graphs is None
-               else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"])
+               else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"]) \
+            + [x for pol, kv in self.policy_options if pol == self.policy
+               for x in ("--policy-option", kv)]
 
 
 class AgentServer:

@@ -44,6 +44,9 @@ def add_parser(sub) -> None:
     p.add_argument("--disk-cache-gb", type=float, default=0.0, help="disk KV tier size (0: off)")
     p.add_argument("--policy", choices=POLICIES, default="agent",
                    help="where paused sessions' KV goes (agentkv's own policy, or a baseline)")
+    p.add_argument("--policy-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a setting of the policy, repeatable (agent: a field of AgentConfig, "
+                        "e.g. resume_step_tokens=768 or none; ttl: min_ttl_s, max_ttl_s)")
     p.add_argument("--api-keys", default=None, metavar="FILE",
                    help="JSON or TOML file mapping API keys to tenants (AGENTKV_API_KEYS adds "
                         "key1:tenant1,key2:tenant2); none: open server, one tenant 'default'")
@@ -77,6 +80,7 @@ def config_from_args(args):
     from runtime.config import EngineConfig
     from runtime.limits import Limits
     from runtime.server_config import ServerConfig
+    from sessions.policies.options import parse_policy_options
 
     engine = EngineConfig(model=args.model, device=args.device, dtype=args.dtype,
                           gpu_memory_fraction=args.gpu_memory_fraction,
@@ -92,7 +96,9 @@ def config_from_args(args):
                     max_output_tokens=args.max_output_tokens,
                     max_message_bytes=args.max_message_bytes)
     return ServerConfig(engine=engine, host=args.host, port=args.port, data_dir=args.data_dir,
-                        api_key_file=args.api_keys, policy=args.policy, limits=limits,
+                        api_key_file=args.api_keys, policy=args.policy,
+                        policy_options=parse_policy_options(args.policy, args.policy_option),
+                        limits=limits,
                         metrics_port=args.metrics_port, grace_s=args.grace_s,
                         session_ttl_s=args.session_ttl_s or None,
                         default_max_tokens=args.default_max_tokens,

@@ -14,7 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Callable
+from collections.abc import Mapping
+from typing import Any, Callable
 
 from kvstore.block_pool import BlockHash, chain_hashes
 from kvstore.residency import prefix_residency
@@ -311,7 +312,8 @@ def default_cost_model(engine: Engine) -> CostModel:
 
 
 def make_controller(engine: Engine, policy_name: str, estimator: PauseEstimator | None = None,
-                    clock: Callable[[], float] = time.time) -> KVController:
+                    clock: Callable[[], float] = time.time,
+                    options: Mapping[str, Any] | None = None) -> KVController:
     from sessions.policy import make_policy
-    return KVController(engine, make_policy(policy_name, default_cost_model(engine), estimator),
-                        clock)
+    return KVController(engine, make_policy(policy_name, default_cost_model(engine), estimator,
+                                            options), clock)

@@ -11,6 +11,7 @@ from sessions.estimator import PauseEstimator
 def kv_policy_hook_factory(estimator: PauseEstimator | None = None):
     """A `PolicyHookFactory` for `AgentKVServer`: (engine thread, server config) -> hook."""
     def build(engine_thread: EngineThread, config) -> SessionKVHook:
-        ctl = engine_thread.call(lambda e: make_controller(e, config.policy, estimator))
+        ctl = engine_thread.call(lambda e: make_controller(
+            e, config.policy, estimator, options=config.policy_options))
         return SessionKVHook(engine_thread, ctl)
     return build

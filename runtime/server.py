@@ -151,8 +151,9 @@ class AgentKVServer:
                                    "choose another (--metrics-port)") from e
             log.info("metrics on http://%s:%d/metrics", cfg.metrics_host, self.metrics_port)
         self._expirer = asyncio.create_task(self._expire_loop())
-        log.info("agentkv serving %s on %s:%d (policy %s, data %s)", self._deps.model_name,
-                 cfg.host, self.port, cfg.policy, data_dir)
+        opts = "".join(f" {k}={v}" for k, v in sorted(cfg.policy_options.items()))
+        log.info("agentkv serving %s on %s:%d (policy %s%s, data %s)", self._deps.model_name,
+                 cfg.host, self.port, cfg.policy, opts, data_dir)
         return self.port
 
     def _listen(self) -> None:

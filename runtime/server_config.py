@@ -30,7 +30,9 @@ class ServerConfig:
     data_dir: the LMDB environment holding the sessions; the disk KV tier, when
     engine.disk_cache_path is unset and engine.disk_cache_gb > 0, is its own environment in
     `data_dir/kv` (`KV_SUBDIR`), so a session's commit never waits behind a block batch's. policy: the KV cache policy
-    (recompute | lru | lru_cpu | ttl | agent) the policy hook factory is built with.
+    (recompute | lru | lru_cpu | ttl | agent) the policy hook factory is built with;
+    policy_options: its settings by name, typed (`agent`: AgentConfig's fields, `ttl`: min_ttl_s
+    and max_ttl_s; `--policy-option KEY=VALUE` parses them).
     api_key_file: JSON or TOML key -> tenant file; AGENTKV_API_KEYS adds to it (unless
     api_keys_from_env is False); no keys at all: open, one tenant "default".
     port: 0 picks a free port (the bound one is `AgentKVServer.port`). metrics_port: None: no
@@ -44,6 +46,8 @@ class ServerConfig:
     api_key_file: str | None = None
     api_keys_from_env: bool = True
     policy: str = "agent"
+    # the policy's settings (sessions/policies/options.py: `agent` takes AgentConfig's fields)
+    policy_options: dict = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
@@ -64,6 +68,8 @@ class ServerConfig:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; valid policies: "
                              f"{', '.join(POLICIES)}")
+        from sessions.policies.options import check_policy_options
+        check_policy_options(self.policy, self.policy_options)
         if not 0 <= self.port < 65536:
             raise ValueError(f"port must be in [0, 65535], got {self.port}")
         if self.default_max_tokens <= 0:

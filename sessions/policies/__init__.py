@@ -7,6 +7,7 @@ from sessions.policies.agent import AgentConfig, AgentPolicy
 from sessions.policies.base import (CachePolicy, Placement, PlacementPlan, SessionKVView,
                                     TierUsage)
 from sessions.policies.baselines import LRUCPUPolicy, LRUPolicy, RecomputePolicy, TTLPolicy
+from sessions.policies.options import PolicyOptions, policy_kwargs
 
 POLICIES: dict[str, type[CachePolicy]] = {
     "recompute": RecomputePolicy,
@@ -18,15 +19,16 @@ POLICIES: dict[str, type[CachePolicy]] = {
 POLICY_NAMES = tuple(POLICIES)
 
 
-def make_policy(name: str, cost_model: CostModel,
-                estimator: PauseEstimator | None = None) -> CachePolicy:
-    """A fresh policy by name: recompute, lru, lru_cpu, ttl or agent (the default)."""
+def make_policy(name: str, cost_model: CostModel, estimator: PauseEstimator | None = None,
+                options: PolicyOptions | None = None) -> CachePolicy:
+    """A fresh policy by name: recompute, lru, lru_cpu, ttl or agent (the default), with the
+    operator's `options` (options.py: fields of its config; ValueError if not valid)."""
     try:
         cls = POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown cache policy {name!r}; valid policies: "
                          f"{', '.join(POLICY_NAMES)}") from None
-    return cls(cost_model, estimator)
+    return cls(cost_model, estimator, **policy_kwargs(name, options))
 
 
 __all__ = ["AgentConfig", "AgentPolicy", "CachePolicy", "LRUCPUPolicy", "LRUPolicy",

@@ -88,6 +88,23 @@ class AgentConfig:
     resume_step_probability: float = 0.5
 
     def __post_init__(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"AgentConfig.{name} must be {what}, got "
+                                 f"{getattr(self, name)!r}")
+
+        for name in ("keep_min_s", "keep_factor", "prefetch_margin_s", "resume_boost_s",
+                     "disk_backlog_limit_s"):
+            v = getattr(self, name)
+            need(math.isfinite(v) and v >= 0, name, "a finite number >= 0")
+        need(self.disk_after_s >= 0 and not math.isnan(self.disk_after_s), "disk_after_s",
+             ">= 0 s (inf: never spill to disk on a pause)")
+        for name in ("gpu_release_pressure", "keep_insure_pressure", "write_back_cpu_pressure"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "a used fraction in [0, 1]")
+        need(0.0 < self.prefetch_q < 1.0, "prefetch_q", "a quantile in (0, 1)")
+        need(self.max_prefetches >= 0, "max_prefetches", "a count >= 0")
+        need(math.isfinite(self.uncovered_cpu_weight) and self.uncovered_cpu_weight > 0,
+             "uncovered_cpu_weight", "a finite weight > 0")
         if self.resume_step_tokens is not None and self.resume_step_tokens <= 0:
             raise ValueError("AgentConfig.resume_step_tokens must be a positive token count "
                              f"or None (never shorten steps), got {self.resume_step_tokens!r}")
