@@ -28,6 +28,9 @@ from runtime.next_use_order import NextUseOrder
 
 log = logging.getLogger(__name__)
 
+# the tool name of a session that ended its turn without announcing a pause (WAITING): the
+# pause estimator learns how long such sessions wait like any tool's
+WAITING_TOOL = "(waiting)"
 # how long one computed prediction of a session's next use serves the eviction order's ranking
 NEXT_USE_MEMO_S = 0.05
 # how long one answer of the policy's step_token_cap serves the scheduler
@@ -105,8 +108,7 @@ class KVController(PlanExecution):
         at, cap = self._cap_memo
         if 0.0 <= now - at < STEP_CAP_MEMO_S:
             return cap
-        pauses = [(max(0.0, now - s.paused_at), s.forecast) for s in self.sessions.values()
-                  if s.paused_at is not None and s.forecast is not None]
+        pauses = self._cap_pauses(now)
         try:
             cap = self.policy.step_token_cap(pauses) if pauses else None
         except Exception:                   # advice: a failing policy must not fail the step
@@ -115,6 +117,29 @@ class KVController(PlanExecution):
             cap = None
         self._cap_memo = (now, cap)
         return cap
+
+    def _cap_pauses(self, now: float) -> list[tuple[float, PauseForecast]]:
+        """(seconds paused, forecast) of the sessions the step cap weighs: the paused ones and,
+        when the policy asks (`step_cap_counts_turn_ends`), those whose turn has ended and that
+        started no other, both timed from the turn's end (the pause arrives a step later)."""
+        ends = self.policy.step_cap_counts_turn_ends
+        out = []
+        between: PauseForecast | None = None
+        for s in self.sessions.values():
+            if s.paused_at is not None:
+                if s.forecast is None:
+                    continue
+                since = min(s.paused_at, s.ended_at) if ends and s.ended_at is not None \
+                    else s.paused_at
+                out.append((max(0.0, now - since), s.forecast))
+            elif ends and s.ended_at is not None:
+                # its last pause's forecast; a session not paused before: how long sessions
+                # wait between turns unannounced (the "(waiting)" pseudo-tool)
+                f = s.forecast
+                if f is None:
+                    f = between = between or self.policy.forecast(WAITING_TOOL, False)
+                out.append((max(0.0, now - s.ended_at), f))
+        return out
 
     def _remaining(self, s: SessionKV, now: float) -> float:
         if s.paused_at is None or s.forecast is None:
@@ -146,6 +171,9 @@ class KVController(PlanExecution):
     def track(self, request_id: str, session_id: str) -> None:
         """`request_id` is a turn of `session_id` (posted before the request is submitted)."""
         self._requests[request_id] = session_id
+        s = self.sessions.get(session_id)
+        if s is not None:
+            s.ended_at = None
 
     def _request_released(self, req, finished: bool) -> None:
         """A session's turn finished (or was preempted) in the engine: its blocks become the
@@ -162,6 +190,8 @@ class KVController(PlanExecution):
         if len(req.block_hashes) > len(s.hashes):
             self._set_hashes(s, list(req.block_hashes))
         s.last_used_at, s.paused_at = self.clock(), None
+        if finished:
+            s.ended_at = s.last_used_at
         self._next_use.pop(sid, None)
         tiers = self.engine.tiers
         if finished and self.policy.copies_cpu_at_turn_end and tiers is not None \
@@ -206,7 +236,7 @@ class KVController(PlanExecution):
         if s is None:
             return
         self.policy.on_resume(session_id, self.clock())
-        s.paused_at = None
+        s.paused_at = s.ended_at = None
         self._refresh(s)
 
     def close(self, session_id: str) -> None:

@@ -28,6 +28,9 @@ class SessionKV:
     pinned_until: float = 0.0
     plan: PlacementPlan | None = None
     prefetched_at: float | None = None     # when this pause's last prefetch started
+    # when the engine released its last turn, finished, if no turn of it has started since
+    # (the client is between turns: its pause, if any, reaches the controller later)
+    ended_at: float | None = None
 
 
 class PlanExecution:

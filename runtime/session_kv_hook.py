@@ -11,11 +11,11 @@ import logging
 import time
 
 from runtime.engine_thread import EngineThread
-from runtime.kv_controller import KVController
+from runtime.kv_controller import WAITING_TOOL, KVController
 
 log = logging.getLogger(__name__)
 
-WAITING_TOOL = "(waiting)"
+__all__ = ["SessionKVHook", "WAITING_TOOL"]
 
 
 class SessionKVHook:

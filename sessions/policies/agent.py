@@ -54,7 +54,9 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   prefill chunk is tens of ms on a GPU), so while the paused sessions' forecasts give a chance
   of at least `resume_step_probability` that one of them is back within `resume_horizon_s`,
   steps carry at most `resume_step_tokens`; with only long pauses (humans) open, prefill runs
-  in full chunks.
+  in full chunks. A session whose turn has just ended counts from the turn's end, with its last
+  pause's forecast (`resume_step_after_turn_end`): its pause reaches the engine only after the
+  step planned at the turn's end, the step a quick tool's next turn arrives in.
 """
 from __future__ import annotations
 
@@ -86,6 +88,10 @@ class AgentConfig:
     resume_step_tokens: int | None = 1024      # None: never shorten steps
     resume_horizon_s: float = 0.1              # about one full prefill step
     resume_step_probability: float = 0.5
+    # count a session whose turn just ended as paused from that moment (with its last pause's
+    # forecast) until its pause or next turn arrives: the client is then between turns, and
+    # the pause reaches the engine only after the step planned at the turn's end
+    resume_step_after_turn_end: bool = True
 
     def __post_init__(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -275,6 +281,10 @@ class AgentPolicy(CachePolicy):
             return enqueued_at
         boosted = enqueued_at - self.config.resume_boost_s
         return min(boosted, opened) if self.config.session_fcfs else boosted
+
+    @property
+    def step_cap_counts_turn_ends(self) -> bool:
+        return self.config.resume_step_after_turn_end
 
     def step_token_cap(self, pauses: list[tuple[float, PauseForecast]]) -> int | None:
         c = self.config

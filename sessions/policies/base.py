@@ -163,6 +163,9 @@ class CachePolicy(ABC):
     # True: a running turn's full blocks are copied to the CPU as they are computed, so that a
     # preempted turn loads its work back instead of recomputing it
     copies_cpu_while_computing: ClassVar[bool] = False
+    # True: step_token_cap also hears of sessions whose turn has just ended and whose pause
+    # has not reached the engine yet (timed from the turn's end, with their last forecast)
+    step_cap_counts_turn_ends: bool = False
 
     def __init__(self, cost: CostModel, estimator: PauseEstimator | None = None) -> None:
         self.cost = cost
@@ -209,7 +212,9 @@ class CachePolicy(ABC):
         """The most tokens the next engine step should carry, given each paused session's
         (seconds paused so far, forecast); None: the engine's own budget. A turn that arrives
         while a step runs waits for that step, so a policy may shorten steps while a resume
-        is likely. Called before each step (the engine may reuse an answer for a few ms)."""
+        is likely. Called before each step (the engine may reuse an answer for a few ms).
+        With `step_cap_counts_turn_ends`, a session whose turn ended and that has not started
+        another is in the list too, its seconds counted from the turn's end."""
         return None
 
 
