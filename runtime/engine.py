@@ -218,8 +218,9 @@ class Engine(StepOutputs):
         self.launched_last_step = False
         if self.tiers is not None:
             self.tiers.poll()
+        t_poll = time.perf_counter()
         sched = self.scheduler.schedule()
-        self.step_log.scheduled(time.perf_counter() - t0)
+        self.step_log.scheduled(time.perf_counter() - t0, t_poll - t0)
         self.stats.preemptions += len(sched.preempted)
         launched, failure = None, None
         if not sched.is_empty:

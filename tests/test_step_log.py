@@ -8,9 +8,9 @@ from runtime.step_log import StepLog
 def test_the_line_sums_its_interval_and_counts_preemptions_since_the_last(caplog):
     caplog.set_level(logging.INFO, logger="runtime.engine")
     sl = StepLog(interval_s=0.05)
-    for prompt, decode in ((2048, 3), (100, 7)):
+    for prompt, decode, poll in ((2048, 3, 0.0015), (100, 7, 0.0)):
         t0 = time.perf_counter()
-        sl.scheduled(0.002)
+        sl.scheduled(0.002 if poll else 0.001, poll)
         time.sleep(0.01)
         sl.record(prompt, decode, t0)
     sl.between_steps(0.003, 0.004)
@@ -20,7 +20,7 @@ def test_the_line_sums_its_interval_and_counts_preemptions_since_the_last(caplog
     line = caplog.records[-1].getMessage()
     assert line.startswith("steps: 2 in ")
     assert "2 running, 1 waiting; preempted 5 (growth) + 1 (room" in line
-    assert "(scheduling 2 ms)" in line and "10 of 100 GPU blocks free" in line
+    assert "(scheduling 2 ms, 2 polling the tiers)" in line and "10 of 100 GPU blocks free" in line
     assert "(commands 3 ms, hooks 4 ms)" in line
     t0 = time.perf_counter()
     sl.record(1, 0, t0)
@@ -45,11 +45,11 @@ def test_a_slow_step_is_warned_and_counted_even_with_the_line_off(caplog):
     sl = StepLog(interval_s=0.0)
     sl.record(100, 2, time.perf_counter() - 0.01)                # a normal step
     assert sl.slow_steps == 0 and not caplog.records
-    sl.scheduled(0.003)
+    sl.scheduled(0.003, 0.001)
     sl.record(2048, 5, time.perf_counter() - 2.1)               # e.g. a kernel compiled in it
     assert sl.slow_steps == 1 and 2.1 <= sl.slow_step_s < 2.5
     (rec,) = caplog.records
     assert rec.levelno == logging.WARNING
     msg = rec.getMessage()
     assert msg.startswith("slow engine step: 2") and "2048 prompt and 5 decode" in msg
-    assert "(scheduling 3 ms); 1 such steps so far" in msg
+    assert "(scheduling 3 ms, 1 of them polling the tiers); 1 such steps so far" in msg
