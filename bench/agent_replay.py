@@ -48,8 +48,7 @@ from agent_markdown import render_md  # noqa: E402
 from agent_phases import (RunSetup, check_sample, engine_checks, model_info,  # noqa: E402
                           run_policy, sample_check)
 from agent_report import headline, plot, summarize  # noqa: E402
-from agent_server import ServerSpec  # noqa: E402
-from sessions.policies.options import parse_policy_options  # noqa: E402
+from agent_server import ServerSpec, split_policy_options  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
 from agent_workload import SOURCES, WorkloadConfig, build_workload  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
@@ -293,26 +292,6 @@ def replay_share(left_s: float, policies: list[str], start_s: float) -> float:
     run with equal shares and 50 s starts cut its replay off after 9 of 65 turns)."""
     weights = [REPLAY_WEIGHT.get(p, 1.0) for p in policies]
     return (left_s - start_s * len(policies)) * weights[0] / sum(weights)
-
-
-def split_policy_options(items: list[str], policies) -> tuple[tuple[tuple[str, str], ...],
-                                                                dict[str, dict]]:
-    """`POLICY:KEY=VALUE` items -> the servers' (policy, KEY=VALUE) pairs and, for the report,
-    policy -> its typed settings; checked here (as the server would) before anything starts."""
-    by_policy: dict[str, list[str]] = {}
-    for item in items:
-        pol, sep, kv = item.partition(":")
-        if not sep or pol not in policies:
-            raise SystemExit(f"--policy-option {item!r}: expected POLICY:KEY=VALUE with POLICY "
-                             f"one of this run's policies ({', '.join(policies)})")
-        by_policy.setdefault(pol, []).append(kv)
-    doc = {}
-    for pol, kvs in by_policy.items():
-        try:
-            doc[pol] = parse_policy_options(pol, kvs)
-        except ValueError as e:
-            raise SystemExit(f"agent_replay: {e}") from None
-    return tuple((pol, kv) for pol, kvs in by_policy.items() for kv in kvs), doc
 
 
 def _policy(setup: RunSetup, pol: str, a, results: dict, doc: dict, log) -> None:

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+from sessions.policies.options import parse_policy_options  # noqa: E402
+
 _SERVING = re.compile(r"agentkv serving on (\S+):(\d+)")
 _METRICS = re.compile(r"agentkv metrics on http://(\S+):(\d+)/metrics")
 
@@ -61,6 +65,26 @@ class ServerSpec:
                else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"]) \
             + [x for pol, kv in self.policy_options if pol == self.policy
                for x in ("--policy-option", kv)]
+
+
+def split_policy_options(items: list[str], policies) -> tuple[tuple[tuple[str, str], ...],
+                                                                dict[str, dict]]:
+    """`POLICY:KEY=VALUE` items -> the servers' (policy, KEY=VALUE) pairs and, for the report,
+    policy -> its typed settings; checked here (as the server would) before anything starts."""
+    by_policy: dict[str, list[str]] = {}
+    for item in items:
+        pol, sep, kv = item.partition(":")
+        if not sep or pol not in policies:
+            raise SystemExit(f"--policy-option {item!r}: expected POLICY:KEY=VALUE with POLICY "
+                             f"one of this run's policies ({', '.join(policies)})")
+        by_policy.setdefault(pol, []).append(kv)
+    doc = {}
+    for pol, kvs in by_policy.items():
+        try:
+            doc[pol] = parse_policy_options(pol, kvs)
+        except ValueError as e:
+            raise SystemExit(f"agent_replay: {e}") from None
+    return tuple((pol, kv) for pol, kvs in by_policy.items() for kv in kvs), doc
 
 
 class AgentServer:

@@ -25,16 +25,12 @@ from sessions.policy import CachePolicy, PlacementPlan, SessionKVView, TierUsage
 from runtime.engine import Engine
 from runtime.kv_plans import PlanExecution, SessionKV
 from runtime.next_use_order import NextUseOrder
+from runtime.step_cap import StepCap
 
 log = logging.getLogger(__name__)
 
-# the tool name of a session that ended its turn without announcing a pause (WAITING): the
-# pause estimator learns how long such sessions wait like any tool's
-WAITING_TOOL = "(waiting)"
 # how long one computed prediction of a session's next use serves the eviction order's ranking
 NEXT_USE_MEMO_S = 0.05
-# how long one answer of the policy's step_token_cap serves the scheduler
-STEP_CAP_MEMO_S = 0.01
 # a running turn's newly computed full blocks go to the CPU this many or more at a time (a
 # prefill chunk of 2,048 tokens is 128); the turn's end copies what is left
 WRITE_THROUGH_MIN_BLOCKS = 8
@@ -61,9 +57,8 @@ class KVController(PlanExecution):
         engine.scheduler.on_release = self._request_released
         if policy.name == "agent":
             engine.pool.order = NextUseOrder(self._block_next_use, self._block_depth)
-        self._cap_memo: tuple[float, int | None] = (-math.inf, None)
         if type(policy).step_token_cap is not CachePolicy.step_token_cap:
-            engine.scheduler.step_cap = self._step_cap
+            engine.scheduler.step_cap = StepCap(policy, self.sessions, clock)
         if not policy.keeps_shared_prefix:      # stateless: every turn recomputes everything
             engine.pool.enable_prefix_caching = False
             engine.pool.reset_prefix_cache()
@@ -100,46 +95,6 @@ class KVController(PlanExecution):
     def _block_depth(self, block_id: int) -> int:
         h = self.engine.pool.block_hash(block_id)
         return self._depth.get(h, 0) if h is not None else 0
-
-    def _step_cap(self) -> int | None:
-        """The policy's cap on the next step's tokens, from the paused sessions' forecasts
-        (asked before each step that has work; one answer serves `STEP_CAP_MEMO_S`)."""
-        now = self.clock()
-        at, cap = self._cap_memo
-        if 0.0 <= now - at < STEP_CAP_MEMO_S:
-            return cap
-        pauses = self._cap_pauses(now)
-        try:
-            cap = self.policy.step_token_cap(pauses) if pauses else None
-        except Exception:                   # advice: a failing policy must not fail the step
-            log.exception("the %s policy's step cap failed; steps keep the full budget",
-                          self.policy.name)
-            cap = None
-        self._cap_memo = (now, cap)
-        return cap
-
-    def _cap_pauses(self, now: float) -> list[tuple[float, PauseForecast]]:
-        """(seconds paused, forecast) of the sessions the step cap weighs: the paused ones and,
-        when the policy asks (`step_cap_counts_turn_ends`), those whose turn has ended and that
-        started no other, both timed from the turn's end (the pause arrives a step later)."""
-        ends = self.policy.step_cap_counts_turn_ends
-        out = []
-        between: PauseForecast | None = None
-        for s in self.sessions.values():
-            if s.paused_at is not None:
-                if s.forecast is None:
-                    continue
-                since = min(s.paused_at, s.ended_at) if ends and s.ended_at is not None \
-                    else s.paused_at
-                out.append((max(0.0, now - since), s.forecast))
-            elif ends and s.ended_at is not None:
-                # its last pause's forecast; a session not paused before: how long sessions
-                # wait between turns unannounced (the "(waiting)" pseudo-tool)
-                f = s.forecast
-                if f is None:
-                    f = between = between or self.policy.forecast(WAITING_TOOL, False)
-                out.append((max(0.0, now - s.ended_at), f))
-        return out
 
     def _remaining(self, s: SessionKV, now: float) -> float:
         if s.paused_at is None or s.forecast is None:

@@ -11,7 +11,8 @@ import logging
 import time
 
 from runtime.engine_thread import EngineThread
-from runtime.kv_controller import WAITING_TOOL, KVController
+from runtime.kv_controller import KVController
+from runtime.step_cap import WAITING_TOOL
 
 log = logging.getLogger(__name__)
 

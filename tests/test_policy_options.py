@@ -117,8 +117,7 @@ def test_replay_passes_each_policys_settings_to_its_server_only(tmp_path):
     import sys
     from pathlib import Path
     sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-    from agent_replay import split_policy_options
-    from agent_server import ServerSpec
+    from agent_server import ServerSpec, split_policy_options
     pairs, doc = split_policy_options(["agent:resume_step_tokens=768", "ttl:max_ttl_s=9"],
                                       ["lru", "ttl", "agent"])
     assert doc == {"agent": {"resume_step_tokens": 768}, "ttl": {"max_ttl_s": 9.0}}

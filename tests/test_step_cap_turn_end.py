@@ -6,7 +6,7 @@ import dataclasses
 import torch
 
 from runtime import SamplingParams
-from runtime.kv_controller import WAITING_TOOL
+from runtime.step_cap import WAITING_TOOL
 from sessions.estimator import PauseForecast
 from test_kv_controller import finish_tracked, folder, setup, turn  # noqa: F401 (fixture)
 
