@@ -10,6 +10,13 @@ CC BY 4.0; see shared/workloads/README.md):
   which puts p95 near 60 s; extending that slope gives the p99 prior of ~900 s (an assumption);
 - humans: waits p50 ~1.4 min (84 s), p90 ~20.6 min (1236 s), p99 ~13.9 h (50,040 s).
 
+A tool with few observations of its own leans on what this deployment's other tools (or, for
+a human, its other human waits) took before it leans on the published prior: every pause also
+feeds a pool of its kind, which is blended with the prior the same way and stands in for the
+prior in the tool's own blend. A new tool name, or a human wait on a tool seen once, so starts
+from the deployment's own durations. Names in parentheses (the server's "(waiting)" between
+turns) are kept out of the pools.
+
 A client hint wins over everything: p50 is the hint and p90 a fixed multiple of it.
 
 `PauseForecast` turns the quantiles into a distribution (piecewise log-normal through the known
@@ -130,11 +137,13 @@ class PauseEstimator:
         share falls linearly (blended on a log scale). Higher quantiles need more data before
         they are trusted: p90 uses 3x and p99 10x this count.
     hint_p90_ratio: p90 = hint x this ratio when a client gives a hint.
+    pool: blend a tool's own pauses with those of every tool of its kind (tool or human), not
+        with the published prior directly (see the module docstring).
     """
 
     def __init__(self, window: int = 256, prior_strength: float = 8.0,
                  hint_p90_ratio: float = 2.0, tool_prior: PausePrior = TOOL_PRIOR,
-                 human_prior: PausePrior = HUMAN_PRIOR) -> None:
+                 human_prior: PausePrior = HUMAN_PRIOR, pool: bool = True) -> None:
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         if prior_strength < 0:
@@ -144,8 +153,12 @@ class PauseEstimator:
         self.hint_p90_ratio = float(hint_p90_ratio)
         self.tool_prior = tool_prior
         self.human_prior = human_prior
+        self.pool = bool(pool)
         self._rings: dict[str, deque[float]] = {}
-        self._cache: dict[str, list[float]] = {}     # tool -> sorted ring, until next observe
+        # kind (human?) -> every pause of that kind, the tools' own prior (`pool`)
+        self._pools: dict[bool, deque[float]] = {kind: deque(maxlen=self.window)
+                                                 for kind in (False, True)}
+        self._cache: dict[object, list[float]] = {}  # tool or kind -> sorted ring, until observe
         self._lock = threading.Lock()
 
     def scale_priors(self, factor: float) -> None:
@@ -161,8 +174,12 @@ class PauseEstimator:
             ring = self._rings.get(tool)
             if ring is None:
                 ring = self._rings[tool] = deque(maxlen=self.window)
-            ring.append(max(float(duration_s), _MIN_S))
+            x = max(float(duration_s), _MIN_S)
+            ring.append(x)
             self._cache.pop(tool, None)
+            if not tool.startswith("("):
+                self._pools[bool(human)].append(x)
+                self._cache.pop(bool(human), None)
 
     def count(self, tool: str) -> int:
         with self._lock:
@@ -178,14 +195,28 @@ class PauseEstimator:
         if hint_s is not None and hint_s > 0:
             return PauseForecast(hint_s, hint_s * self.hint_p90_ratio, "hint", None, 0)
         prior = self.human_prior if human else self.tool_prior
+        kind = bool(human)
         with self._lock:
-            xs = self._cache.get(tool)
-            if xs is None and self._rings.get(tool):
-                xs = self._cache[tool] = sorted(self._rings[tool])
+            xs = self._sorted(tool, self._rings.get(tool))
+            pool = self._sorted(kind, self._pools[kind]) if self.pool else None
+        base = self._blend(pool, prior) if pool else prior
         if not xs:
-            return PauseForecast(prior.p50_s, prior.p90_s, "prior", prior.p99_s, 0)
-        n = len(xs)
-        k = self.prior_strength
+            return PauseForecast(base.p50_s, base.p90_s, "learned" if pool else "prior",
+                                 base.p99_s, 0)
+        got = self._blend(xs, base)
+        return PauseForecast(got.p50_s, got.p90_s, "learned", got.p99_s, len(xs))
+
+    def _sorted(self, key, ring) -> list[float] | None:
+        """The ring sorted, from the cache (call with the lock held)."""
+        xs = self._cache.get(key)
+        if xs is None and ring:
+            xs = self._cache[key] = sorted(ring)
+        return xs
+
+    def _blend(self, xs: list[float], prior: PausePrior) -> PausePrior:
+        """Quantiles of sorted pauses `xs` blended on a log scale with `prior`'s, the data's
+        share growing with its count (p50 over prior_strength, p90 3x, p99 10x that)."""
+        n, k = len(xs), self.prior_strength
 
         def blend(q: float, prior_q: float | None, strength: float) -> float | None:
             emp = _empirical(xs, q)
@@ -199,13 +230,15 @@ class PauseEstimator:
         p99 = blend(0.99, prior.p99_s, 10 * k)
         if p99 is not None:
             p99 = max(p99, p90 * 1.01)
-        return PauseForecast(p50, p90, "learned", p99, n)
+        return PausePrior(p50, p90, p99)
 
     # -- persistence -------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         with self._lock:
             state = {"version": 1, "window": self.window,
-                     "tools": {t: list(r) for t, r in self._rings.items()}}
+                     "tools": {t: list(r) for t, r in self._rings.items()},
+                     "pools": {"tool": list(self._pools[False]),
+                               "human": list(self._pools[True])}}
         return msgpack.packb(state, use_bin_type=True)
 
     @classmethod
@@ -221,4 +254,7 @@ class PauseEstimator:
         est = cls(window=window, **kwargs)
         for tool, durations in tools.items():
             est._rings[tool] = deque((float(d) for d in durations), maxlen=est.window)
+        pools = state.get("pools") or {}       # absent in files written before the pools
+        for name, kind in (("tool", False), ("human", True)):
+            est._pools[kind].extend(float(d) for d in pools.get(name, ()))
         return est

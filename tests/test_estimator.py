@@ -131,3 +131,49 @@ def test_scaled_priors_for_a_compressed_clock():
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="prior scale"):
             est.scale_priors(bad)
+
+
+def test_a_new_tool_starts_from_this_deployments_other_tools():
+    est = PauseEstimator()
+    for _ in range(30):
+        est.observe("bash", False, 2.0)
+    grep = est.expected("grep")
+    assert (grep.source, grep.n_obs) == ("learned", 0)
+    assert grep.p50_s == pytest.approx(2.0)
+    # humans pool apart from tools, and the server's "(waiting)" between turns stays out
+    assert est.expected("ask_user", human=True).source == "prior"
+    for _ in range(10):
+        est.observe("user", True, 8.0)
+    for _ in range(50):
+        est.observe("(waiting)", False, 0.02)
+    assert est.expected("ask_user", human=True).p50_s == pytest.approx(8.0)
+    assert est.expected("grep").p50_s == pytest.approx(2.0)
+    assert PauseEstimator(pool=False).expected("grep").source == "prior"
+
+
+def test_few_observations_blend_with_the_pool_not_the_published_prior():
+    pooled, plain = PauseEstimator(), PauseEstimator(pool=False)
+    for est in (pooled, plain):
+        for _ in range(50):
+            est.observe("edit", False, 10.0)
+        for _ in range(2):
+            est.observe("bash", False, 100.0)
+    a, b = pooled.expected("bash"), plain.expected("bash")
+    assert a.n_obs == b.n_obs == 2
+    assert TOOL_PRIOR.p50_s < b.p50_s < a.p50_s < 100.0
+    assert a.p50_s > 10.0                      # the pool sits at ~10 s, the data at 100
+
+
+def test_pools_persist_and_older_files_load_without_them():
+    import msgpack
+    est = PauseEstimator(window=64)
+    for _ in range(20):
+        est.observe("bash", False, 3.0)
+        est.observe("user", True, 30.0)
+    back = PauseEstimator.from_bytes(est.to_bytes())
+    assert back.expected("new_tool") == est.expected("new_tool")
+    assert back.expected("confirm", True) == est.expected("confirm", True)
+    old = msgpack.packb({"version": 1, "window": 64, "tools": {"bash": [3.0] * 20}})
+    legacy = PauseEstimator.from_bytes(old)
+    assert legacy.expected("bash").p50_s == pytest.approx(3.0)
+    assert legacy.expected("new_tool").source == "prior"     # no pool saved: fills from now on
