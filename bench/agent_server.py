@@ -17,11 +17,9 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-from sessions.policies.options import parse_policy_options  # noqa: E402
+from sessions.policies.options import parse_policy_options
 
+REPO = Path(__file__).resolve().parent.parent
 _SERVING = re.compile(r"agentkv serving on (\S+):(\d+)")
 _METRICS = re.compile(r"agentkv metrics on http://(\S+):(\d+)/metrics")
 

@@ -110,7 +110,7 @@ class StepLog:
                  "(room for a higher-ranked turn) holding %d tokens to redo; %d of %d GPU "
                  "blocks free", w.steps, dt,
                  w.prompt_tokens / dt, w.decode_tokens / dt, w.step_max_s * 1e3,
-                 w.schedule_max_s * 1e3, w.schedule_max_poll_s * 1e3, w.gap_max_s * 1e3, w.commands_max_s * 1e3,
-                 w.hooks_max_s * 1e3, running, waiting, growth, room, lost, free_blocks,
-                 num_blocks)
+                 w.schedule_max_s * 1e3, w.schedule_max_poll_s * 1e3, w.gap_max_s * 1e3,
+                 w.commands_max_s * 1e3, w.hooks_max_s * 1e3, running, waiting, growth, room,
+                 lost, free_blocks, num_blocks)
         return True

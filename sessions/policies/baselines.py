@@ -12,6 +12,9 @@
 """
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from sessions.estimator import PauseForecast
 from sessions.policies.base import (CachePolicy, Placement, PlacementPlan, SessionKVView,
                                     TierUsage, lru_order)
@@ -56,12 +59,25 @@ class LRUCPUPolicy(LRUPolicy):
         return Placement.OFFLOAD_CPU if tier == "gpu" else Placement.DROP
 
 
+@dataclass(frozen=True)
+class TTLConfig:
+    """The clip bounds of `TTLPolicy`'s pin."""
+    min_ttl_s: float = 1.0
+    max_ttl_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_ttl_s) and 0 <= self.min_ttl_s <= self.max_ttl_s
+                and math.isfinite(self.max_ttl_s)):
+            raise ValueError("ttl policy: need 0 <= min_ttl_s <= max_ttl_s (finite), got "
+                             f"min_ttl_s={self.min_ttl_s!r}, max_ttl_s={self.max_ttl_s!r}")
+
+
 class TTLPolicy(CachePolicy):
     """ttl = the tool's forecast p90, clipped to [min_ttl_s, max_ttl_s]."""
     name = "ttl"
 
-    def __init__(self, cost, estimator=None, min_ttl_s: float = 1.0,
-                 max_ttl_s: float = 300.0) -> None:
+    def __init__(self, cost, estimator=None, min_ttl_s: float = TTLConfig.min_ttl_s,
+                 max_ttl_s: float = TTLConfig.max_ttl_s) -> None:
         super().__init__(cost, estimator)
         self.min_ttl_s = min_ttl_s
         self.max_ttl_s = max_ttl_s

@@ -15,25 +15,13 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from sessions.policies.agent import AgentConfig
+from sessions.policies.baselines import TTLConfig
 
 PolicyOptions = Mapping[str, Any]
 
 
-@dataclasses.dataclass(frozen=True)
-class _TTLOptions:
-    """`TTLPolicy`'s keyword arguments, as a config with the same checks as the others."""
-    min_ttl_s: float = 1.0
-    max_ttl_s: float = 300.0
-
-    def __post_init__(self) -> None:
-        if not (math.isfinite(self.min_ttl_s) and 0 <= self.min_ttl_s <= self.max_ttl_s
-                and math.isfinite(self.max_ttl_s)):
-            raise ValueError("ttl policy: need 0 <= min_ttl_s <= max_ttl_s (finite), got "
-                             f"min_ttl_s={self.min_ttl_s!r}, max_ttl_s={self.max_ttl_s!r}")
-
-
 # policy name -> the dataclass whose fields are its options
-OPTION_TYPES: dict[str, type] = {"agent": AgentConfig, "ttl": _TTLOptions}
+OPTION_TYPES: dict[str, type] = {"agent": AgentConfig, "ttl": TTLConfig}
 
 
 def option_fields(policy: str) -> dict[str, Any]:
@@ -68,7 +56,8 @@ def _parse_value(policy: str, name: str, annotation, text: str) -> Any:
             raise ValueError
         value = kind(t)
     except ValueError:
-        what = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, kind.__name__)
+        what = {bool: "true or false", int: "an integer",
+                float: "a number"}.get(kind, kind.__name__)
         raise ValueError(f"--policy-option {name}={text}: the {policy} policy's {name} must be "
                          f"{what}{' or none' if nullable else ''}") from None
     if isinstance(value, float) and math.isnan(value):
@@ -101,21 +90,19 @@ def _unknown(policy: str, key: str) -> str:
     return f"the {policy} policy has no option {key!r}; its options: {', '.join(names)}"
 
 
-def check_policy_options(policy: str, options: PolicyOptions) -> None:
-    """Raises ValueError unless `options` are valid, typed settings of `policy`."""
+def check_policy_options(policy: str, options: PolicyOptions):
+    """`policy`'s config built from `options` (None for a policy without options); raises
+    ValueError unless they are valid, typed settings of it."""
     fields = option_fields(policy)
     for key in options:
         if key not in fields:
             raise ValueError(_unknown(policy, key))
-    if fields:
-        OPTION_TYPES[policy](**options)
+    return OPTION_TYPES[policy](**options) if fields else None
 
 
 def policy_kwargs(policy: str, options: PolicyOptions | None) -> dict[str, Any]:
     """The constructor arguments that carry `options` into `policy`'s class."""
     if not options:
         return {}
-    check_policy_options(policy, options)
-    if policy == "agent":
-        return {"config": AgentConfig(**options)}
-    return dict(options)
+    config = check_policy_options(policy, options)
+    return {"config": config} if policy == "agent" else dict(options)
