@@ -50,7 +50,7 @@ from agent_phases import (RunSetup, check_sample, engine_checks, model_info,  # 
 from agent_report import headline, plot, summarize  # noqa: E402
 from agent_server import ServerSpec, split_policy_options  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
-from agent_workload import SOURCES, WorkloadConfig, build_workload  # noqa: E402
+from agent_workload import add_workload_args, build_workload, workload_config  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
 
 POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
@@ -78,29 +78,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="every server replays small prefill and extend steps from CUDA graphs "
                         "(default: the server's, on with CUDA)")
+    p.add_argument("--extend-graph-max-tokens", type=int, default=None, metavar="N",
+                   help="every server's largest extend graph, in tokens (default: the "
+                        "server's, 512)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="the servers' token budget per engine step")
     p.add_argument("--cpu-cache-gb", type=float, default=32.0,
                    help="each server's pinned CPU KV tier (the GPU is the tier held below "
                    "the working set; the host has 128 GiB)")
     p.add_argument("--disk-cache-gb", type=float, default=24.0)
-    g = p.add_argument_group("workload")
-    g.add_argument("--workload", choices=SOURCES, default="generated")
-    g.add_argument("--workload-file", default=None, help="TraceLab CSV or Mooncake JSONL")
-    g.add_argument("--sessions", type=int, default=22)
-    g.add_argument("--concurrency", type=int, default=11)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--time-compression", type=float, default=4.0)
-    g.add_argument("--max-pause-s", type=float, default=8.0)
-    g.add_argument("--token-scale", type=float, default=1.0)
-    g.add_argument("--max-turns", type=int, default=5)
-    g.add_argument("--max-context-tokens", type=int, default=14_000)
-    g.add_argument("--max-output-tokens", type=int, default=40)
-    g.add_argument("--system-prompt-tokens", type=int, default=2048)
-    g.add_argument("--task-tokens-p50", type=int, default=4000)
-    g.add_argument("--output-tokens-p50", type=int, default=24)
-    g.add_argument("--rounds-mean", type=float, default=6.0)
-    g.add_argument("--human-turn-prob", type=float, default=0.1)
+    add_workload_args(p)
     c = p.add_argument_group("checks and peer")
     c.add_argument("--no-hf", action="store_true", help="skip the transformers peer")
     c.add_argument("--no-checks", action="store_true", help="skip the wrong-token checks")
@@ -182,13 +169,7 @@ def main(argv=None) -> int:
     hw_name, hw = hardware()
     device = a.device if a.device != "auto" else ("cuda" if hw != "cpu" else "cpu")
     info = model_info(a.model, a.dtype)
-    wcfg = WorkloadConfig(
-        source=a.workload, path=a.workload_file, sessions=a.sessions, seed=a.seed,
-        time_compression=a.time_compression, max_pause_s=a.max_pause_s,
-        token_scale=a.token_scale, max_turns=a.max_turns, max_context_tokens=a.max_context_tokens,
-        max_output_tokens=a.max_output_tokens, system_prompt_tokens=a.system_prompt_tokens,
-        task_tokens_p50=a.task_tokens_p50, output_tokens_p50=a.output_tokens_p50,
-        rounds_mean=a.rounds_mean, human_turn_prob=a.human_turn_prob)
+    wcfg = workload_config(a)
     wl = build_workload(wcfg, info.vocab_size)
     wsum = wl.summary(a.concurrency)
     policy_opts, opts_doc = split_policy_options(a.policy_option, a.policies)
@@ -198,7 +179,9 @@ def main(argv=None) -> int:
                                             * wsum["concurrent_working_set_tokens"] / bs))
     spec = ServerSpec(model=a.model, device=device, dtype=a.dtype, num_gpu_blocks=blocks,
                       block_size=bs, max_num_batched_tokens=a.max_num_batched_tokens,
-                      extend_graphs=a.extend_graphs, cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
+                      extend_graphs=a.extend_graphs,
+                      extend_graph_max_tokens=a.extend_graph_max_tokens,
+                      cpu_cache_gb=a.cpu_cache_gb, disk_cache_gb=a.disk_cache_gb,
                       pause_prior_scale=1.0 / a.time_compression,
                       log_level=a.server_log_level,
                       stats_log_interval_s=a.server_stats_interval_s,
@@ -208,6 +191,7 @@ def main(argv=None) -> int:
               "gpu_kv_gib": round(blocks * bs * info.kv_bytes_per_token / 2**30, 3),
               "max_num_batched_tokens": a.max_num_batched_tokens,
               "extend_graphs": a.extend_graphs,
+              "extend_graph_max_tokens": a.extend_graph_max_tokens,
               "kv_bytes_per_token": info.kv_bytes_per_token,
               "fraction_of_concurrent_working_set":
                   round(blocks * bs / max(1, wsum["concurrent_working_set_tokens"]), 3),

@@ -34,6 +34,7 @@ class ServerSpec:
     block_size: int = 16
     max_num_batched_tokens: int = 2048
     extend_graphs: bool | None = None    # None: the server's default (on with CUDA)
+    extend_graph_max_tokens: int | None = None   # None: the server's default
     cpu_cache_gb: float = 0.0
     disk_cache_gb: float = 0.0
     max_concurrent_turns: int = 256
@@ -61,6 +62,8 @@ class ServerSpec:
                else ["--first-token-log-s", repr(self.first_token_log_s)]) \
             + ([] if self.extend_graphs is None
                else ["--extend-graphs" if self.extend_graphs else "--no-extend-graphs"]) \
+            + ([] if self.extend_graph_max_tokens is None
+               else ["--extend-graph-max-tokens", str(self.extend_graph_max_tokens)]) \
             + [x for pol, kv in self.policy_options if pol == self.policy
                for x in ("--policy-option", kv)]
 

@@ -20,6 +20,7 @@ past `max_context_tokens`.
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass, field, replace
 
@@ -110,6 +111,40 @@ class Workload:
             "pause_p50_s": _q(pauses, 0.5), "pause_p90_s": _q(pauses, 0.9),
             "pause_max_s": _q(pauses, 1.0), "pause_total_s": round(sum(pauses), 3),
         }
+
+
+def add_workload_args(p: argparse.ArgumentParser) -> None:
+    """The replay's workload options (its defaults: the H200 runs' workload), shared by the
+    benches that play it (`agent_replay.py`, `step_sim.py`)."""
+    g = p.add_argument_group("workload")
+    g.add_argument("--workload", choices=SOURCES, default="generated")
+    g.add_argument("--workload-file", default=None, help="TraceLab CSV or Mooncake JSONL")
+    g.add_argument("--sessions", type=int, default=22)
+    g.add_argument("--concurrency", type=int, default=11)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--time-compression", type=float, default=4.0)
+    g.add_argument("--max-pause-s", type=float, default=8.0)
+    g.add_argument("--token-scale", type=float, default=1.0)
+    g.add_argument("--max-turns", type=int, default=5)
+    g.add_argument("--max-context-tokens", type=int, default=14_000)
+    g.add_argument("--max-output-tokens", type=int, default=40)
+    g.add_argument("--system-prompt-tokens", type=int, default=2048)
+    g.add_argument("--task-tokens-p50", type=int, default=4000)
+    g.add_argument("--output-tokens-p50", type=int, default=24)
+    g.add_argument("--rounds-mean", type=float, default=6.0)
+    g.add_argument("--human-turn-prob", type=float, default=0.1)
+
+
+def workload_config(a: argparse.Namespace, **override) -> WorkloadConfig:
+    """The `WorkloadConfig` of parsed `add_workload_args` options (`override`: fields to set
+    otherwise, e.g. another seed)."""
+    return replace(WorkloadConfig(
+        source=a.workload, path=a.workload_file, sessions=a.sessions, seed=a.seed,
+        time_compression=a.time_compression, max_pause_s=a.max_pause_s,
+        token_scale=a.token_scale, max_turns=a.max_turns, max_context_tokens=a.max_context_tokens,
+        max_output_tokens=a.max_output_tokens, system_prompt_tokens=a.system_prompt_tokens,
+        task_tokens_p50=a.task_tokens_p50, output_tokens_p50=a.output_tokens_p50,
+        rounds_mean=a.rounds_mean, human_turn_prob=a.human_turn_prob), **override)
 
 
 def _q(xs: list, p: float) -> float:

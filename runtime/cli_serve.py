@@ -30,8 +30,12 @@ def add_parser(sub) -> None:
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunk size)")
     p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,
-                   help="replay small prefill, extend and mixed steps (up to 512 tokens) from "
-                        "CUDA graphs (default: on with CUDA and the triton kernels)")
+                   help="replay small prefill, extend and mixed steps (up to "
+                        "--extend-graph-max-tokens) from CUDA graphs (default: on with CUDA "
+                        "and the triton kernels)")
+    p.add_argument("--extend-graph-max-tokens", type=int, default=512, metavar="N",
+                   help="the largest step replayed from an extend graph: a power of two >= 16 "
+                        "(each doubling captures one more graph per sequence bucket)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")
     p.add_argument("--stats-log-interval-s", type=float, default=10.0,
                    help="log a line on the engine's progress this often while it works (at "
@@ -86,7 +90,9 @@ def config_from_args(args):
                           gpu_memory_fraction=args.gpu_memory_fraction,
                           num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size,
                           max_num_batched_tokens=args.max_num_batched_tokens,
-                          extend_graphs=args.extend_graphs, cpu_cache_gb=args.cpu_cache_gb,
+                          extend_graphs=args.extend_graphs,
+                          extend_graph_max_tokens=args.extend_graph_max_tokens,
+                          cpu_cache_gb=args.cpu_cache_gb,
                           stats_log_interval_s=args.stats_log_interval_s,
                           first_token_log_s=args.first_token_log_s,
                           disk_cache_path=args.disk_cache_path, disk_cache_gb=args.disk_cache_gb)

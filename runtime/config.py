@@ -27,6 +27,9 @@ class EngineConfig:
     # None = on wherever the decode graphs are (a 32-token extend on a 4K context of an 8B
     # model: 16.9 ms eager, 11.4 ms from a graph on an H100)
     extend_graphs: bool | None = None
+    # the largest of those steps, in tokens (a power of two >= 16; buckets 16, 32, ... up to it
+    # and the step budget): each bucket is one more graph per sequence bucket
+    extend_graph_max_tokens: int = 512
     stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
     # log where the time went for requests whose first token took this long (None: never;
     # runtime/first_token_log.py)
@@ -51,6 +54,10 @@ class EngineConfig:
             raise ValueError("gpu_memory_fraction must be in (0, 1]")
         if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
             raise ValueError("num_gpu_blocks must be positive")
+        if self.extend_graph_max_tokens < 16 or \
+                self.extend_graph_max_tokens & (self.extend_graph_max_tokens - 1):
+            raise ValueError("extend_graph_max_tokens must be a power of two >= 16, got "
+                             f"{self.extend_graph_max_tokens!r}")
         if self.cuda_graph_batch_sizes is not None:
             sizes = tuple(self.cuda_graph_batch_sizes)
             if not sizes or any(not isinstance(b, int) or b <= 0 for b in sizes):

@@ -86,7 +86,8 @@ class Engine(StepOutputs):
         self.kv_budget: KVBudget | None = None
         ext = extend_graph_buckets(config.extend_graphs, self.device, self.ops.backend,
                                    config.max_num_batched_tokens, config.max_num_seqs,
-                                   decode_graphs=bool(graph_sizes))
+                                   decode_graphs=bool(graph_sizes),
+                                   max_tokens=config.extend_graph_max_tokens)
         num_blocks = self._num_blocks(graph_sizes[-1] if graph_sizes else 0, max_blocks,
                                       (ext[0][-1], ext[1][-1]) if ext else None)
         self.kv_cache = self.kv_spec.allocate(num_blocks, self.device)

@@ -4,7 +4,8 @@ A resumed agent turn appends a tool result of tens to hundreds of tokens to a lo
 context: its step (often with decoding turns beside it) runs a few ms of GPU work, but eagerly
 the host launches ~400 kernels for it through Python, which took most of such a turn's 25-40 ms
 to first token on an H100 (agent-h100-20261206f/g). A step of at most `max(token_buckets)`
-tokens and `max(seq_buckets)` sequences is padded up to the next bucket and replayed instead.
+tokens (`EngineConfig.extend_graph_max_tokens`, 512 by default) and `max(seq_buckets)`
+sequences is padded up to the next bucket and replayed instead.
 
 Both prefill attention kernels take their launch shape from two host integers, the longest
 query and the number of sequences; everything else (query starts, context lengths, block
@@ -43,19 +44,32 @@ log = logging.getLogger(__name__)
 
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# the largest token bucket by default (EngineConfig.extend_graph_max_tokens)
+DEFAULT_MAX_TOKENS = TOKEN_BUCKETS[-1]
 
 
-def default_buckets(max_num_batched_tokens: int, max_num_seqs: int
+def token_buckets(max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[int, ...]:
+    """Powers of two from 16 up to `max_tokens` (itself a power of two >= 16)."""
+    if max_tokens < TOKEN_BUCKETS[0] or max_tokens & (max_tokens - 1):
+        raise ValueError(f"the largest extend graph must be a power of two >= {TOKEN_BUCKETS[0]} "
+                         f"tokens, got {max_tokens}")
+    return tuple(1 << k for k in range(TOKEN_BUCKETS[0].bit_length() - 1,
+                                       max_tokens.bit_length()))
+
+
+def default_buckets(max_num_batched_tokens: int, max_num_seqs: int,
+                    max_tokens: int = DEFAULT_MAX_TOKENS
                     ) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Token and sequence buckets within the engine's step limits."""
-    tokens = tuple(t for t in TOKEN_BUCKETS if t <= max_num_batched_tokens)
+    """Token and sequence buckets within the engine's step limits (token buckets up to
+    `max_tokens`)."""
+    tokens = tuple(t for t in token_buckets(max_tokens) if t <= max_num_batched_tokens)
     seqs = tuple(s for s in SEQ_BUCKETS if s <= max_num_seqs)
     return tokens, seqs
 
 
 def extend_graph_buckets(enabled: bool | None, device: torch.device, backend: str,
                          max_num_batched_tokens: int, max_num_seqs: int,
-                         decode_graphs: bool = True
+                         decode_graphs: bool = True, max_tokens: int = DEFAULT_MAX_TOKENS
                          ) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
     """The engine's extend graph buckets, or None when they are off (EngineConfig.extend_graphs;
     None: on wherever the decode graphs are on and a bucket fits the step budget); raises when
@@ -65,7 +79,7 @@ def extend_graph_buckets(enabled: bool | None, device: torch.device, backend: st
     if not enabled:
         return None
     require_capturable("extend_graphs", device, backend)
-    tokens, seqs = default_buckets(max_num_batched_tokens, max_num_seqs)
+    tokens, seqs = default_buckets(max_num_batched_tokens, max_num_seqs, max_tokens)
     if not tokens:
         raise ValueError(f"extend_graphs needs max_num_batched_tokens >= {TOKEN_BUCKETS[0]}, "
                          f"got {max_num_batched_tokens}")

@@ -41,6 +41,23 @@ def test_buckets_and_layout():
     assert table.tolist() == [[41, 42, 43], [44, 45, 46]] and lay.size == 47
 
 
+def test_the_largest_extend_graph_is_set_by_its_token_count():
+    """`EngineConfig.extend_graph_max_tokens`: buckets double from 16 up to it and the step
+    budget; anything but a power of two >= 16 is refused with the setting's name."""
+    assert default_buckets(2048, 64, 2048)[0] == (16, 32, 64, 128, 256, 512, 1024, 2048)
+    assert default_buckets(1024, 8, 4096) == ((16, 32, 64, 128, 256, 512, 1024), (1, 2, 4, 8))
+    assert default_buckets(2048, 64, 16)[0] == (16,)
+    assert extend_graph_buckets(True, torch.device("cuda"), "triton", 2048, 64,
+                                max_tokens=1024)[0][-1] == 1024
+    for bad in (0, 8, 24, 1000):
+        with pytest.raises(ValueError, match="power of two >= 16"):
+            default_buckets(2048, 64, bad)
+        with pytest.raises(ValueError, match="extend_graph_max_tokens must be a power of two"):
+            EngineConfig(model="tiny", extend_graph_max_tokens=bad)
+    assert EngineConfig(model="tiny", extend_graph_max_tokens=2048).extend_graph_max_tokens \
+        == 2048
+
+
 def test_extend_graphs_are_refused_where_they_cannot_be_captured():
     assert extend_graph_buckets(False, torch.device("cpu"), "torch", 2048, 64) is None
     with pytest.raises(ValueError, match="extend_graphs needs a CUDA device"):

@@ -29,9 +29,11 @@ def test_every_option_reaches_the_config(tmp_path):
                 "4", "--disk-cache-gb", "16", "--policy", "lru_cpu", "--api-keys", "k.toml",
                 "--data-dir", str(tmp_path), "--metrics-port", "9100",
                 "--max-concurrent-turns", "3", "--max-prompt-tokens", "1000",
-                "--block-size", "64", "--max-num-batched-tokens", "1024")
+                "--block-size", "64", "--max-num-batched-tokens", "1024",
+                "--extend-graph-max-tokens", "1024")
     e = cfg.engine
     assert (e.block_size, e.max_num_batched_tokens) == (64, 1024)
+    assert e.extend_graph_max_tokens == 1024 and parse().engine.extend_graph_max_tokens == 512
     assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
                                                                    "bf16", 0.5)
     assert (e.cpu_cache_gb, e.disk_cache_gb, e.disk_cache_path) == (4, 16, None)
@@ -76,3 +78,5 @@ def test_engine_sizes_are_checked():
         parse("--block-size", "48")
     with pytest.raises(ValueError, match="max_num_batched_tokens"):
         parse("--max-num-batched-tokens", "0")
+    with pytest.raises(ValueError, match="extend_graph_max_tokens"):
+        parse("--extend-graph-max-tokens", "768")
