@@ -1,0 +1,263 @@
+"""Engine steps on a virtual clock: how step length and admission order set a resumed turn's wait.
+
+A turn that arrives while an engine step runs waits for that step to end, and then rides in a
+step with whatever else is admitted; the cache policy shortens steps while a paused session is
+likely back (`step_token_cap`) and orders admissions (`admission_priority`). This simulator runs
+the engine's own `Scheduler` and the policy's own `StepCap`, forecasts and estimator on the agent
+replay's workload, with each step's duration taken from a model fitted to an H200 replay's
+server logs (`StepTimeModel`), so that settings of those two mechanisms can be compared in
+seconds on a CPU before a GPU run measures the chosen ones.
+
+What it leaves out, on purpose: KV tiers (the block pool holds every session: every resumed turn
+finds its context on the GPU, as most of `agent`'s do), the attention's cost per context token,
+and the model's host-side jitter. Its figures rank settings; the replay (`agent_replay.py`)
+measures them.
+
+The client is the replay's: a session sends a turn, and when the turn ends it announces the
+tool pause, sleeps through it, resumes and sends the next turn; `concurrency` sessions at once.
+Each message takes `rpc_s` one way, and the engine sees it at the first step boundary after it
+arrives (the engine thread's command queue).
+"""
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass, field
+
+from kvstore.block_pool import BlockPool
+from runtime.config import SamplingParams
+from runtime.request import FinishReason, Request
+from runtime.scheduler import Scheduler, SchedulerConfig
+from runtime.step_cap import WAITING_TOOL, StepCap
+from sessions.estimator import PauseForecast
+from sessions.policies.base import CachePolicy
+
+from agent_workload import ReplaySession
+
+
+@dataclass(frozen=True)
+class StepTimeModel:
+    """Seconds one engine step takes: a fixed cost plus a cost per token, for a step replayed
+    from a CUDA graph (at most `graph_max_tokens` tokens and `graph_max_seqs` sequences) and for
+    an eager one. Defaults: least squares over the first-token log lines of the H200 replays of
+    2026-12-07 (Llama-3-8B bf16; graph steps 8.8 ms + 34.2 us a token over 99 steps, eager steps
+    26.6 ms + 19.3 us a token from the medians of 526, 520-2048 tokens), plus the host's gap
+    between steps."""
+    graph_ms: float = 8.8
+    graph_us_per_token: float = 34.2
+    eager_ms: float = 26.6
+    eager_us_per_token: float = 19.3
+    graph_max_tokens: int = 512
+    graph_max_seqs: int = 64
+    host_gap_ms: float = 1.0
+
+    def step_s(self, tokens: int, seqs: int) -> float:
+        if tokens <= self.graph_max_tokens and seqs <= self.graph_max_seqs:
+            ms = self.graph_ms + self.graph_us_per_token * 1e-3 * tokens
+        else:
+            ms = self.eager_ms + self.eager_us_per_token * 1e-3 * tokens
+        return (ms + self.host_gap_ms) / 1e3
+
+
+@dataclass(frozen=True)
+class SimEngineConfig:
+    max_num_batched_tokens: int = 2048
+    max_num_seqs: int = 64
+    block_size: int = 16
+    concurrency: int = 11          # sessions under way at once (the replay's workers)
+    rpc_s: float = 0.002           # one way, client <-> server
+    max_model_len: int = 131072
+
+    def __post_init__(self) -> None:
+        if min(self.max_num_batched_tokens, self.max_num_seqs, self.block_size,
+               self.concurrency) <= 0 or self.rpc_s < 0:
+            raise ValueError("SimEngineConfig: token budget, sequences, block size and "
+                             "concurrency must be positive and rpc_s >= 0")
+
+
+@dataclass(frozen=True)
+class SimTurn:
+    """One simulated turn, as the replay's `TurnRecord` (times in seconds from the start)."""
+    session: str
+    turn: int
+    resume: bool
+    pause_s: float                 # the pause before this turn (0 on a first turn)
+    tool: str | None
+    input_tokens: int
+    computed_tokens: int           # prompt tokens the engine ran (the rest: prefix cache)
+    sent_s: float
+    ttft_s: float                  # client send -> client receipt of the first token
+    queue_s: float                 # engine arrival -> first step that carries it
+    first_step_tokens: int         # tokens of the step that sampled its first token
+
+
+@dataclass
+class SimResult:
+    turns: list[SimTurn] = field(default_factory=list)
+    jct_s: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    short_steps: int = 0           # steps the cap held below the budget
+    busy_s: float = 0.0
+    end_s: float = 0.0
+
+
+@dataclass
+class _Session:
+    """One session's sim state; `paused_at`, `ended_at` and `forecast` are what `StepCap` reads
+    (as the KV controller's `SessionKV`)."""
+    replay: ReplaySession
+    opened_s: float = 0.0
+    turn: int = 0
+    log: list[int] = field(default_factory=list)
+    paused_at: float | None = None
+    ended_at: float | None = None
+    forecast: PauseForecast | None = None
+    sent_s: float = 0.0
+    arrived_s: float = 0.0
+
+
+class StepSim:
+    """Plays `sessions` through the real scheduler on a virtual clock under `policy`'s step cap
+    and admission order (`policy=None`: arrival order, no cap, as the baselines)."""
+
+    def __init__(self, sessions: list[ReplaySession], policy: CachePolicy | None,
+                 config: SimEngineConfig | None = None, model: StepTimeModel | None = None):
+        self.cfg, self.model, self.policy = config or SimEngineConfig(), model or StepTimeModel(), \
+            policy
+        c = self.cfg
+        need = sum(s.context_tokens // c.block_size + 2 for s in sessions)
+        self.sched = Scheduler(SchedulerConfig(c.max_num_batched_tokens, c.max_num_seqs,
+                                               c.block_size, c.max_model_len),
+                               BlockPool(need + 64), b"step-sim")
+        self.now = 0.0
+        self.live: dict[str, _Session] = {}          # what StepCap weighs
+        if policy is not None:
+            self.sched.step_cap = StepCap(policy, self.live, lambda: self.now)
+        self._todo = list(sessions)
+        self._events: list[tuple[float, int, str, _Session]] = []
+        self._seq = itertools.count()
+        self._ids = itertools.count(1 << 24)         # output token ids, unique to each turn
+        self._reqs: dict[str, tuple[_Session, Request]] = {}
+        self._first_step: dict[str, float] = {}     # request -> start of its first step
+        self.result = SimResult()
+
+    # -- the client --------------------------------------------------------------------------
+    def _at(self, t: float, kind: str, s: _Session) -> None:
+        heapq.heappush(self._events, (t, next(self._seq), kind, s))
+
+    def _open_next(self, t: float) -> None:
+        if self._todo:
+            s = _Session(self._todo.pop(0), opened_s=t)
+            self._send(s, t)
+
+    def _send(self, s: _Session, t: float) -> None:
+        s.sent_s = t
+        self._at(t + self.cfg.rpc_s, "turn", s)
+
+    def _turn_ended(self, s: _Session, t: float) -> None:
+        """The engine finished `s`'s turn at `t` (the end of the step that sampled its last
+        token)."""
+        rpc, sid = self.cfg.rpc_s, s.replay.session_id
+        s.ended_at = t                                # the controller's `_request_released`
+        done = s.replay.turns[s.turn]
+        s.turn += 1
+        if s.turn >= len(s.replay.turns):
+            self.result.jct_s[sid] = t + rpc - s.opened_s
+            self._at(t + rpc, "close", s)
+            self._open_next(t + rpc)
+            return
+        self._at(t + rpc, "pause_waiting", s)         # the session commit's hook
+        self._at(t + 2 * rpc, "pause", s)             # the client's Pause
+        self._send(s, t + rpc + done.pause_after_s)   # Resume, then the next turn
+
+    # -- the engine's command queue ----------------------------------------------------------
+    def _apply(self, kind: str, s: _Session, at: float) -> None:
+        """The engine thread takes the message that reached it at `at` (<= now)."""
+        sid, pol = s.replay.session_id, self.policy
+        if kind == "close":
+            self.live.pop(sid, None)
+            if pol is not None:
+                pol.on_close(sid)
+            return
+        if kind in ("pause_waiting", "pause"):
+            if s.ended_at is None:                    # the next turn already started
+                return
+            prev = s.replay.turns[s.turn - 1]
+            tool, human = (WAITING_TOOL, False) if kind == "pause_waiting" else \
+                (prev.tool_after or "(none)", prev.human_after)
+            s.paused_at = self.now
+            if pol is not None:
+                s.forecast = pol.forecast(tool, human, None)
+            return
+        # a turn arrives: resume the session (learning the pause) and submit the request
+        t = s.replay.turns[s.turn]
+        resume = s.turn > 0
+        self.live[sid] = s
+        if resume and pol is not None:
+            prev = s.replay.turns[s.turn - 1]
+            if pol.estimator is not None:
+                pol.estimator.observe(prev.tool_after or "(none)", prev.human_after,
+                                      prev.pause_after_s)
+            pol.on_resume(sid, self.now)
+        s.paused_at = s.ended_at = None
+        s.arrived_s = at
+        prompt = s.log + list(t.input_ids)
+        rid = f"{sid}/{s.turn}"
+        prio = None if pol is None else pol.admission_priority(sid, resume, self.now, self.now)
+        req = Request(rid, prompt, SamplingParams(max_tokens=t.output_tokens, ignore_eos=True),
+                      arrival=self.now, priority=prio)
+        self._reqs[rid] = (s, req)
+        self.sched.add(req)
+
+    def _drain(self) -> None:
+        while self._events and self._events[0][0] <= self.now:
+            at, _, kind, s = heapq.heappop(self._events)
+            self._apply(kind, s, at)
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        for _ in range(min(self.cfg.concurrency, len(self._todo))):
+            self._open_next(0.0)
+        res = self.result
+        while self._events or self.sched.has_work():
+            self._drain()
+            if not self.sched.has_work():
+                if self._events:
+                    self.now = max(self.now, self._events[0][0])
+                continue
+            out = self.sched.schedule()
+            if out.is_empty:
+                raise RuntimeError("the simulated engine planned an empty step with work "
+                                   "waiting (the block pool is sized to hold every session)")
+            dt = self.model.step_s(out.num_tokens, len(out.scheduled))
+            start, self.now = self.now, self.now + dt
+            res.steps += 1
+            res.busy_s += dt
+            for sr in out.scheduled:
+                self._first_step.setdefault(sr.request.request_id, start)
+                self.sched.commit_computed(sr)
+                if sr.samples:
+                    self._sampled(sr, out.num_tokens)
+        res.short_steps = self.sched.short_steps
+        res.end_s = self.now
+        return res
+
+    def _sampled(self, sr, step_tokens: int) -> None:
+        req = sr.request
+        s, _ = self._reqs[req.request_id]
+        req.append_output(next(self._ids), None)
+        if len(req.output_token_ids) == 1:
+            t = s.replay.turns[s.turn]
+            prev = s.replay.turns[s.turn - 1] if s.turn else None
+            self.result.turns.append(SimTurn(
+                s.replay.session_id, s.turn, s.turn > 0, prev.pause_after_s if prev else 0.0,
+                prev.tool_after if prev else None, len(t.input_ids),
+                req.num_prompt_tokens - req.num_cached_tokens, s.sent_s,
+                self.now + self.cfg.rpc_s - s.sent_s,
+                self._first_step[req.request_id] - s.arrived_s, step_tokens))
+        if len(req.output_token_ids) >= req.params.max_tokens:
+            self.sched.finish(req, FinishReason.LENGTH)
+            del self._reqs[req.request_id]
+            del self._first_step[req.request_id]
+            s.log = list(req.all_token_ids)
+            self._turn_ended(s, self.now)
