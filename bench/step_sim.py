@@ -68,8 +68,13 @@ def run_variant(a: argparse.Namespace, policy: str, options: dict, seed: int) ->
     pol = make_policy(policy, CostModel.h200_llama3_8b(), est, options)
     cfg = SimEngineConfig(max_num_batched_tokens=a.max_num_batched_tokens,
                           concurrency=a.concurrency, rpc_s=a.rpc_ms / 1e3)
-    model = StepTimeModel(graph_max_tokens=a.graph_max_tokens)
-    return StepSim(wl.sessions, pol, cfg, model).run()
+    return StepSim(wl.sessions, pol, cfg, step_model(a)).run()
+
+
+def step_model(a: argparse.Namespace) -> StepTimeModel:
+    return StepTimeModel(graph_ms=a.graph_ms, graph_us_per_token=a.graph_us_per_token,
+                         eager_ms=a.eager_ms, eager_us_per_token=a.eager_us_per_token,
+                         graph_max_tokens=a.graph_max_tokens, host_gap_ms=a.host_gap_ms)
 
 
 def summarize(name: str, results: list[SimResult]) -> dict:
@@ -124,9 +129,14 @@ def main(argv=None) -> int:
                    help=f"repeatable; default: {', '.join(VARIANTS)}")
     p.add_argument("--seeds", default="0,1,2,3,4", help="workload seeds, pooled")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--graph-max-tokens", type=int, default=512,
-                   help="the largest step replayed from a CUDA graph (the server's largest "
-                        "extend bucket)")
+    m = p.add_argument_group("step times (default: the H200 fit, StepTimeModel)")
+    m.add_argument("--graph-max-tokens", type=int, default=StepTimeModel.graph_max_tokens,
+                   help="the largest step replayed from a CUDA graph (the server's "
+                        "--extend-graph-max-tokens)")
+    for f in ("graph_ms", "graph_us_per_token", "eager_ms", "eager_us_per_token",
+              "host_gap_ms"):
+        m.add_argument("--" + f.replace("_", "-"), type=float,
+                       default=getattr(StepTimeModel, f))
     p.add_argument("--rpc-ms", type=float, default=2.0, help="client <-> server, one way")
     p.add_argument("--out", default=str(REPO / "bench" / "results"))
     p.add_argument("--date", default=dt.date.today().strftime("%Y%m%d"))
@@ -158,7 +168,7 @@ def main(argv=None) -> int:
            "command": "python bench/step_sim.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv),
            "ceilings": {}, "metrics": metrics, "rows": rows,
-           "step_time_model": asdict(StepTimeModel(graph_max_tokens=a.graph_max_tokens)),
+           "step_time_model": asdict(step_model(a)),
            "seeds": seeds, "wall_s": round(time.perf_counter() - t0, 1)}
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
