@@ -1,11 +1,12 @@
-"""Settings of the step cap and the admission order compared on a virtual clock, in seconds on a CPU.
+"""Settings of the step cap and the admission order compared on a virtual clock, on a CPU.
 
 Runs the engine's scheduler and each variant's cache policy (step cap, admission order, pause
 forecasts) over the agent replay's workload, on several workload seeds, with step times from an
 H200 model (bench/step_sim_engine.py says what it models and what it leaves out). A variant is
 `NAME=POLICY[:KEY=VALUE,...]`, the options as `agentkv serve --policy-option`. Reports, pooled
 over the seeds, each variant's resumed-turn TTFT p50 / p99, mean job completion time and the sum
-of first-turn TTFTs, and writes bench/results/step_sim-cpu-<date>.{json,md} (format: bench/README.md).
+of first-turn TTFTs, and writes bench/results/step_sim-cpu-<date>.{json,md} (format:
+bench/README.md).
 
     python bench/step_sim.py --seeds 0,1,2,3,4
     python bench/step_sim.py --variant base=lru_cpu --variant cap512=agent:resume_step_tokens=512
@@ -116,8 +117,8 @@ def markdown(doc: dict) -> str:
     for r in doc["rows"]:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         lines.append(f"| {r['variant']} | {r['policy']}: {opts} | "
-                     f"{1e3 * r['resume_ttft_p50_s']:.1f} ms | {1e3 * r['resume_ttft_p90_s']:.1f} ms"
-                     f" | {1e3 * r['resume_ttft_p99_s']:.1f} ms | "
+                     f"{1e3 * r['resume_ttft_p50_s']:.1f} ms | "
+                     f"{1e3 * r['resume_ttft_p90_s']:.1f} ms | {1e3 * r['resume_ttft_p99_s']:.1f} ms | "
                      f"{1e3 * r['resume_queue_mean_s']:.1f} ms | {r['jct_mean_s']:.3f} s | "
                      f"{r['first_turn_ttft_sum_s']:.1f} s | {r['short_steps']} / {r['steps']} |")
     return "\n".join(lines) + "\n"

@@ -97,8 +97,7 @@ class SimResult:
     jct_s: dict[str, float] = field(default_factory=dict)
     steps: int = 0
     short_steps: int = 0           # steps the cap held below the budget
-    busy_s: float = 0.0
-    end_s: float = 0.0
+    busy_s: float = 0.0            # the steps' time, summed
 
 
 @dataclass
@@ -118,26 +117,25 @@ class _Session:
 
 class StepSim:
     """Plays `sessions` through the real scheduler on a virtual clock under `policy`'s step cap
-    and admission order (`policy=None`: arrival order, no cap, as the baselines)."""
+    and admission order (the baselines': arrival order, no cap)."""
 
-    def __init__(self, sessions: list[ReplaySession], policy: CachePolicy | None,
+    def __init__(self, sessions: list[ReplaySession], policy: CachePolicy,
                  config: SimEngineConfig | None = None, model: StepTimeModel | None = None):
-        self.cfg, self.model, self.policy = config or SimEngineConfig(), model or StepTimeModel(), \
-            policy
-        c = self.cfg
+        self.cfg = c = config or SimEngineConfig()
+        self.model = model or StepTimeModel()
+        self.policy = policy
         need = sum(s.context_tokens // c.block_size + 2 for s in sessions)
         self.sched = Scheduler(SchedulerConfig(c.max_num_batched_tokens, c.max_num_seqs,
                                                c.block_size, c.max_model_len),
                                BlockPool(need + 64), b"step-sim")
         self.now = 0.0
         self.live: dict[str, _Session] = {}          # what StepCap weighs
-        if policy is not None:
-            self.sched.step_cap = StepCap(policy, self.live, lambda: self.now)
+        self.sched.step_cap = StepCap(policy, self.live, lambda: self.now)
         self._todo = list(sessions)
         self._events: list[tuple[float, int, str, _Session]] = []
         self._seq = itertools.count()
         self._ids = itertools.count(1 << 24)         # output token ids, unique to each turn
-        self._reqs: dict[str, tuple[_Session, Request]] = {}
+        self._reqs: dict[str, _Session] = {}         # request id -> its session
         self._first_step: dict[str, float] = {}     # request -> start of its first step
         self.result = SimResult()
 
@@ -176,8 +174,7 @@ class StepSim:
         sid, pol = s.replay.session_id, self.policy
         if kind == "close":
             self.live.pop(sid, None)
-            if pol is not None:
-                pol.on_close(sid)
+            pol.on_close(sid)
             return
         if kind in ("pause_waiting", "pause"):
             if s.ended_at is None:                    # the next turn already started
@@ -186,14 +183,13 @@ class StepSim:
             tool, human = (WAITING_TOOL, False) if kind == "pause_waiting" else \
                 (prev.tool_after or "(none)", prev.human_after)
             s.paused_at = self.now
-            if pol is not None:
-                s.forecast = pol.forecast(tool, human, None)
+            s.forecast = pol.forecast(tool, human, None)
             return
         # a turn arrives: resume the session (learning the pause) and submit the request
         t = s.replay.turns[s.turn]
         resume = s.turn > 0
         self.live[sid] = s
-        if resume and pol is not None:
+        if resume:
             prev = s.replay.turns[s.turn - 1]
             if pol.estimator is not None:
                 pol.estimator.observe(prev.tool_after or "(none)", prev.human_after,
@@ -203,10 +199,10 @@ class StepSim:
         s.arrived_s = at
         prompt = s.log + list(t.input_ids)
         rid = f"{sid}/{s.turn}"
-        prio = None if pol is None else pol.admission_priority(sid, resume, self.now, self.now)
+        prio = pol.admission_priority(sid, resume, self.now, self.now)
         req = Request(rid, prompt, SamplingParams(max_tokens=t.output_tokens, ignore_eos=True),
                       arrival=self.now, priority=prio)
-        self._reqs[rid] = (s, req)
+        self._reqs[rid] = s
         self.sched.add(req)
 
     def _drain(self) -> None:
@@ -239,12 +235,11 @@ class StepSim:
                 if sr.samples:
                     self._sampled(sr, out.num_tokens)
         res.short_steps = self.sched.short_steps
-        res.end_s = self.now
         return res
 
     def _sampled(self, sr, step_tokens: int) -> None:
         req = sr.request
-        s, _ = self._reqs[req.request_id]
+        s = self._reqs[req.request_id]
         req.append_output(next(self._ids), None)
         if len(req.output_token_ids) == 1:
             t = s.replay.turns[s.turn]
