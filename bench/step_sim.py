@@ -118,7 +118,8 @@ def markdown(doc: dict) -> str:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
         lines.append(f"| {r['variant']} | {r['policy']}: {opts} | "
                      f"{1e3 * r['resume_ttft_p50_s']:.1f} ms | "
-                     f"{1e3 * r['resume_ttft_p90_s']:.1f} ms | {1e3 * r['resume_ttft_p99_s']:.1f} ms | "
+                     f"{1e3 * r['resume_ttft_p90_s']:.1f} ms | "
+                     f"{1e3 * r['resume_ttft_p99_s']:.1f} ms | "
                      f"{1e3 * r['resume_queue_mean_s']:.1f} ms | {r['jct_mean_s']:.3f} s | "
                      f"{r['first_turn_ttft_sum_s']:.1f} s | {r['short_steps']} / {r['steps']} |")
     return "\n".join(lines) + "\n"
