@@ -37,10 +37,10 @@ from step_sim_engine import SimEngineConfig, SimResult, StepSim, StepTimeModel  
 VARIANTS = (
     "fcfs=lru_cpu",
     "agent=agent",
-    "agent_cap1024=agent:resume_step_tokens=1024",
-    "agent_cap1024_no_turn_end=agent:resume_step_tokens=1024,resume_step_after_turn_end=false",
-    "agent_cap1024_p25=agent:resume_step_tokens=1024,resume_step_probability=0.25",
+    "agent_no_turn_end=agent:resume_step_after_turn_end=false",
+    "agent_no_cap=agent:resume_step_tokens=none",
     "agent_cap512=agent:resume_step_tokens=512",
+    "agent_p25=agent:resume_step_probability=0.25",
     "agent_cap512_p25=agent:resume_step_tokens=512,resume_step_probability=0.25",
     "agent_no_session_fcfs=agent:session_fcfs=false",
 )

@@ -50,17 +50,13 @@ Per paused session, with T private tokens and a pause forecast (p50, p90, ...):
   resumed turns of older sessions only), and at least `resume_boost_s` before its own arrival
   (a session whose opening this process did not see, as after a restart); `session_fcfs=False`
   keeps only the boost, under which a first turn that has waited longer than it goes first;
-- step length (off unless `resume_step_tokens` is set): a turn that arrives while an engine
-  step runs waits for the step to end (a full prefill chunk is tens of ms on a GPU), so while
-  the paused sessions' forecasts give a chance of at least `resume_step_probability` that one
-  of them is back within `resume_horizon_s`, steps carry at most `resume_step_tokens`; with
-  only long pauses (humans) open, prefill runs in full chunks. A session whose turn has just
-  ended counts from the turn's end, with its last pause's forecast
-  (`resume_step_after_turn_end`): its pause reaches the engine only after the step planned at
-  the turn's end, the step a quick tool's next turn arrives in. Off by default: resumed turns
-  already go first and a jumped prefill yields the step, so on the replay's workload the cap's
-  short steps only delay first turns (bench/step_sim.py, 30 workload seeds: mean JCT +1.1%
-  with a 1,024-token cap, higher in every seed, resumed-turn p50 level).
+- step length: a turn that arrives while an engine step runs waits for the step to end (a full
+  prefill chunk is tens of ms on a GPU), so while the paused sessions' forecasts give a chance
+  of at least `resume_step_probability` that one of them is back within `resume_horizon_s`,
+  steps carry at most `resume_step_tokens`; with only long pauses (humans) open, prefill runs
+  in full chunks. A session whose turn has just ended counts from the turn's end, with its last
+  pause's forecast (`resume_step_after_turn_end`): its pause reaches the engine only after the
+  step planned at the turn's end, the step a quick tool's next turn arrives in.
 """
 from __future__ import annotations
 
@@ -89,7 +85,7 @@ class AgentConfig:
     uncovered_cpu_weight: float = 8.0
     resume_boost_s: float = 2.0
     session_fcfs: bool = True                  # a resumed turn ranks as of its session's opening
-    resume_step_tokens: int | None = None      # None: never shorten steps (see above)
+    resume_step_tokens: int | None = 1024      # None: never shorten steps
     resume_horizon_s: float = 0.1              # about one full prefill step
     resume_step_probability: float = 0.5
     # count a session whose turn just ended as paused from that moment (with its last pause's
