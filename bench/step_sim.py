@@ -73,9 +73,8 @@ def run_variant(a: argparse.Namespace, policy: str, options: dict, seed: int) ->
 
 
 def step_model(a: argparse.Namespace) -> StepTimeModel:
-    return StepTimeModel(graph_ms=a.graph_ms, graph_us_per_token=a.graph_us_per_token,
-                         eager_ms=a.eager_ms, eager_us_per_token=a.eager_us_per_token,
-                         graph_max_tokens=a.graph_max_tokens, host_gap_ms=a.host_gap_ms)
+    return StepTimeModel(base_ms=a.base_ms, us_per_token=a.us_per_token,
+                         eager_floor_ms=a.eager_floor_ms, graph_max_tokens=a.graph_max_tokens)
 
 
 def summarize(name: str, results: list[SimResult]) -> dict:
@@ -107,9 +106,9 @@ def markdown(doc: dict) -> str:
     lines = [f"# Step simulator, {doc['date']} (commit {doc['commit'][:7]})", "",
              f"`{doc['command']}`: the engine's scheduler and each variant's policy on a virtual "
              f"clock, workload seeds {', '.join(map(str, doc['seeds']))} pooled; steps "
-             f"{m['graph_ms']} ms + {m['graph_us_per_token']} us a token from a graph (up to "
-             f"{m['graph_max_tokens']} tokens), {m['eager_ms']} ms + {m['eager_us_per_token']} "
-             f"us eager, {m['host_gap_ms']} ms between steps; no KV tiers (every context stays "
+             f"{m['base_ms']} ms + {m['us_per_token']} us a token, at least "
+             f"{m['eager_floor_ms']} ms past a graph's {m['graph_max_tokens']} tokens; no KV "
+             "tiers (every context stays "
              "on the GPU). It ranks settings; `agent_replay.py` measures them.", "",
              "| variant | policy options | resume TTFT p50 | p90 | p99 | resume queue mean | "
              "JCT mean | first-turn TTFT sum | steps capped |",
@@ -135,8 +134,7 @@ def main(argv=None) -> int:
     m.add_argument("--graph-max-tokens", type=int, default=StepTimeModel.graph_max_tokens,
                    help="the largest step replayed from a CUDA graph (the server's "
                         "--extend-graph-max-tokens)")
-    for f in ("graph_ms", "graph_us_per_token", "eager_ms", "eager_us_per_token",
-              "host_gap_ms"):
+    for f in ("base_ms", "us_per_token", "eager_floor_ms"):
         m.add_argument("--" + f.replace("_", "-"), type=float,
                        default=getattr(StepTimeModel, f))
     p.add_argument("--rpc-ms", type=float, default=2.0, help="client <-> server, one way")

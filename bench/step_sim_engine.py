@@ -4,7 +4,7 @@ A turn that arrives while an engine step runs waits for that step to end, and th
 step with whatever else is admitted; the cache policy shortens steps while a paused session is
 likely back (`step_token_cap`) and orders admissions (`admission_priority`). This simulator runs
 the engine's own `Scheduler` and the policy's own `StepCap`, forecasts and estimator on the agent
-replay's workload, with each step's duration taken from a model fitted to an H200 replay's
+replay's workload, with each step's duration taken from a model fitted to the H200 replays'
 server logs (`StepTimeModel`), so that settings of those two mechanisms can be compared in
 seconds on a CPU before a GPU run measures the chosen ones.
 
@@ -37,26 +37,27 @@ from agent_workload import ReplaySession
 
 @dataclass(frozen=True)
 class StepTimeModel:
-    """Seconds one engine step takes: a fixed cost plus a cost per token, for a step replayed
-    from a CUDA graph (at most `graph_max_tokens` tokens and `graph_max_seqs` sequences) and for
-    an eager one. Defaults: least squares over the first-token log lines of the H200 replays of
-    2026-12-07 (Llama-3-8B bf16; graph steps 8.8 ms + 34.2 us a token over 99 steps, eager steps
-    26.6 ms + 19.3 us a token from the medians of 526, 520-2048 tokens), plus the host's gap
-    between steps."""
-    graph_ms: float = 8.8
-    graph_us_per_token: float = 34.2
-    eager_ms: float = 26.6
-    eager_us_per_token: float = 19.3
+    """Seconds one engine step takes: a fixed cost plus a cost per token; a step too large for
+    a CUDA graph (more than `graph_max_tokens` tokens or `graph_max_seqs` sequences) takes at
+    least `eager_floor_ms`, the host's time to launch it.
+
+    Defaults, Llama-3-8B bf16 on an H200: the H200 replays' progress lines of 2026-12-07 give,
+    per second, steps and tokens; the shortest period a step at each size (busy seconds) was
+    16.7 ms at ~450 tokens, 26.3 at ~830, 37.0 at ~1,290 and 50.0 at ~1,700: 4.7 ms + 26.6 us a
+    token, gaps between steps included. An eager decode step took 13.9 ms against its graph's
+    4.8 (engine-h200-20261122.json): the floor. (The first-token log's "read back after launch"
+    is no step time: with async scheduling it includes the tail of the step before.)"""
+    base_ms: float = 4.7
+    us_per_token: float = 26.6
+    eager_floor_ms: float = 13.9
     graph_max_tokens: int = 512
     graph_max_seqs: int = 64
-    host_gap_ms: float = 1.0
 
     def step_s(self, tokens: int, seqs: int) -> float:
-        if tokens <= self.graph_max_tokens and seqs <= self.graph_max_seqs:
-            ms = self.graph_ms + self.graph_us_per_token * 1e-3 * tokens
-        else:
-            ms = self.eager_ms + self.eager_us_per_token * 1e-3 * tokens
-        return (ms + self.host_gap_ms) / 1e3
+        ms = self.base_ms + self.us_per_token * 1e-3 * tokens
+        if tokens > self.graph_max_tokens or seqs > self.graph_max_seqs:
+            ms = max(ms, self.eager_floor_ms)
+        return ms / 1e3
 
 
 @dataclass(frozen=True)

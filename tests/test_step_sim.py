@@ -15,7 +15,7 @@ from sessions.policy import make_policy  # noqa: E402
 from step_sim import main, parse_variant  # noqa: E402
 from step_sim_engine import SimEngineConfig, StepSim, StepTimeModel  # noqa: E402
 
-MODEL = StepTimeModel()            # graph 8.8 ms + 34.2 us/token, eager 26.6 + 19.3, gap 1 ms
+MODEL = StepTimeModel()            # 4.7 ms + 26.6 us/token, eager at least 13.9 ms
 
 
 def ids(n, start):
@@ -26,10 +26,11 @@ def policy(name, **opts):
     return make_policy(name, CostModel.h200_llama3_8b(), PauseEstimator(), opts)
 
 
-def test_step_time_model_switches_to_eager_past_the_largest_graph():
-    assert MODEL.step_s(512, 64) == pytest.approx((8.8 + 0.0342 * 512 + 1.0) / 1e3)
-    assert MODEL.step_s(513, 1) == pytest.approx((26.6 + 0.0193 * 513 + 1.0) / 1e3)
-    assert MODEL.step_s(100, 65) == pytest.approx((26.6 + 0.0193 * 100 + 1.0) / 1e3)
+def test_step_time_model_has_a_host_floor_past_the_largest_graph():
+    assert MODEL.step_s(512, 64) == pytest.approx((4.7 + 0.0266 * 512) / 1e3)
+    assert MODEL.step_s(100, 64) == pytest.approx((4.7 + 0.0266 * 100) / 1e3)
+    assert MODEL.step_s(100, 65) == pytest.approx(13.9 / 1e3)     # eager: launch-bound
+    assert MODEL.step_s(2048, 8) == pytest.approx((4.7 + 0.0266 * 2048) / 1e3)
 
 
 def test_one_session_two_turns_exact_times():
