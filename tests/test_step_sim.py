@@ -44,10 +44,11 @@ def test_one_session_two_turns_exact_times():
     t0, t1 = res.turns
     step0, dec1 = MODEL.step_s(100, 1), MODEL.step_s(1, 1)
     assert (t0.resume, t0.computed_tokens, t0.queue_s) == (False, 100, 0.0)
-    assert t0.ttft_s == pytest.approx(step0 + 2 * rpc)
+    ft = MODEL.first_token_ms / 1e3                 # read-back and stream, after the step
+    assert t0.ttft_s == pytest.approx(step0 + ft + 2 * rpc)
     assert (t1.resume, t1.pause_s, t1.tool, t1.computed_tokens) == (True, 1.0, "bash", 56)
     step1 = MODEL.step_s(56, 1)
-    assert t1.ttft_s == pytest.approx(step1 + 2 * rpc) and t1.queue_s == pytest.approx(0.0)
+    assert t1.ttft_s == pytest.approx(step1 + ft + 2 * rpc) and t1.queue_s == pytest.approx(0.0)
     end0 = rpc + step0 + dec1
     assert t1.sent_s == pytest.approx(end0 + rpc + 1.0)
     assert res.jct_s["a"] == pytest.approx(end0 + 2 * rpc + 1.0 + step1 + dec1 + rpc)
