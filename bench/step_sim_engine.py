@@ -45,8 +45,10 @@ class StepTimeModel:
     per second, steps and tokens; the shortest period a step at each size (busy seconds) was
     16.7 ms at ~450 tokens, 26.3 at ~830, 37.0 at ~1,290 and 50.0 at ~1,700: 4.7 ms + 26.6 us a
     token, gaps between steps included. An eager decode step took 13.9 ms against its graph's
-    4.8 (engine-h200-20261122.json): the floor. (The first-token log's "read back after launch"
-    is no step time: with async scheduling it includes the tail of the step before.) A first
+    4.8 (engine-h200-20261122.json): the floor. (The first-token log's launch-to-read-back
+    times run longer, a median 42 ms at 520-1,100 tokens: they include the tail of an overlapped
+    decode step launched before, and an isolated 512-token extend took 17.9 ms even on an H100,
+    extend_profile-h100-20261206.) A first
     token reaches its client `first_token_ms` after its step's period ends (the read-back and
     the stream; the median excess of the same replays' resumed turns that waited for nothing
     and ran one step, GPU hits only: 6.6 ms over 54 turns, quartiles 2.6 / 9.5)."""
