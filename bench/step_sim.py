@@ -74,8 +74,8 @@ def run_variant(a: argparse.Namespace, policy: str, options: dict, seed: int) ->
 
 def step_model(a: argparse.Namespace) -> StepTimeModel:
     return StepTimeModel(base_ms=a.base_ms, us_per_token=a.us_per_token,
-                         eager_floor_ms=a.eager_floor_ms, first_token_ms=a.first_token_ms,
-                         graph_max_tokens=a.graph_max_tokens)
+                         ns_per_pair=a.ns_per_pair, eager_floor_ms=a.eager_floor_ms,
+                         first_token_ms=a.first_token_ms, graph_max_tokens=a.graph_max_tokens)
 
 
 def summarize(name: str, results: list[SimResult]) -> dict:
@@ -107,7 +107,8 @@ def markdown(doc: dict) -> str:
     lines = [f"# Step simulator, {doc['date']} (commit {doc['commit'][:7]})", "",
              f"`{doc['command']}`: the engine's scheduler and each variant's policy on a virtual "
              f"clock, workload seeds {', '.join(map(str, doc['seeds']))} pooled; steps "
-             f"{m['base_ms']} ms + {m['us_per_token']} us a token, at least "
+             f"{m['base_ms']} ms + {m['us_per_token']} us a token + {m['ns_per_pair']} ns an "
+             f"attention pair, at least "
              f"{m['eager_floor_ms']} ms past a graph's {m['graph_max_tokens']} tokens, first "
              f"tokens {m['first_token_ms']} ms after their step; no KV "
              "tiers (every context stays "
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     m.add_argument("--graph-max-tokens", type=int, default=StepTimeModel.graph_max_tokens,
                    help="the largest step replayed from a CUDA graph (the server's "
                         "--extend-graph-max-tokens)")
-    for f in ("base_ms", "us_per_token", "eager_floor_ms", "first_token_ms"):
+    for f in ("base_ms", "us_per_token", "ns_per_pair", "eager_floor_ms", "first_token_ms"):
         m.add_argument("--" + f.replace("_", "-"), type=float,
                        default=getattr(StepTimeModel, f))
     p.add_argument("--rpc-ms", type=float, default=2.0, help="client <-> server, one way")

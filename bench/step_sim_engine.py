@@ -37,30 +37,35 @@ from agent_workload import ReplaySession
 
 @dataclass(frozen=True)
 class StepTimeModel:
-    """Seconds one engine step takes: a fixed cost plus a cost per token; a step too large for
-    a CUDA graph (more than `graph_max_tokens` tokens or `graph_max_seqs` sequences) takes at
-    least `eager_floor_ms`, the host's time to launch it.
+    """Seconds one engine step takes: a fixed cost, a cost per token and a cost per (query,
+    key) pair of attention; a step too large for a CUDA graph (more than `graph_max_tokens`
+    tokens or `graph_max_seqs` sequences) takes at least `eager_floor_ms`, the host's time to
+    launch it.
 
-    Defaults, Llama-3-8B bf16 on an H200: the H200 replays' progress lines of 2026-12-07 give,
-    per second, steps and tokens; the shortest period a step at each size (busy seconds) was
-    16.7 ms at ~450 tokens, 26.3 at ~830, 37.0 at ~1,290 and 50.0 at ~1,700: 4.7 ms + 26.6 us a
-    token, gaps between steps included. An eager decode step took 13.9 ms against its graph's
-    4.8 (engine-h200-20261122.json): the floor. (The first-token log's launch-to-read-back
-    times run longer, a median 42 ms at 520-1,100 tokens: they include the tail of an overlapped
-    decode step launched before, and an isolated 512-token extend took 17.9 ms even on an H100,
-    extend_profile-h100-20261206.) A first
-    token reaches its client `first_token_ms` after its step's period ends (the read-back and
-    the stream; the median excess of the same replays' resumed turns that waited for nothing
-    and ran one step, GPU hits only: 6.6 ms over 54 turns, quartiles 2.6 / 9.5)."""
+    Defaults, Llama-3-8B bf16 on an H200. Attention: a 512-token extend took 4.0 ms longer at
+    an 8K context than at 4K on an H100 (extend_profile-h100-20261206; the H200's tensor cores
+    are the H100's): 1.9 ns a pair. Fixed and per-token costs: the H200 replays' progress lines
+    of 2026-12-07 give the shortest period a step at each size in busy seconds, 16.7 ms at ~450
+    tokens, 26.3 at ~830, 37.0 at ~1,290, 50.0 at ~1,700: 4.7 ms + 26.6 us a token, of which
+    ~8.6 us is the attention at those prefills' ~4.5K mean context, so 18 us a token beside
+    it (the weights' matmuls alone: 15 GFLOP a token). An eager decode step took 13.9 ms
+    against its graph's 4.8 (engine-h200-20261122.json): the floor. A first token reaches its
+    client `first_token_ms` after its step (the read-back and the stream): the median excess
+    over this model of the same replays' resumed turns that waited for nothing and ran one step
+    on a GPU hit, 4.7 ms over 54 turns (quartiles 2.5 / 6.6). (The first-token log's
+    launch-to-read-back times are no step times: they include the tail of an overlapped decode
+    step launched before.)"""
     base_ms: float = 4.7
-    us_per_token: float = 26.6
+    us_per_token: float = 18.0
+    ns_per_pair: float = 1.9
     eager_floor_ms: float = 13.9
-    first_token_ms: float = 6.6
+    first_token_ms: float = 4.7
     graph_max_tokens: int = 512
     graph_max_seqs: int = 64
 
-    def step_s(self, tokens: int, seqs: int) -> float:
-        ms = self.base_ms + self.us_per_token * 1e-3 * tokens
+    def step_s(self, tokens: int, seqs: int, pairs: float = 0.0) -> float:
+        """`pairs`: the step's (query, key) pairs, summed over its sequences."""
+        ms = self.base_ms + self.us_per_token * 1e-3 * tokens + self.ns_per_pair * 1e-6 * pairs
         if tokens > self.graph_max_tokens or seqs > self.graph_max_seqs:
             ms = max(ms, self.eager_floor_ms)
         return ms / 1e3
@@ -232,7 +237,9 @@ class StepSim:
             if out.is_empty:
                 raise RuntimeError("the simulated engine planned an empty step with work "
                                    "waiting (the block pool is sized to hold every session)")
-            dt = self.model.step_s(out.num_tokens, len(out.scheduled))
+            pairs = sum(sr.num_new_tokens * (sr.num_computed_before + (sr.num_new_tokens + 1) / 2)
+                        for sr in out.scheduled)
+            dt = self.model.step_s(out.num_tokens, len(out.scheduled), pairs)
             start, self.now = self.now, self.now + dt
             res.steps += 1
             res.busy_s += dt

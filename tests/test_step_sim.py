@@ -15,7 +15,7 @@ from sessions.policy import make_policy  # noqa: E402
 from step_sim import main, parse_variant  # noqa: E402
 from step_sim_engine import SimEngineConfig, StepSim, StepTimeModel  # noqa: E402
 
-MODEL = StepTimeModel()            # 4.7 ms + 26.6 us/token, eager at least 13.9 ms
+MODEL = StepTimeModel()    # 4.7 ms + 18 us a token + 1.9 ns a pair, eager at least 13.9 ms
 
 
 def ids(n, start):
@@ -27,10 +27,13 @@ def policy(name, **opts):
 
 
 def test_step_time_model_has_a_host_floor_past_the_largest_graph():
-    assert MODEL.step_s(512, 64) == pytest.approx((4.7 + 0.0266 * 512) / 1e3)
-    assert MODEL.step_s(100, 64) == pytest.approx((4.7 + 0.0266 * 100) / 1e3)
+    assert MODEL.step_s(512, 64) == pytest.approx((4.7 + 0.018 * 512) / 1e3)
+    assert MODEL.step_s(100, 64) == pytest.approx((4.7 + 0.018 * 100) / 1e3)
     assert MODEL.step_s(100, 65) == pytest.approx(13.9 / 1e3)     # eager: launch-bound
-    assert MODEL.step_s(2048, 8) == pytest.approx((4.7 + 0.0266 * 2048) / 1e3)
+    # a 2,048-token chunk at 8K of context: its attention pairs cost 1.9 ns each
+    pairs = 2048 * (8192 + 2049 / 2)
+    assert MODEL.step_s(2048, 8, pairs) == pytest.approx(
+        (4.7 + 0.018 * 2048 + 1.9e-6 * pairs) / 1e3)
 
 
 def test_one_session_two_turns_exact_times():
@@ -42,16 +45,17 @@ def test_one_session_two_turns_exact_times():
     rpc = 0.002
     res = StepSim([s], policy("lru_cpu"), SimEngineConfig(rpc_s=rpc), MODEL).run()
     t0, t1 = res.turns
-    step0, dec1 = MODEL.step_s(100, 1), MODEL.step_s(1, 1)
+    # pairs: each new token attends to everything before it and itself
+    step0, dec1 = MODEL.step_s(100, 1, 100 * 50.5), MODEL.step_s(1, 1, 101)
     assert (t0.resume, t0.computed_tokens, t0.queue_s) == (False, 100, 0.0)
     ft = MODEL.first_token_ms / 1e3                 # read-back and stream, after the step
     assert t0.ttft_s == pytest.approx(step0 + ft + 2 * rpc)
     assert (t1.resume, t1.pause_s, t1.tool, t1.computed_tokens) == (True, 1.0, "bash", 56)
-    step1 = MODEL.step_s(56, 1)
+    step1, dec2 = MODEL.step_s(56, 1, 56 * (96 + 28.5)), MODEL.step_s(1, 1, 153)
     assert t1.ttft_s == pytest.approx(step1 + ft + 2 * rpc) and t1.queue_s == pytest.approx(0.0)
     end0 = rpc + step0 + dec1
     assert t1.sent_s == pytest.approx(end0 + rpc + 1.0)
-    assert res.jct_s["a"] == pytest.approx(end0 + 2 * rpc + 1.0 + step1 + dec1 + rpc)
+    assert res.jct_s["a"] == pytest.approx(end0 + 2 * rpc + 1.0 + step1 + dec2 + rpc)
     assert res.steps == 4 and res.short_steps == 0
 
 
@@ -65,16 +69,16 @@ def two_sessions():
 
 
 def test_the_step_cap_shortens_a_resumed_turns_wait_behind_a_long_prefill():
-    """Without a cap the resumed turn waits for a 2,048-token step (~66 ms eager); with the
-    agent's cap while a resume is likely (any chance here), steps carry 256 tokens and it waits
-    at most one such step."""
+    """Without a cap the resumed turn waits for a 2,048-token step (~60 ms); with the agent's
+    cap while a resume is likely (any chance here), steps carry 256 tokens and it waits at most
+    one such step (each of its tokens attending to at most the whole 8,016-token context)."""
     full = StepSim(two_sessions(), policy("lru_cpu")).run()
     capped = StepSim(two_sessions(), policy("agent", resume_step_tokens=256,
                                             resume_step_probability=0.01)).run()
     wait = {name: next(t for t in r.turns if t.resume).queue_s
             for name, r in (("full", full), ("capped", capped))}
     assert wait["full"] > 0.02
-    assert wait["capped"] < MODEL.step_s(256 + 1, 2) <= wait["full"]
+    assert wait["capped"] < MODEL.step_s(256 + 1, 2, 257 * 8016) <= wait["full"]
     assert capped.short_steps > 0 and full.short_steps == 0
     # the long prefill pays for the short steps: more of them
     assert capped.steps > full.steps
