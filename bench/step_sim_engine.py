@@ -5,13 +5,14 @@ step with whatever else is admitted; the cache policy shortens steps while a pau
 likely back (`step_token_cap`) and orders admissions (`admission_priority`). This simulator runs
 the engine's own `Scheduler` and the policy's own `StepCap`, forecasts and estimator on the agent
 replay's workload, with each step's duration taken from a model fitted to the H200 replays'
-server logs (`StepTimeModel`), so that settings of those two mechanisms can be compared in
+server logs and an extend profile (`StepTimeModel`), so that settings of those two mechanisms can be compared in
 seconds on a CPU before a GPU run measures the chosen ones.
 
 What it leaves out, on purpose: KV tiers (the block pool holds every session: every resumed turn
-finds its context on the GPU, as most of `agent`'s do), the attention's cost per context token,
-and the model's host-side jitter. Its figures rank settings; the replay (`agent_replay.py`)
-measures them.
+finds its context on the GPU, as most of `agent`'s do; no loads, no inline waits for them), the
+scheduling pass's host time and the host's jitter. Its figures rank settings (its resumed
+turns' TTFTs run 15-20 ms below the H200 replay's); the replay (`agent_replay.py`) measures
+them.
 
 The client is the replay's: a session sends a turn, and when the turn ends it announces the
 tool pause, sleeps through it, resumes and sends the next turn; `concurrency` sessions at once.
