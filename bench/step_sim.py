@@ -32,6 +32,7 @@ from sessions.costs import CostModel  # noqa: E402
 from sessions.estimator import PauseEstimator  # noqa: E402
 from sessions.policies.options import parse_policy_options  # noqa: E402
 from sessions.policy import make_policy  # noqa: E402
+from sessions.sim.report import quantile  # noqa: E402  (the replay's: interpolated)
 from step_sim_engine import SimEngineConfig, SimResult, StepSim, StepTimeModel  # noqa: E402
 
 VARIANTS = (
@@ -55,11 +56,6 @@ def parse_variant(text: str) -> tuple[str, str, dict]:
     policy, _, opts = rest.partition(":")
     items = [x for x in opts.split(",") if x.strip()]
     return name.strip(), policy.strip(), parse_policy_options(policy.strip(), items)
-
-
-def quantile(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 def run_variant(a: argparse.Namespace, policy: str, options: dict, seed: int) -> SimResult:
