@@ -52,6 +52,7 @@ from agent_server import ServerSpec, split_policy_options  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
 from agent_workload import add_workload_args, build_workload, workload_config  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
+from runtime.config import default_block_size  # noqa: E402
 
 POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
 SMOKE = dict(model="shape:tiny-random", device="cpu", dtype="fp32", sessions=4, concurrency=2,
@@ -74,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--gpu-kv-fraction", type=float, default=0.5,
                    help="GPU KV budget as a fraction of the concurrent sessions' working set")
     p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="tokens per KV block (default the engine's: 64 on CUDA, 16 on CPU)")
     p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,
                    help="every server replays small prefill and extend steps from CUDA graphs "
                         "(default: the server's, on with CUDA)")
@@ -173,7 +175,7 @@ def main(argv=None) -> int:
     wl = build_workload(wcfg, info.vocab_size)
     wsum = wl.summary(a.concurrency)
     policy_opts, opts_doc = split_policy_options(a.policy_option, a.policies)
-    bs = a.block_size
+    bs = a.block_size or default_block_size("cuda" if device.startswith("cuda") else device)
     floor = (wsum["final_context_max"] + a.max_output_tokens) // bs + 16   # one session fits
     blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
                                             * wsum["concurrent_working_set_tokens"] / bs))

@@ -31,7 +31,7 @@ class ServerSpec:
     dtype: str = "auto"
     policy: str = "agent"
     num_gpu_blocks: int = 2048
-    block_size: int = 16
+    block_size: int | None = None          # None: the engine's default for the device
     max_num_batched_tokens: int = 2048
     extend_graphs: bool | None = None    # None: the server's default (on with CUDA)
     extend_graph_max_tokens: int | None = None   # None: the server's default
@@ -50,7 +50,6 @@ class ServerSpec:
                 "--device", self.device, "--dtype", self.dtype, "--port", "0",
                 "--metrics-port", "0", "--data-dir", str(data_dir), "--policy", self.policy,
                 "--num-gpu-blocks", str(self.num_gpu_blocks),
-                "--block-size", str(self.block_size),
                 "--max-num-batched-tokens", str(self.max_num_batched_tokens),
                 "--cpu-cache-gb", str(self.cpu_cache_gb),
                 "--disk-cache-gb", str(self.disk_cache_gb),
@@ -58,6 +57,7 @@ class ServerSpec:
                 "--pause-prior-scale", repr(self.pause_prior_scale),
                 "--max-sessions-per-tenant", "100000", "--session-ttl-s", "0",
                 "--grace-s", "1", "--stats-log-interval-s", repr(self.stats_log_interval_s)] \
+            + ([] if self.block_size is None else ["--block-size", str(self.block_size)]) \
             + ([] if self.first_token_log_s is None
                else ["--first-token-log-s", repr(self.first_token_log_s)]) \
             + ([] if self.extend_graphs is None

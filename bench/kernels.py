@@ -38,6 +38,7 @@ from kernels.attention_decode import paged_decode_attention  # noqa: E402
 from kernels.attention_prefill import paged_prefill_attention  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
 from kernels_cases import Bench  # noqa: E402
+from runtime.config import CUDA_BLOCK_SIZE  # noqa: E402
 from kernels_config import (GOALS, SECTIONS, SMOKE, Sizes, decode_variants,  # noqa: E402
                             prefill_variants)
 
@@ -140,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--only", default=",".join(SECTIONS),
                     help=f"comma-separated sections to run, of {','.join(SECTIONS)}")
     ap.add_argument("--block-size", type=int, default=None,
-                    help="tokens per KV page (default 16; --smoke keeps its own)")
+                    help="tokens per KV page (default the engine's on CUDA, 64; --smoke keeps "
+                         "its own)")
     ap.add_argument("--jobs", type=int, default=0,
                     help="compile the attention variants ahead in this many processes (GPU)")
     args = ap.parse_args(argv)
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         Path(tempfile.mkdtemp(prefix="kernels-bench-")) if args.smoke else ROOT / "bench/results")
     out_dir.mkdir(parents=True, exist_ok=True)
     hw = hardware_tag(hardware)
-    page = "" if sizes.block_size == 16 else f"-bs{sizes.block_size}"
+    page = "" if sizes.block_size == CUDA_BLOCK_SIZE else f"-bs{sizes.block_size}"
     path = out_dir / f"kernels-{hw}-{today.strftime('%Y%m%d')}{page}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
 

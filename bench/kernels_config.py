@@ -9,6 +9,7 @@ import torch
 from kernels.attention_decode import DecodeConfig
 from kernels.attention_prefill import PrefillConfig, PrefillWSConfig, ws_supported
 from kernels.prefill_config import prefill_kernel_choice
+from runtime.config import CUDA_BLOCK_SIZE
 
 SECTIONS = ("decode", "prefill", "block_copy", "small_ops")
 
@@ -27,7 +28,7 @@ class Sizes:
     num_q_heads: int = 32
     num_kv_heads: int = 8
     head_dim: int = 128
-    block_size: int = 16
+    block_size: int = CUDA_BLOCK_SIZE      # the engine's page size
     num_layers: int = 32
     decode: dict = field(default_factory=lambda: {"b64_ctx4k": (64, 4096),
                                                   "b1_ctx32k": (1, 32768)})

@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.append(str(Path(__file__).resolve().parent))
 
 from bench_common import git_commit, hardware_tag  # noqa: E402
+from runtime.config import CUDA_BLOCK_SIZE  # noqa: E402
 from stall_tree import line_stalls, reason_totals  # noqa: E402
 
 
@@ -101,7 +102,8 @@ def one_case(case: str, block_size: int, interval: int, launches: int, top: int,
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="4x2k,1x8k", help="cases of bench/kernels.py's prefill")
-    ap.add_argument("--block-size", type=int, default=16, help="KV page size in tokens")
+    ap.add_argument("--block-size", type=int, default=CUDA_BLOCK_SIZE,
+                    help=f"KV page size in tokens (default {CUDA_BLOCK_SIZE}, the engine's on CUDA)")
     ap.add_argument("--interval", type=int, default=0,
                     help="the profiler's PC-sampling interval (0: its default)")
     ap.add_argument("--launches", type=int, default=20)

@@ -26,7 +26,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from kvstore.block_pool import BlockPool
-from runtime.config import SamplingParams
+from runtime.config import CUDA_BLOCK_SIZE, SamplingParams
 from runtime.request import FinishReason, Request
 from runtime.scheduler import Scheduler, SchedulerConfig
 from runtime.step_cap import WAITING_TOOL, StepCap
@@ -76,7 +76,7 @@ class StepTimeModel:
 class SimEngineConfig:
     max_num_batched_tokens: int = 2048
     max_num_seqs: int = 64
-    block_size: int = 16
+    block_size: int = CUDA_BLOCK_SIZE
     concurrency: int = 11          # sessions under way at once (the replay's workers)
     rpc_s: float = 0.002           # one way, client <-> server
     max_model_len: int = 131072

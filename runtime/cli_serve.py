@@ -11,6 +11,7 @@ import asyncio
 import signal
 import sys
 
+from runtime.config import CPU_BLOCK_SIZE, CUDA_BLOCK_SIZE
 from runtime.server_config import POLICIES
 
 
@@ -25,8 +26,9 @@ def add_parser(sub) -> None:
     p.add_argument("--gpu-memory-fraction", type=float, default=0.85)
     p.add_argument("--num-gpu-blocks", type=int, default=None,
                    help="KV blocks on the device (overrides --gpu-memory-fraction)")
-    p.add_argument("--block-size", type=int, default=16,
-                   help="tokens per KV block (a power of two)")
+    p.add_argument("--block-size", type=int, default=None,
+                   help=f"tokens per KV block, a power of two (default {CUDA_BLOCK_SIZE} on CUDA, "
+                        f"{CPU_BLOCK_SIZE} on CPU)")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="token budget of one engine step (prefill chunk size)")
     p.add_argument("--extend-graphs", action=argparse.BooleanOptionalAction, default=None,

@@ -3,13 +3,30 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Tokens per KV page where `EngineConfig.block_size` is None. On CUDA 64: the paged prefill
+# kernel loads a page per TMA box (an H100 ran it at 0.888x SDPA against 0.837x at 16-token
+# pages; decode and the tier copies held their bandwidth), and the host's per-block work
+# (prefix hashes, tier indexes, the KV controller's commands) falls fourfold: an H100 agent
+# replay's longest command pass between steps went from 14 to 5 ms (median over its progress
+# lines) and its resumed-turn TTFT p50 from 72 to 62 ms, one run each (bench/kernels_notes.md).
+# A resumed turn recomputes its last partial page: 32 tokens on average instead of 8. Elsewhere
+# 16: no TMA, and the small models a CPU serves see short prompts, which 64-token pages would
+# leave mostly uncached.
+CUDA_BLOCK_SIZE = 64
+CPU_BLOCK_SIZE = 16
+
+
+def default_block_size(device_type: str) -> int:
+    """The page size an engine on a device of this type ("cuda", "cpu", ...) gets by default."""
+    return CUDA_BLOCK_SIZE if device_type == "cuda" else CPU_BLOCK_SIZE
+
 
 @dataclass
 class EngineConfig:
     model: str = "tiny"                   # a Hugging Face model folder, or "tiny"
     device: str = "auto"                  # "auto" (cuda if present), "cpu", "cuda", "cuda:1"
     dtype: str = "auto"                   # "auto" (bf16 on cuda, fp32 on cpu), fp32, fp16, bf16
-    block_size: int = 16
+    block_size: int | None = None         # tokens per KV page; None: default_block_size()
     num_gpu_blocks: int | None = None     # overrides the memory fraction when set
     gpu_memory_fraction: float = 0.85     # of total device memory, for weights + KV
     cpu_kv_blocks_default: int = 2048     # KV blocks on a CPU "device" when num_gpu_blocks unset
@@ -40,7 +57,8 @@ class EngineConfig:
     disk_cache_gb: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+        if self.block_size is not None and (self.block_size <= 0
+                                            or self.block_size & (self.block_size - 1)):
             raise ValueError(f"block_size must be a positive power of two, got {self.block_size}")
         if self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_batched_tokens must be positive")

@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from kernels import get_kernel_ops
 from kvstore.block_pool import BlockPool
 from kvstore.spec import KVCacheSpec, dtype_from_name
-from runtime.config import EngineConfig, SamplingParams
+from runtime.config import EngineConfig, SamplingParams, default_block_size
 from runtime.cuda_graphs import (DecodeGraphs, GraphStats, default_batch_sizes,
                                  require_capturable, width_buckets)
 from runtime.extend_graphs import ExtendGraphs, extend_graph_buckets
@@ -61,8 +61,10 @@ def resolve_device(name: str) -> torch.device:
 
 class Engine(StepOutputs):
     def __init__(self, config: EngineConfig):
-        self.config = config
         self.device = resolve_device(config.device)
+        if config.block_size is None:
+            config = replace(config, block_size=default_block_size(self.device.type))
+        self.config = config
         if config.dtype == "auto":
             self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         else:

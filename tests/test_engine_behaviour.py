@@ -5,6 +5,7 @@ from hypothesis import strategies as st
 
 from hf_models import rand_tokens, save_model
 from runtime import Engine, EngineConfig, FinishReason, InvalidRequestError, SamplingParams
+from runtime.config import default_block_size
 from runtime.engine_thread import EngineThread
 from runtime.models.arch import UnsupportedModelError
 from runtime.models.loader import ModelLoadError
@@ -20,6 +21,18 @@ def make_engine(folder, **kw):
                max_num_batched_tokens=256, kernel_backend="torch")
     cfg.update(kw)
     return Engine(EngineConfig(**cfg))
+
+
+def test_page_size_defaults_by_device_and_is_checked(folder):
+    """No block size given: 64-token pages on CUDA (TMA loads of a page; a quarter of the host's
+    per-block work), 16 on a CPU; the engine's own config holds the one it chose."""
+    assert (default_block_size("cuda"), default_block_size("cpu")) == (64, 16)
+    e = make_engine(folder)
+    assert e.config.block_size == 16 == e.pool.block_size == e.kv_spec.block_size
+    assert make_engine(folder, block_size=32).pool.block_size == 32
+    for bad in (0, 48, -16):
+        with pytest.raises(ValueError, match="block_size must be a positive power of two"):
+            EngineConfig(block_size=bad)
 
 
 def test_shared_256_token_prefix_is_computed_once(folder):

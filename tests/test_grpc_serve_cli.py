@@ -34,6 +34,7 @@ def test_every_option_reaches_the_config(tmp_path):
     e = cfg.engine
     assert (e.block_size, e.max_num_batched_tokens) == (64, 1024)
     assert e.extend_graph_max_tokens == 1024 and parse().engine.extend_graph_max_tokens == 512
+    assert parse().engine.block_size is None          # the engine picks by device
     assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
                                                                    "bf16", 0.5)
     assert (e.cpu_cache_gb, e.disk_cache_gb, e.disk_cache_path) == (4, 16, None)

@@ -39,7 +39,7 @@ def test_step_time_model_has_a_host_floor_past_the_largest_graph():
 def test_one_session_two_turns_exact_times():
     """Turn 0: 100 tokens, one prefill step (its first token) and one decode step. Turn 1
     arrives 1 s + two messages later and computes what the cache lacks: 102 tokens of log hold
-    6 full blocks (96 tokens), so 152 - 96 = 56 tokens."""
+    one full 64-token page (the simulated H200's), so 152 - 64 = 88 tokens."""
     s = ReplaySession("a", (ReplayTurn(0, ids(100, 10), 2, pause_after_s=1.0, tool_after="bash"),
                             ReplayTurn(1, ids(50, 500), 2)))
     rpc = 0.002
@@ -50,8 +50,8 @@ def test_one_session_two_turns_exact_times():
     assert (t0.resume, t0.computed_tokens, t0.queue_s) == (False, 100, 0.0)
     ft = MODEL.first_token_ms / 1e3                 # read-back and stream, after the step
     assert t0.ttft_s == pytest.approx(step0 + ft + 2 * rpc)
-    assert (t1.resume, t1.pause_s, t1.tool, t1.computed_tokens) == (True, 1.0, "bash", 56)
-    step1, dec2 = MODEL.step_s(56, 1, 56 * (96 + 28.5)), MODEL.step_s(1, 1, 153)
+    assert (t1.resume, t1.pause_s, t1.tool, t1.computed_tokens) == (True, 1.0, "bash", 88)
+    step1, dec2 = MODEL.step_s(88, 1, 88 * (64 + 44.5)), MODEL.step_s(1, 1, 153)
     assert t1.ttft_s == pytest.approx(step1 + ft + 2 * rpc) and t1.queue_s == pytest.approx(0.0)
     end0 = rpc + step0 + dec1
     assert t1.sent_s == pytest.approx(end0 + rpc + 1.0)
