@@ -15,6 +15,9 @@ bytes identical after a round trip through CPU and disk.
 
     python bench/agent_replay.py --time-budget-s 548    # one 10-minute call on a GPU machine
     python bench/agent_replay.py --time-budget-s 900    # everything: peer and fp32 sample too
+    # as the published runs: each server's log kept, and where slow first tokens' time went
+    python bench/agent_replay.py --time-budget-s 559 --server-logs logs --server-log-level INFO
+        --server-first-token-log-s 0.03                 # (one command)
 
 Each server start took 20-50 s (random 8B weights, CUDA graphs, and 11-13 s of pinning the
 32 GiB CPU tier on an H100 machine until kvstore/pinned.py); at 3b27264 a 524 s budget ran the
@@ -72,8 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="bf16")
     p.add_argument("--policies", default=",".join(POLICIES))
-    p.add_argument("--gpu-kv-fraction", type=float, default=0.5,
-                   help="GPU KV budget as a fraction of the concurrent sessions' working set")
+    p.add_argument("--gpu-kv-fraction", type=float, default=0.35,
+                   help="GPU KV budget as a fraction of the concurrent sessions' working set "
+                        "(0.35: every published H100 and H200 run since 2026-12-04)")
     p.add_argument("--gpu-blocks", type=int, default=None, help="overrides --gpu-kv-fraction")
     p.add_argument("--block-size", type=int, default=None,
                    help="tokens per KV block (default the engine's: 64 on CUDA, 16 on CPU)")
