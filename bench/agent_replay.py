@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     wl = build_workload(wcfg, info.vocab_size)
     wsum = wl.summary(a.concurrency)
     policy_opts, opts_doc = split_policy_options(a.policy_option, a.policies)
-    bs = a.block_size or default_block_size("cuda" if device.startswith("cuda") else device)
+    bs = a.block_size or default_block_size(device.split(":")[0])
     floor = (wsum["final_context_max"] + a.max_output_tokens) // bs + 16   # one session fits
     blocks = a.gpu_blocks or max(floor, int(a.gpu_kv_fraction
                                             * wsum["concurrent_working_set_tokens"] / bs))

@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cases", default="4x2k,1x8k", help="cases of bench/kernels.py's prefill")
     ap.add_argument("--block-size", type=int, default=CUDA_BLOCK_SIZE,
-                    help=f"KV page size in tokens (default {CUDA_BLOCK_SIZE}, the engine's on CUDA)")
+                    help=f"KV page size in tokens (default {CUDA_BLOCK_SIZE}, the engine's on "
+                         "CUDA)")
     ap.add_argument("--interval", type=int, default=0,
                     help="the profiler's PC-sampling interval (0: its default)")
     ap.add_argument("--launches", type=int, default=20)
