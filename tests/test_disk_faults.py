@@ -98,3 +98,27 @@ def test_full_disk_tier_refuses_or_evicts_while_serving(tmp_path):
         metric(st, "agentkv:kv_disk_full_refusals_total")
     ref = reference(tmp_path)
     assert all(r[:2] == ref for r in results)
+
+
+def test_a_restart_at_another_page_size_recomputes_and_gives_the_same_tokens(tmp_path):
+    """Blocks spilled at 16-token pages never match a server at 32-token pages (their hashes
+    cover other token spans): the session's log survives the restart, its KV is recomputed, and
+    the tokens are those of a server that never paused."""
+    data = tmp_path / "data"
+    with running_server(config(data)) as st:
+        c = AgentKVClient(f"127.0.0.1:{st.server.port}")
+        s = c.session(system_prompt="You are an agent.")
+        first = s.run([MSGS[0]], **GREEDY).token_ids
+        s.pause("ask_user", expected_s=3 * 3600, human=True)     # spilled to disk
+        sid = s.id
+        c.close()
+    cfg = config(data)
+    with running_server(replace(cfg, engine=replace(cfg.engine, block_size=32))) as st:
+        assert st.server.engine_thread.engine.config.block_size == 32
+        c = AgentKVClient(f"127.0.0.1:{st.server.port}")
+        s = c.attach(sid)
+        s.resume()
+        second = s.run([MSGS[1]], **GREEDY)
+        assert second.kv_source["disk"] == 0 and second.kv_source["recomputed"] > 0
+        c.close()
+    assert [first, second.token_ids] == list(reference(tmp_path))
