@@ -41,6 +41,19 @@ def two_turns(st, pause_between=False):
     return a.token_ids, b.token_ids, b
 
 
+def spill_a_session(data):
+    """A server on `data` runs a session's first turn, which a human pause spills to disk;
+    returns the turn's tokens and the session's id."""
+    with running_server(config(data)) as st:
+        c = AgentKVClient(f"127.0.0.1:{st.server.port}")
+        s = c.session(system_prompt="You are an agent.")
+        first = s.run([MSGS[0]], **GREEDY).token_ids
+        s.pause("ask_user", expected_s=3 * 3600, human=True)     # spilled to disk
+        sid = s.id
+        c.close()
+    return first, sid
+
+
 def reference(tmp_path):
     with running_server(server_config(tmp_path / "ref")) as st:
         return two_turns(st)[:2]
@@ -60,13 +73,7 @@ def test_unwritable_disk_path_degrades_the_tier_and_serving_goes_on(tmp_path, ca
 
 def test_corrupted_disk_blocks_are_recomputed_not_used(tmp_path):
     data = tmp_path / "data"
-    with running_server(config(data)) as st:
-        c = AgentKVClient(f"127.0.0.1:{st.server.port}")
-        s = c.session(system_prompt="You are an agent.")
-        first = s.run([MSGS[0]], **GREEDY).token_ids
-        s.pause("ask_user", expected_s=3 * 3600, human=True)     # spilled to disk
-        sid = s.id
-        c.close()
+    first, sid = spill_a_session(data)
     # flip one byte in the payload of every stored block (the tier's own environment)
     env = open_environment(str(data / "kv"), 1 << 31)
     db = env.open_db(b"kv_blocks")
@@ -105,13 +112,7 @@ def test_a_restart_at_another_page_size_recomputes_and_gives_the_same_tokens(tmp
     cover other token spans): the session's log survives the restart, its KV is recomputed, and
     the tokens are those of a server that never paused."""
     data = tmp_path / "data"
-    with running_server(config(data)) as st:
-        c = AgentKVClient(f"127.0.0.1:{st.server.port}")
-        s = c.session(system_prompt="You are an agent.")
-        first = s.run([MSGS[0]], **GREEDY).token_ids
-        s.pause("ask_user", expected_s=3 * 3600, human=True)     # spilled to disk
-        sid = s.id
-        c.close()
+    first, sid = spill_a_session(data)
     cfg = config(data)
     with running_server(replace(cfg, engine=replace(cfg.engine, block_size=32))) as st:
         assert st.server.engine_thread.engine.config.block_size == 32
