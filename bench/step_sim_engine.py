@@ -61,6 +61,8 @@ class StepTimeModel:
     ns_per_pair: float = 1.9
     eager_floor_ms: float = 13.9
     first_token_ms: float = 4.7
+    # the fitted runs' largest extend graph; the engine's default is 1024 since 2026-12-08 (a
+    # graph's padding to its bucket is not modelled)
     graph_max_tokens: int = 512
     graph_max_seqs: int = 64
 

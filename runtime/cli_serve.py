@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
                    help="replay small prefill, extend and mixed steps (up to "
                         "--extend-graph-max-tokens) from CUDA graphs (default: on with CUDA "
                         "and the triton kernels)")
-    p.add_argument("--extend-graph-max-tokens", type=int, default=512, metavar="N",
+    p.add_argument("--extend-graph-max-tokens", type=int, default=1024, metavar="N",
                    help="the largest step replayed from an extend graph: a power of two >= 16 "
                         "(each doubling captures one more graph per sequence bucket)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")

@@ -46,7 +46,7 @@ class EngineConfig:
     extend_graphs: bool | None = None
     # the largest of those steps, in tokens (a power of two >= 16; buckets 16, 32, ... up to it
     # and the step budget): each bucket is one more graph per sequence bucket
-    extend_graph_max_tokens: int = 512
+    extend_graph_max_tokens: int = 1024
     stats_log_interval_s: float = 10.0    # a progress line this often while busy (0: none)
     # log where the time went for requests whose first token took this long (None: never;
     # runtime/first_token_log.py)

@@ -86,7 +86,9 @@ def test_cuda_graphs_need_cuda(folder):
 
 # -- on the GPU -----------------------------------------------------------------------------
 def gpu_engine(folder, dtype, graphs, **kw):
-    cfg = dict(model=str(folder), device="cuda", dtype=dtype, num_gpu_blocks=1024,
+    # 16-token pages (not CUDA's default 64): the model's 2,048 positions then take two
+    # block-table widths, 64 and 128, so replays cross a width bucket
+    cfg = dict(model=str(folder), device="cuda", dtype=dtype, num_gpu_blocks=1024, block_size=16,
                max_num_batched_tokens=512, max_num_seqs=16, cuda_graphs=graphs,
                async_scheduling=graphs)
     cfg.update(kw)

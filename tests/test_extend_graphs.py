@@ -23,7 +23,8 @@ def folder(tmp_path_factory):
 
 
 def test_buckets_and_layout():
-    assert default_buckets(2048, 64) == ((16, 32, 64, 128, 256, 512), (1, 2, 4, 8, 16, 32, 64))
+    assert default_buckets(2048, 64) == ((16, 32, 64, 128, 256, 512, 1024),
+                                         (1, 2, 4, 8, 16, 32, 64))
     assert default_buckets(100, 5) == ((16, 32, 64), (1, 2, 4))
     g = ExtendGraphs.__new__(ExtendGraphs)
     g.token_buckets, g.seq_buckets, g.width = (16, 32, 64), (1, 2, 4, 8), 40

@@ -33,7 +33,7 @@ def test_every_option_reaches_the_config(tmp_path):
                 "--extend-graph-max-tokens", "1024")
     e = cfg.engine
     assert (e.block_size, e.max_num_batched_tokens) == (64, 1024)
-    assert e.extend_graph_max_tokens == 1024 and parse().engine.extend_graph_max_tokens == 512
+    assert e.extend_graph_max_tokens == 1024 and parse().engine.extend_graph_max_tokens == 1024
     assert parse().engine.block_size is None          # the engine picks by device
     assert (e.model, e.device, e.dtype, e.gpu_memory_fraction) == ("/models/llama", "cuda:1",
                                                                    "bf16", 0.5)
