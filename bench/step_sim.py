@@ -104,11 +104,10 @@ def markdown(doc: dict) -> str:
              f"`{doc['command']}`: the engine's scheduler and each variant's policy on a virtual "
              f"clock, workload seeds {', '.join(map(str, doc['seeds']))} pooled; steps "
              f"{m['base_ms']} ms + {m['us_per_token']} us a token + {m['ns_per_pair']} ns an "
-             f"attention pair, at least "
-             f"{m['eager_floor_ms']} ms past a graph's {m['graph_max_tokens']} tokens, first "
-             f"tokens {m['first_token_ms']} ms after their step; no KV "
-             "tiers (every context stays "
-             "on the GPU). It ranks settings; `agent_replay.py` measures them.", "",
+             f"attention pair, at least {m['eager_floor_ms']} ms past a graph's "
+             f"{m['graph_max_tokens']} tokens, first tokens {m['first_token_ms']} ms after their "
+             "step; no KV tiers (every context stays on the GPU). It ranks settings; "
+             "`agent_replay.py` measures them.", "",
              "| variant | policy options | resume TTFT p50 | p90 | p99 | resume queue mean | "
              "JCT mean | first-turn TTFT sum | steps capped |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]

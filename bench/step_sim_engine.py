@@ -5,8 +5,8 @@ step with whatever else is admitted; the cache policy shortens steps while a pau
 likely back (`step_token_cap`) and orders admissions (`admission_priority`). This simulator runs
 the engine's own `Scheduler` and the policy's own `StepCap`, forecasts and estimator on the agent
 replay's workload, with each step's duration taken from a model fitted to the H200 replays'
-server logs and an extend profile (`StepTimeModel`), so that settings of those two mechanisms can be compared in
-seconds on a CPU before a GPU run measures the chosen ones.
+server logs and an extend profile (`StepTimeModel`), so that settings of those two mechanisms
+can be compared in seconds on a CPU before a GPU run measures the chosen ones.
 
 What it leaves out, on purpose: KV tiers (the block pool holds every session: every resumed turn
 finds its context on the GPU, as most of `agent`'s do; no loads, no inline waits for them), the
