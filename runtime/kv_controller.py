@@ -192,7 +192,9 @@ class KVController(PlanExecution):
             return
         self.policy.on_resume(session_id, self.clock())
         s.paused_at = s.ended_at = None
-        self._refresh(s)
+        # its blocks are needed now, sooner than ranked: the eviction order finds that out for
+        # any it picks (NextUseOrder.pop_victim), so the turn's path re-ranks none of them
+        self._next_use.pop(session_id, None)
 
     def close(self, session_id: str) -> None:
         s = self.sessions.pop(session_id, None)
@@ -219,8 +221,7 @@ class KVController(PlanExecution):
                 self._closed_blocks = []
         for s in self.sessions.values():
             if s.pinned and s.pinned_until and now >= s.pinned_until:
-                self._unpin(s)
-                self._refresh(s)
+                self._unpin(s)           # the freed blocks are ranked as they join the order
         for sid in self.policy.due_prefetches(now):
             s = self.sessions.get(sid)
             if s is not None and s.paused_at is not None:
@@ -278,7 +279,6 @@ class KVController(PlanExecution):
                          "%.3gs after the prefetch, %.3gs into the pause", sid, short,
                          now - s.prefetched_at, now - s.paused_at)
             self._unpin(s)
-            self._refresh(s)
             self.pins_reclaimed += 1
             if pool.num_free_blocks >= target:
                 return

@@ -4,9 +4,18 @@ A cached (refcount-zero) block belongs to the sessions whose token logs contain 
 is the earliest predicted resume among them; blocks of no live session are needed never and go
 first. Ties (the same prediction: one session's blocks) go deepest in the log first, as prefix
 matching stops at the first missing block and a cached tail behind an evicted head is of no
-use; then least recently freed. A heap with lazy
-invalidation keeps `pop_victim` logarithmic; `refresh` re-ranks blocks whose sessions changed
-state (paused, resumed, closed).
+use; then least recently freed. A heap with lazy invalidation keeps `pop_victim` logarithmic.
+
+A rank is the block's next use when it was ranked. The next use moves earlier when a session
+resumes or a live session's log comes to hold the block: `pop_victim` checks its candidate's
+next use and, where it came earlier than ranked, ranks it again instead of evicting it, so a
+resume (which comes with the session's next turn) costs nothing per block on that turn's path
+(a 13K-token log at 16-token pages was ~4 ms of re-ranking). It moves later when a session
+pauses (the controller `refresh`es its blocks) and as a pause goes on: a paused session's
+predicted resume is its pause's start plus a quantile of the pause conditioned on its length so
+far, which never falls. That drift is not re-ranked: a session paused past its prediction keeps
+the rank of its prediction until its state changes, so its blocks go later than they could
+(likewise a shared block whose earliest owner closed).
 """
 from __future__ import annotations
 
@@ -14,6 +23,10 @@ import heapq
 import itertools
 import math
 from typing import Callable, Iterable
+
+# a candidate's next use must have come this much earlier than its rank for `pop_victim` to rank
+# it again (rounding of the predicted times is not a change)
+STALE_S = 1e-6
 
 
 class NextUseOrder:
@@ -52,10 +65,14 @@ class NextUseOrder:
 
     def pop_victim(self) -> int:
         while self._heap:
-            _, _, v, b = heapq.heappop(self._heap)
-            if self._version.get(b) == v:
-                del self._version[b]
-                return b
+            key, _, v, b = heapq.heappop(self._heap)
+            if self._version.get(b) != v:
+                continue                                # re-ranked or removed since
+            if self.next_use(b) < -key - STALE_S:       # needed sooner than ranked: rank again
+                self._push(b)
+                continue
+            del self._version[b]
+            return b
         raise IndexError("no cached block to evict")
 
     def _compact(self) -> None:

@@ -93,20 +93,45 @@ def test_short_pause_stays_pinned_medium_goes_to_cpu_hours_go_to_disk(folder, tm
     eng.tiers.close()
 
 
-def test_under_pressure_the_session_resuming_last_is_evicted_first(folder, tmp_path):
-    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
-    assert isinstance(eng.pool.order, NextUseOrder)
-    soon = turn(eng, ctl, "soon", 1, n=49)        # 3 full computed blocks each
-    late = turn(eng, ctl, "late", 2, n=49)
-    # "late" paused first: an LRU order would evict it second; by next use it goes first
-    ctl.pause("late", "ask_user", None, True, PauseForecast(5000.0, 20000.0, "hint"))
-    ctl.pause("soon", "bash", None, False, PauseForecast(8.0, 20.0, "hint"))
+def two_paused_sessions(eng, ctl, first, second):
+    """Two sessions of 3 full computed blocks each, paused in that order ((name, tool, human,
+    forecast) each), none of their blocks pinned; returns their token logs."""
+    logs = [turn(eng, ctl, name, seed, n=49) for seed, (name, *_) in enumerate((first, second))]
+    for name, tool, human, forecast in (first, second):
+        ctl.pause(name, tool, None, human, forecast)
     settle(eng)
     for s in ctl.sessions.values():               # let both be evictable
         ctl._unpin(s)
+    return logs
+
+
+def test_under_pressure_the_session_resuming_last_is_evicted_first(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    assert isinstance(eng.pool.order, NextUseOrder)
+    # "late" paused first: an LRU order would evict it second; by next use it goes first
+    late, soon = two_paused_sessions(
+        eng, ctl, ("late", "ask_user", True, PauseForecast(5000.0, 20000.0, "hint")),
+        ("soon", "bash", False, PauseForecast(8.0, 20.0, "hint")))
     eng.pool.allocate(eng.pool.num_free_blocks - 3)   # room for 3 blocks only: evicts 3
     assert on_gpu(eng, soon) == [True, True, True]
     assert on_gpu(eng, late) == [False, False, False]
+    eng.tiers.close()
+
+
+def test_a_resumed_session_outlives_a_paused_one_with_no_re_ranking_on_resume(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path, blocks=20)
+    # both kept on the GPU; "back" is predicted to be back later, so it ranks to go first
+    back, away = two_paused_sessions(
+        eng, ctl, ("back", "read", False, PauseForecast(2.0, 6.0, "hint")),
+        ("away", "read", False, PauseForecast(0.5, 1.0, "hint")))
+    assert on_gpu(eng, back) == on_gpu(eng, away) == [True, True, True]
+    heap = len(eng.pool.order._heap)
+    clock.t += 0.2
+    ctl.resume("back")                            # needed now, before "away" (0.5 s)
+    assert len(eng.pool.order._heap) == heap      # nothing re-ranked on the turn's path
+    eng.pool.allocate(eng.pool.num_free_blocks - 3)   # room for 3 blocks only: evicts 3
+    assert on_gpu(eng, back) == [True, True, True]
+    assert on_gpu(eng, away) == [False, False, False]
     eng.tiers.close()
 
 
