@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 # how long one computed prediction of a session's next use serves the eviction order's ranking
 NEXT_USE_MEMO_S = 0.05
 # a running turn's newly computed full blocks go to the CPU this many or more at a time (a
-# prefill chunk of 2,048 tokens is 128); the turn's end copies what is left
+# prefill chunk of 2,048 tokens is 128 blocks at 16-token pages, 32 at 64, so every chunk
+# goes); the turn's end copies what is left
 WRITE_THROUGH_MIN_BLOCKS = 8
 
 
