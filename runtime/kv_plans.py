@@ -112,7 +112,18 @@ class PlanExecution:
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _set_hashes(self, s: SessionKV, hashes: list[BlockHash]) -> None:
-        for h in s.hashes:
+        # Chained hashes: equal at an index means equal at every index before it, so the old
+        # and new logs' common blocks are found by bisection and only the blocks after them
+        # change hands (a turn's end adds the turn's blocks without walking the log's head).
+        lo, hi = 0, min(len(s.hashes), len(hashes))      # lo blocks known equal; hi at most
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if s.hashes[mid - 1] == hashes[mid - 1]:
+                lo = mid
+            else:
+                hi = mid - 1
+        same = lo
+        for h in s.hashes[same:]:
             owners = self._owners.get(h)
             if owners is not None:
                 owners.discard(s.session_id)
@@ -120,9 +131,9 @@ class PlanExecution:
                     del self._owners[h]
                     del self._depth[h]
         s.hashes = hashes
-        for i, h in enumerate(hashes):   # a chained hash is at one index in every log
-            self._owners.setdefault(h, set()).add(s.session_id)
-            self._depth[h] = i
+        for i in range(same, len(hashes)):   # a chained hash is at one index in every log
+            self._owners.setdefault(hashes[i], set()).add(s.session_id)
+            self._depth[hashes[i]] = i
 
     def _pin(self, s: SessionKV, hashes: list[BlockHash]) -> None:
         pool = self.engine.pool

@@ -319,6 +319,37 @@ def test_a_preempted_turn_keeps_ownership_of_the_blocks_it_computed(folder, tmp_
     eng.tiers.close()
 
 
+def test_block_owners_follow_each_turns_log_as_it_grows_and_is_cut(folder, tmp_path):
+    eng, ctl, clock = setup(folder, tmp_path)
+    g = torch.Generator().manual_seed(9)
+    shared = torch.randint(3, 512, (48,), generator=g).tolist()          # 3 blocks
+    a = shared + torch.randint(3, 512, (40,), generator=g).tolist()
+    b = shared + torch.randint(3, 512, (20,), generator=g).tolist()
+
+    def expect(logs: dict[str, list[int]]) -> None:
+        owners, depth = {}, {}
+        for sid, log in logs.items():
+            for i, h in enumerate(chain_hashes(log, 16, eng.fingerprint)):
+                owners.setdefault(h, set()).add(sid)
+                depth[h] = i
+        assert ctl._owners == owners and ctl._depth == depth
+
+    ctl.turn_end("a", a)
+    ctl.turn_end("b", b)
+    expect({"a": a, "b": b})
+    a = a + torch.randint(3, 512, (50,), generator=g).tolist()           # the next turn grows it
+    ctl.turn_end("a", a)
+    expect({"a": a, "b": b})
+    a = a[:56] + torch.randint(3, 512, (30,), generator=g).tolist()      # a re-render cuts it
+    ctl.turn_end("a", a)
+    expect({"a": a, "b": b})
+    ctl.turn_end("a", shared[:40])                                       # into the shared head
+    expect({"a": shared[:40], "b": b})
+    ctl.close("b")
+    expect({"a": shared[:40]})
+    eng.tiers.close()
+
+
 def test_usage_reports_the_disk_write_queue_in_seconds(folder, tmp_path):
     eng, ctl, clock = setup(folder, tmp_path)
     c = turn(eng, ctl, "c", 7)
