@@ -10,6 +10,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 
@@ -81,6 +82,9 @@ class Engine(StepOutputs):
                                    config.block_size, self.dtype)
         self.ops = get_kernel_ops(config.kernel_backend, self.device)
         self.online = False      # set by EngineThread: requests may arrive between steps
+        # set by EngineThread: called with a `done()` predicate while an online prefill step
+        # runs on the device, before its tokens are read back (it serves commands meanwhile)
+        self.while_in_flight: Callable[[Callable[[], bool]], None] | None = None
         self.async_scheduling = (self.device.type == "cuda" if config.async_scheduling is None
                                  else config.async_scheduling)
         graph_sizes = self._graph_batch_sizes()
@@ -245,6 +249,9 @@ class Engine(StepOutputs):
                 # step is scheduled, so a turn that arrives meanwhile runs in the very next step
                 # rather than behind one already queued on the GPU. Decode-only steps, and every
                 # step of a batch whose requests are all in (nothing can arrive), stay overlapped.
+                # While it runs, the engine thread takes the commands that may (while_in_flight).
+                if self.while_in_flight is not None and launched.host is not None:
+                    self.while_in_flight(launched.host.ready)
                 outs += self._complete_inflight()
         self.launched_last_step = launched is not None
         if launched is not None:       # host time of the whole call, the waits for tokens too

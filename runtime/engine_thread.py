@@ -81,6 +81,19 @@ class _Call:
     fn: Callable[[Engine], Any]
     done: threading.Event
     result: list
+    in_flight_ok: bool = False  # may run while a step is on the device (see EngineThread.call)
+
+
+# how often the engine thread looks whether the step in flight is done while it waits for
+# commands (the most a step's read-back is delayed by serving them)
+IN_FLIGHT_POLL_S = 0.0005
+
+
+def _done_or_failed(done: Callable[[], bool]) -> bool:
+    try:
+        return done()
+    except Exception:             # a device error: the step's read-back raises and reports it
+        return True
 
 
 class EngineThread:
@@ -96,6 +109,9 @@ class EngineThread:
         self.on_step: list[Callable[[Engine], None]] = []   # hooks run between steps
         self.loop_errors = 0      # errors caught in the loop (hooks, tier polls, steps)
         self.stall_wait_s = 0.001  # the pause between steps that launched nothing
+        self.commands_in_flight = 0   # commands handled while a prefill step ran
+        self._held = None         # a command taken while a step ran that had to wait for its end
+        engine.while_in_flight = self._serve_in_flight
 
     def start(self) -> "EngineThread":
         self._thread = threading.Thread(target=self._run, name="agentkv-engine", daemon=True)
@@ -118,13 +134,18 @@ class EngineThread:
         return stream
 
     def abort(self, request_id: str) -> None:
-        self.call(lambda e: self._abort(request_id), wait=False)
+        self.call(lambda e: self._abort(request_id), wait=False, in_flight_ok=True)
 
-    def call(self, fn: Callable[[Engine], Any], wait: bool = True, timeout: float | None = None):
-        """Run `fn(engine)` on the engine thread between steps (the only safe place to touch it)."""
+    def call(self, fn: Callable[[Engine], Any], wait: bool = True, timeout: float | None = None,
+             in_flight_ok: bool = False):
+        """Run `fn(engine)` on the engine thread between steps (the only safe place to touch it).
+
+        With `in_flight_ok`, it may also run while a launched step is still on the device and
+        committed (its tokens counted as computed), as everything does between async steps: it
+        must not step the engine or wait for the step's tokens. Calls run in the order posted."""
         if not self.alive:
             raise EngineStoppedError("the engine is not running")
-        c = _Call(fn, threading.Event(), [])
+        c = _Call(fn, threading.Event(), [], in_flight_ok)
         self._cmds.put(c)
         if not wait:
             return None
@@ -177,8 +198,12 @@ class EngineThread:
             block = idle or stalled
             t_cmds = None
             try:
-                cmd = self._cmds.get(block=block, timeout=(0.5 if idle else self.stall_wait_s)
-                                     if block else None)
+                if self._held is not None:      # it waited for the step's end: first now
+                    cmd, self._held = self._held, None
+                else:
+                    cmd = self._cmds.get(block=block, timeout=(0.5 if idle else
+                                                               self.stall_wait_s)
+                                         if block else None)
                 t_cmds = time.perf_counter()
                 while True:
                     if cmd is not None:
@@ -219,6 +244,26 @@ class EngineThread:
                               len(self.engine.requests))
                 outs = self.engine.fail_all(e)
             self._deliver(outs)
+
+    def _serve_in_flight(self, done: Callable[[], bool]) -> None:
+        """An online prefill step runs on the device (`Engine.while_in_flight`): handle the
+        commands that may run then (submissions, aborts, `in_flight_ok` calls such as the KV
+        controller's session hooks) until it is done, so their host work overlaps the GPU's and
+        a turn submitted meanwhile is in the very next step. The first other command stops it
+        and waits, held, for the step's end (order kept). A device error in `done()` ends it:
+        the read-back that follows reports the error for the step's requests."""
+        while self._held is None and not self._stop.is_set() and not _done_or_failed(done):
+            try:
+                cmd = self._cmds.get(timeout=IN_FLIGHT_POLL_S)
+            except queue.Empty:
+                continue
+            if isinstance(cmd, _Add) or (isinstance(cmd, _Call) and cmd.in_flight_ok):
+                t0 = time.perf_counter()
+                self._handle(cmd)
+                self.commands_in_flight += 1
+                self.engine.step_log.served_in_flight(time.perf_counter() - t0)
+            else:
+                self._held = cmd        # a plain call, or the shutdown's None
 
     def _deliver(self, outs: list[RequestOutput]) -> None:
         for out in outs:

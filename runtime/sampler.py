@@ -86,6 +86,10 @@ class HostCopy:
     top_k_each: list[int] | None
     event: "torch.cuda.Event | None"
 
+    def ready(self) -> bool:
+        """Whether `result()` would return without waiting for the device."""
+        return self.event is None or self.event.query()
+
     def result(self) -> SampleResult:
         if self.event is not None:
             self.event.synchronize()

@@ -38,6 +38,8 @@ class StepWindow:
     gap_max_s: float = 0.0       # longest time between two steps (hooks, commands, idle)
     commands_max_s: float = 0.0  # longest run of commands (submits, session events) between steps
     hooks_max_s: float = 0.0     # longest run of the between-step hooks (the KV controller's tick)
+    in_flight_commands: int = 0  # commands served while a prefill step ran on the device
+    in_flight_s: float = 0.0     # and their host time (overlapped with the GPU's)
 
     def add(self, prompt_tokens: int, decode_tokens: int, schedule_s: float,
             step_s: float, gap_s: float, poll_s: float = 0.0) -> None:
@@ -83,6 +85,11 @@ class StepLog:
         w.commands_max_s = max(w.commands_max_s, commands_s)
         w.hooks_max_s = max(w.hooks_max_s, hooks_s)
 
+    def served_in_flight(self, seconds: float) -> None:
+        """One command handled while a step ran on the device, taking `seconds`."""
+        self.window.in_flight_commands += 1
+        self.window.in_flight_s += seconds
+
     def scheduled(self, seconds: float, poll_s: float = 0.0) -> None:
         """The host time of this step's scheduling pass (loads started and waited for), and
         the part of it spent polling the tiers (finished copies handled, the next started)."""
@@ -106,11 +113,13 @@ class StepLog:
         log.info("steps: %d in %.1f s, prompt %.0f tok/s, generated %.0f tok/s, longest step "
                  "%.0f ms (scheduling %.0f ms, %.0f polling the tiers), longest gap between "
                  "steps %.0f ms (commands "
-                 "%.0f ms, hooks %.0f ms); %d running, %d waiting; preempted %d (growth) + %d "
+                 "%.0f ms, hooks %.0f ms); %d commands in %.0f ms while steps ran; "
+                 "%d running, %d waiting; preempted %d (growth) + %d "
                  "(room for a higher-ranked turn) holding %d tokens to redo; %d of %d GPU "
                  "blocks free", w.steps, dt,
                  w.prompt_tokens / dt, w.decode_tokens / dt, w.step_max_s * 1e3,
                  w.schedule_max_s * 1e3, w.schedule_max_poll_s * 1e3, w.gap_max_s * 1e3,
-                 w.commands_max_s * 1e3, w.hooks_max_s * 1e3, running, waiting, growth, room,
+                 w.commands_max_s * 1e3, w.hooks_max_s * 1e3, w.in_flight_commands,
+                 w.in_flight_s * 1e3, running, waiting, growth, room,
                  lost, free_blocks, num_blocks)
         return True

@@ -14,6 +14,8 @@ def test_the_line_sums_its_interval_and_counts_preemptions_since_the_last(caplog
         time.sleep(0.01)
         sl.record(prompt, decode, t0)
     sl.between_steps(0.003, 0.004)
+    sl.served_in_flight(0.002)
+    sl.served_in_flight(0.0012)
     assert not sl.maybe_log(2, 1, 5, 1, 10, 100)       # the interval is not over yet
     time.sleep(0.06)
     assert sl.maybe_log(2, 1, 5, 1, 10, 100)
@@ -21,7 +23,7 @@ def test_the_line_sums_its_interval_and_counts_preemptions_since_the_last(caplog
     assert line.startswith("steps: 2 in ")
     assert "2 running, 1 waiting; preempted 5 (growth) + 1 (room" in line
     assert "(scheduling 2 ms, 2 polling the tiers)" in line and "10 of 100 GPU blocks free" in line
-    assert "(commands 3 ms, hooks 4 ms)" in line
+    assert "(commands 3 ms, hooks 4 ms); 2 commands in 3 ms while steps ran;" in line
     t0 = time.perf_counter()
     sl.record(1, 0, t0)
     time.sleep(0.06)
