@@ -3,8 +3,9 @@
 The manager calls these from whatever thread changed the session (often the server's event
 loop); each call is posted to the engine thread without waiting, and the engine thread's command
 queue keeps them in order. They may run while a prefill step is on the device (`in_flight_ok`):
-the controller's work then costs the GPU no time. A session that ended its turn without announcing a pause (WAITING) is
-treated as paused on "(waiting)", a tool name the pause estimator learns like any other.
+the controller's work then costs the GPU no time. A session that ended its turn without
+announcing a pause (WAITING) is treated as paused on "(waiting)", a tool name the pause
+estimator learns like any other.
 """
 from __future__ import annotations
 
