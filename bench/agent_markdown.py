@@ -26,6 +26,22 @@ def _queue_reasons(servers: dict) -> list[str]:
     ] + [""]
 
 
+def _commands(servers: dict) -> list[str]:
+    """Where the engine thread's commands ran, per server, when the servers count them."""
+    rows = [(n, s["engine_commands"]) for n, s in servers.items() if s.get("engine_commands")]
+    if not rows:
+        return []
+    out = ["The engine thread's commands (submissions, session events) and their host time: "
+           "between steps (the GPU waits), or while a prefill step ran on the GPU:", ""]
+    for n, c in rows:
+        b, d = c["between_steps"], c["during_steps"]
+        total = b["count"] + d["count"]
+        share = f"{d['count'] / total:.0%}" if total else "-"
+        out.append(f"- {n}: {total} commands, {share} while steps ran; host time between steps "
+                   f"{b['host_s']:.3g} s, while steps ran {d['host_s']:.3g} s")
+    return out + [""]
+
+
 def _gib(b: int | None) -> str:
     return "-" if not b else f"{b / 2**30:.2f}"
 
@@ -112,6 +128,7 @@ def render_md(doc: dict) -> str:
               "`agent` only), so that a turn arriving mid-step waits less.",
               ""]
     lines += _queue_reasons(servers)
+    lines += _commands(servers)
     ft = doc.get("first_tokens") or {}
     lines += first_token_md(ft.get("resumed") or {}, ft.get("threshold_s"))
     lines += _checks(doc.get("checks") or {})

@@ -111,6 +111,7 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
                                              "agentkv:engine_short_steps_total")),
             "prompt_tokens_computed": int(_delta(before, after,
                                                  "agentkv:prompt_tokens_computed_total")),
+            "engine_commands": _commands(before, after),
             "queue_wait_mean_s": _mean_of(before, after, "agentkv:turn_queue_seconds"),
             "ttft_server_mean_s": _mean_of(before, after,
                                            "agentkv:time_to_first_token_seconds"),
@@ -126,6 +127,16 @@ def run_policy(setup: RunSetup, policy: str, log: Log, warm_tokens: int = 3000
 
 def _delta(before: dict, after: dict, name: str) -> float:
     return after.get(name, 0.0) - before.get(name, 0.0)
+
+
+def _commands(before: dict, after: dict) -> dict:
+    """The engine thread's commands during the replay and their host seconds, by when they
+    ran (between steps, or while a prefill step ran on the GPU)."""
+    return {when: {"count": int(_delta(before, after,
+                                       f"agentkv:engine_commands_total{{when={when}}}")),
+                   "host_s": round(_delta(before, after, "agentkv:engine_command_seconds_total"
+                                                         f"{{when={when}}}"), 4)}
+            for when in ("between_steps", "during_steps")}
 
 
 def _mean_of(before: dict, after: dict, histogram: str) -> float | None:

@@ -196,7 +196,7 @@ class EngineThread:
             # an H100 replay saw a 25 ms load of 635 blocks take 4 s.
             idle = not self.engine.has_unfinished()
             block = idle or stalled
-            t_cmds = None
+            t_cmds, n_cmds = None, 0
             try:
                 if self._held is not None:      # it waited for the step's end: first now
                     cmd, self._held = self._held, None
@@ -208,6 +208,7 @@ class EngineThread:
                 while True:
                     if cmd is not None:
                         self._handle(cmd)
+                        n_cmds += 1
                     cmd = self._cmds.get_nowait()
             except queue.Empty:
                 pass
@@ -222,7 +223,7 @@ class EngineThread:
                     log.exception("engine hook %r failed; the engine goes on without it this "
                                   "step", getattr(hook, "__qualname__", hook))
             self.engine.step_log.between_steps(t_hooks - t_cmds if t_cmds is not None else 0.0,
-                                               time.perf_counter() - t_hooks)
+                                               time.perf_counter() - t_hooks, n_cmds)
             if not self.engine.has_unfinished():
                 if getattr(self.engine, "tiers", None) is not None:
                     # idle: finish tier copies anyway, so the blocks and slots they hold are

@@ -27,6 +27,10 @@ steps, so the HTTP thread never races the step loop; session counts from the man
     agentkv:engine_slow_steps_total       counter     engine steps of 0.5 s or longer (stalls)
     agentkv:engine_short_steps_total      counter     steps cut to the policy's cap (a resume
                                                       was likely soon)
+    agentkv:engine_commands_total{when}   counter     the engine thread's commands (submits,
+    agentkv:engine_command_seconds_total{when}        session events) and their host time:
+                                                      between_steps | during_steps (served
+                                                      while a prefill step ran on the GPU)
     agentkv:sessions{state}               gauge       active | waiting | paused | closed | expired
 
 The GPU tier is always reported; CPU and disk appear when the engine has those tiers
@@ -79,6 +83,7 @@ def engine_snapshot(engine) -> dict:
         "preempted_tokens": sched.preempted_tokens,
         "slow_steps": engine.step_log.slow_steps,
         "short_steps": sched.short_steps,
+        "commands": {k: tuple(v) for k, v in engine.step_log.commands.items()},
         "running": len(sched.running),
         "waiting": len(sched.waiting),
         "disk": _disk_health(engine),
@@ -144,6 +149,17 @@ class _ScrapeCollector:
                     ("short_steps", "engine_short_steps", "Engine steps cut to the cache "
                      "policy's cap while a paused session was likely back soon")):
                 yield CounterMetricFamily(f"agentkv:{name}", doc, value=snap[key])
+            n = CounterMetricFamily("agentkv:engine_commands", "The engine thread's commands "
+                                    "(submissions, session events), by when they ran: between "
+                                    "steps, or while a prefill step ran on the GPU",
+                                    labels=["when"])
+            sec = CounterMetricFamily("agentkv:engine_command_seconds", "Host time of those "
+                                      "commands", labels=["when"])
+            for when, (count, seconds) in snap["commands"].items():
+                n.add_metric([when], count)
+                sec.add_metric([when], seconds)
+            yield n
+            yield sec
             disk = snap.get("disk")
             if disk is not None:
                 g = GaugeMetricFamily("agentkv:kv_tier_degraded", "1 while a KV tier is out of "

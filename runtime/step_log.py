@@ -62,6 +62,8 @@ class StepLog:
         self._poll_s = 0.0
         self.slow_steps = 0          # steps of SLOW_STEP_S or longer, since start
         self.slow_step_s = 0.0       # their time in all
+        # the engine thread's commands since start, [count, host seconds], by when they ran
+        self.commands = {"between_steps": [0, 0.0], "during_steps": [0, 0.0]}
 
     def record(self, prompt_tokens: int, decode_tokens: int, started: float) -> None:
         """A step that ran from `started` (perf_counter) until now."""
@@ -79,8 +81,12 @@ class StepLog:
             self.window.add(prompt_tokens, decode_tokens, self._schedule_s, now - started, gap,
                             self._poll_s)
 
-    def between_steps(self, commands_s: float, hooks_s: float) -> None:
-        """Host time the engine thread spent on commands and on hooks before a step."""
+    def between_steps(self, commands_s: float, hooks_s: float, commands: int = 0) -> None:
+        """Host time the engine thread spent on `commands` commands and on hooks before a
+        step."""
+        c = self.commands["between_steps"]
+        c[0] += commands
+        c[1] += commands_s
         w = self.window
         w.commands_max_s = max(w.commands_max_s, commands_s)
         w.hooks_max_s = max(w.hooks_max_s, hooks_s)
@@ -89,6 +95,9 @@ class StepLog:
         """One command handled while a step ran on the device, taking `seconds`."""
         self.window.in_flight_commands += 1
         self.window.in_flight_s += seconds
+        c = self.commands["during_steps"]
+        c[0] += 1
+        c[1] += seconds
 
     def scheduled(self, seconds: float, poll_s: float = 0.0) -> None:
         """The host time of this step's scheduling pass (loads started and waited for), and

@@ -80,6 +80,18 @@ def test_every_turn_played_and_sources_add_up(report):
         assert set(s["resume_queue_by_reason_mean_s"]) <= {"behind", "slot", "loading", "room"}
 
 
+def test_the_engine_threads_commands_are_counted_per_server(report):
+    doc, stem = report
+    for p in ("recompute", "agent"):
+        c = doc["policies"][p]["engine_commands"]
+        total = c["between_steps"]["count"] + c["during_steps"]["count"]
+        # every turn's submission is one, and each session event under agent one more
+        assert total >= doc["workload"]["turns"]
+        assert c["between_steps"]["host_s"] + c["during_steps"]["host_s"] > 0
+    md = stem.with_suffix(".md").read_text()
+    assert "- agent: " in md.split("The engine thread's commands")[1]
+
+
 def test_kv_after_resume_recomputed_under_recompute_reused_under_agent(report):
     doc, _ = report
     rec = [t for t in doc["turn_records"]["recompute"] if t["resume"]]

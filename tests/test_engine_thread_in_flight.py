@@ -68,6 +68,9 @@ def test_commands_run_while_a_prefill_step_is_in_flight_and_plain_calls_wait(fol
         assert tokens(sa) == want[0].token_ids and tokens(sb) == want[1].token_ids
         assert ran == [("hook", False, 1), ("plain", True, 2), ("hook-after-plain", True, 2)]
         assert loop.commands_in_flight == 2 and loop.loop_errors == 0
+        during, between = (loop.engine.step_log.commands[k] for k in ("during_steps",
+                                                                       "between_steps"))
+        assert during[0] == 2 and during[1] > 0 and between[0] >= 3   # a, plain, hook after
     finally:
         release.set()
         loop.shutdown()

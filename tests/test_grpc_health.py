@@ -77,6 +77,10 @@ def test_metrics_endpoint_reports_turns_ttft_kv_and_sessions(server):
     assert m['agentkv:kv_bytes_moved_total{direction="in",tier="gpu"}'] >= 0
     assert "agentkv:engine_slow_steps_total" in m          # stalls of the step loop, counted
     assert "agentkv:preempted_tokens_total" in m          # work preemptions threw away
+    # the engine thread's commands: at least the two turns' submissions, timed
+    assert m['agentkv:engine_commands_total{when="between_steps"}'] + \
+        m['agentkv:engine_commands_total{when="during_steps"}'] >= 2
+    assert m['agentkv:engine_command_seconds_total{when="between_steps"}'] > 0
     c.close()
 
 
