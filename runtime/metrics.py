@@ -14,7 +14,8 @@ Counted by the server as things happen:
                                                       its answer (errors included)
 
 Read at scrape time (engine state through `EngineThread.call`, on the engine thread between
-steps, so the HTTP thread never races the step loop; session counts from the manager):
+steps or while a prefill step is on the GPU, so the HTTP thread never races the step loop;
+session counts from the manager):
 
     agentkv:kv_cache_usage_perc{tier}     gauge       used / capacity, 0..1
     agentkv:kv_cache_capacity_blocks{tier}

@@ -233,7 +233,10 @@ class AgentKVServer:
 
     def _read_engine(self) -> dict | None:
         et = self.engine_thread
-        return et.call(engine_snapshot, timeout=2.0) if et is not None and et.alive else None
+        # read-only: it may run while a prefill step is on the GPU, and a scrape then neither
+        # waits for the step nor stops the commands queued behind it from running during it
+        return (et.call(engine_snapshot, timeout=2.0, in_flight_ok=True)
+                if et is not None and et.alive else None)
 
     def _read_sessions(self) -> dict[str, int]:
         if self.manager is None:
