@@ -55,8 +55,7 @@ from agent_server import ServerSpec, split_policy_options  # noqa: E402
 from agent_checks import compare_outputs  # noqa: E402
 from agent_workload import add_workload_args, build_workload, workload_config  # noqa: E402
 from bench_common import git_commit, hardware_tag  # noqa: E402
-from runtime.config import default_block_size  # noqa: E402
-from runtime.extend_graphs import DEFAULT_MAX_TOKENS  # noqa: E402
+from runtime.config import EXTEND_GRAPH_MAX_TOKENS, default_block_size  # noqa: E402
 
 POLICIES = ("recompute", "lru", "lru_cpu", "ttl", "agent")
 SMOKE = dict(model="shape:tiny-random", device="cpu", dtype="fp32", sessions=4, concurrency=2,
@@ -87,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(default: the server's, on with CUDA)")
     p.add_argument("--extend-graph-max-tokens", type=int, default=None, metavar="N",
                    help="every server's largest extend graph, in tokens (default: the "
-                        f"server's, {DEFAULT_MAX_TOKENS})")
+                        f"server's, {EXTEND_GRAPH_MAX_TOKENS})")
     p.add_argument("--max-num-batched-tokens", type=int, default=2048,
                    help="the servers' token budget per engine step")
     p.add_argument("--cpu-cache-gb", type=float, default=32.0,

@@ -11,7 +11,7 @@ import asyncio
 import signal
 import sys
 
-from runtime.config import CPU_BLOCK_SIZE, CUDA_BLOCK_SIZE
+from runtime.config import CPU_BLOCK_SIZE, CUDA_BLOCK_SIZE, EXTEND_GRAPH_MAX_TOKENS
 from runtime.server_config import POLICIES
 
 
@@ -35,7 +35,8 @@ def add_parser(sub) -> None:
                    help="replay small prefill, extend and mixed steps (up to "
                         "--extend-graph-max-tokens) from CUDA graphs (default: on with CUDA "
                         "and the triton kernels)")
-    p.add_argument("--extend-graph-max-tokens", type=int, default=1024, metavar="N",
+    p.add_argument("--extend-graph-max-tokens", type=int, default=EXTEND_GRAPH_MAX_TOKENS,
+                   metavar="N",
                    help="the largest step replayed from an extend graph: a power of two >= 16 "
                         "(each doubling captures one more graph per sequence bucket)")
     p.add_argument("--cpu-cache-gb", type=float, default=0.0, help="pinned CPU KV tier size")

@@ -109,7 +109,6 @@ class EngineThread:
         self.on_step: list[Callable[[Engine], None]] = []   # hooks run between steps
         self.loop_errors = 0      # errors caught in the loop (hooks, tier polls, steps)
         self.stall_wait_s = 0.001  # the pause between steps that launched nothing
-        self.commands_in_flight = 0   # commands handled while a prefill step ran
         self._held = None         # a command taken while a step ran that had to wait for its end
         engine.while_in_flight = self._serve_in_flight
 
@@ -117,6 +116,11 @@ class EngineThread:
         self._thread = threading.Thread(target=self._run, name="agentkv-engine", daemon=True)
         self._thread.start()
         return self
+
+    @property
+    def commands_in_flight(self) -> int:
+        """Commands handled while a prefill step ran on the device, since start."""
+        return self.engine.step_log.commands["during_steps"][0]
 
     @property
     def alive(self) -> bool:
@@ -261,7 +265,6 @@ class EngineThread:
             if isinstance(cmd, _Add) or (isinstance(cmd, _Call) and cmd.in_flight_ok):
                 t0 = time.perf_counter()
                 self._handle(cmd)
-                self.commands_in_flight += 1
                 self.engine.step_log.served_in_flight(time.perf_counter() - t0)
             else:
                 self._held = cmd        # a plain call, or the shutdown's None

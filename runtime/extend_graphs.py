@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from kernels import KernelOps
+from runtime.config import EXTEND_GRAPH_MAX_TOKENS
 from runtime.cuda_graphs import GraphCapture, require_capturable
 from runtime.models.llama import AttentionMetadata, LlamaFamilyModel
 from runtime.staging_ring import StagingRing
@@ -44,12 +45,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512)
 SEQ_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
-# the largest token bucket by default (EngineConfig.extend_graph_max_tokens): the agent policy's
-# step cap (resume_step_tokens), so a capped step is a graph. On an H100 agent replay (one run
-# each, 2026-12-07) the steps carrying resumed turns' first tokens had a median of 535-662
-# tokens: with graphs up to 512, 38% of them ran from a graph and read back 39 ms after launch;
-# up to 1024, 68% and 27 ms. Padding a 600-token step to 1024 costs less than an eager launch.
-DEFAULT_MAX_TOKENS = 1024
+# the largest token bucket by default (EngineConfig.extend_graph_max_tokens; why 1024: config.py)
+DEFAULT_MAX_TOKENS = EXTEND_GRAPH_MAX_TOKENS
 
 
 def token_buckets(max_tokens: int = DEFAULT_MAX_TOKENS) -> tuple[int, ...]:
